@@ -1,0 +1,330 @@
+//! JSON payloads. Field names are short and stable; optional fields are omitted rather than
+//! `null` so that a hand-written `mosquitto_pub -m '{"id":"1","action":"on"}'` is a valid command.
+//! Unknown fields are ignored on input, so newer agents and older controllers interoperate.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::name::Name;
+
+/// Whether a device is connected. `offline` is also what the broker publishes on the device's
+/// behalf (MQTT last will) when the connection dies without a goodbye.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceState {
+    Online,
+    Offline,
+}
+
+/// Retained on `<prefix>/dev/<device>/status`: what a device is and whether it is connected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Presence {
+    pub state: PresenceState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Name>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<Name>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<Name>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensors: Vec<Name>,
+    /// When the agent process started (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    /// When this message was published (Unix ms); absent in the last will, which the broker
+    /// publishes at an unknown later time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<u64>,
+}
+
+impl Presence {
+    /// The last will: fixed at connect time, so it carries no timestamp.
+    pub fn will() -> Self {
+        Presence {
+            state: PresenceState::Offline,
+            version: None,
+            groups: vec![],
+            outputs: vec![],
+            inputs: vec![],
+            sensors: vec![],
+            started_at: None,
+            ts: None,
+        }
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.state == PresenceState::Online
+    }
+}
+
+/// What to do with an output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    On,
+    Off,
+    Toggle,
+}
+
+impl Action {
+    /// The output level after applying this action to an output that is `was_on`.
+    pub fn apply(self, was_on: bool) -> bool {
+        match self {
+            Action::On => true,
+            Action::Off => false,
+            Action::Toggle => !was_on,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::On => "on",
+            Action::Off => "off",
+            Action::Toggle => "toggle",
+        })
+    }
+}
+
+impl FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on" => Ok(Action::On),
+            "off" => Ok(Action::Off),
+            "toggle" => Ok(Action::Toggle),
+            other => Err(format!(
+                "unknown action {other:?}: expected on, off or toggle"
+            )),
+        }
+    }
+}
+
+/// A command id: chosen by the sender, echoed in the output state it causes (the acknowledgement)
+/// and in any refusal event. Any non-empty string up to 64 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CommandId(pub String);
+
+impl CommandId {
+    /// A fresh id, unique enough to match acknowledgements across a fleet: time plus randomness
+    /// from the standard library's hasher seed (no RNG crate needed for 64 bits of noise).
+    pub fn generate() -> Self {
+        use std::collections::hash_map::RandomState;
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(crate::time::now_ms());
+        h.write_u32(std::process::id());
+        CommandId(format!("{:016x}", h.finish()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_valid(&self) -> bool {
+        !self.0.is_empty() && self.0.chars().count() <= 64
+    }
+}
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Published (QoS 1, never retained) on a command topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: CommandId,
+    pub action: Action,
+    /// Which output; absent means the device's first configured output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Name>,
+}
+
+/// What last changed an output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateSource {
+    /// The configured initial state at agent start.
+    Initial,
+    /// Restored from the agent's state file at start.
+    Restore,
+    /// An MQTT command (its id is in `cmd`).
+    Command,
+    /// A legacy-protocol client connected to the agent directly.
+    Legacy,
+}
+
+/// Retained on `<prefix>/dev/<device>/out/<output>`. `cmd` is the acknowledgement: a controller
+/// that sent command `X` waits for a state with `cmd == X`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputState {
+    pub on: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<CommandId>,
+    pub source: StateSource,
+    pub ts: u64,
+}
+
+/// Retained on `<prefix>/dev/<device>/in/<input>`. `active` is the logical level (after
+/// active-low inversion): for a button, pressed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputState {
+    pub active: bool,
+    pub ts: u64,
+}
+
+/// Retained on `<prefix>/dev/<device>/sensor/<sensor>`: the latest reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensorReading {
+    pub value: f64,
+    pub unit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub ts: u64,
+}
+
+/// The class of an event; unknown kinds from newer agents decode as `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A command payload that is not valid JSON or not a valid command.
+    BadCommand,
+    /// A command naming an output this device does not have, or a device without outputs.
+    UnknownOutput,
+    /// Setting a GPIO pin failed.
+    GpioError,
+    /// A sensor could not be read (the agent keeps running and retries at the next interval).
+    SensorError,
+    /// A sensor that had failed can be read again.
+    SensorRecovered,
+    /// The state file could not be written.
+    StateFileError,
+    #[serde(other)]
+    Other,
+}
+
+/// Published (QoS 1, not retained) on `<prefix>/dev/<device>/event`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub message: String,
+    /// The command this event refuses, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<CommandId>,
+    pub ts: u64,
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    #[test]
+    fn command_fixtures() {
+        let c: Command = serde_json::from_str(r#"{"id":"1","action":"on"}"#).unwrap();
+        assert_eq!(
+            c,
+            Command {
+                id: CommandId("1".into()),
+                action: Action::On,
+                output: None
+            }
+        );
+        let c = Command {
+            id: CommandId("a1".into()),
+            action: Action::Toggle,
+            output: Some(n("led")),
+        };
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"id":"a1","action":"toggle","output":"led"}"#
+        );
+        // Unknown fields are ignored; unknown actions and bad output names are refused.
+        assert!(serde_json::from_str::<Command>(r#"{"id":"1","action":"on","x":1}"#).is_ok());
+        assert!(serde_json::from_str::<Command>(r#"{"id":"1","action":"blink"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Command>(r#"{"id":"1","action":"on","output":"a/b"}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn presence_fixtures() {
+        assert_eq!(
+            serde_json::to_string(&Presence::will()).unwrap(),
+            r#"{"state":"offline"}"#
+        );
+        let p: Presence = serde_json::from_str(
+            r#"{"state":"online","version":"0.1.0","groups":["kitchen"],"outputs":["led"],
+                "inputs":["button"],"sensors":["cpu"],"started_at":1700000000000,"ts":1700000000500}"#,
+        )
+        .unwrap();
+        assert!(p.is_online());
+        assert_eq!(p.groups, vec![n("kitchen")]);
+        assert_eq!(p.started_at, Some(1_700_000_000_000));
+    }
+
+    #[test]
+    fn state_fixtures() {
+        let s = OutputState {
+            on: true,
+            cmd: Some(CommandId("c1".into())),
+            source: StateSource::Command,
+            ts: 5,
+        };
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"on":true,"cmd":"c1","source":"command","ts":5}"#
+        );
+        let i: InputState = serde_json::from_str(r#"{"active":false,"ts":7}"#).unwrap();
+        assert!(!i.active);
+        let r: SensorReading =
+            serde_json::from_str(r#"{"value":41.5,"unit":"°C","kind":"cpu_temp","ts":9}"#).unwrap();
+        assert_eq!(r.value, 41.5);
+    }
+
+    #[test]
+    fn event_kinds_are_forward_compatible() {
+        let e: Event =
+            serde_json::from_str(r#"{"kind":"brand_new","message":"m","ts":1}"#).unwrap();
+        assert_eq!(e.kind, EventKind::Other);
+        let e = Event {
+            kind: EventKind::UnknownOutput,
+            message: "no output 'fan'".into(),
+            cmd: Some(CommandId("x".into())),
+            ts: 2,
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"kind":"unknown_output","message":"no output 'fan'","cmd":"x","ts":2}"#
+        );
+    }
+
+    #[test]
+    fn actions() {
+        assert!(Action::On.apply(false));
+        assert!(!Action::Off.apply(true));
+        assert!(Action::Toggle.apply(false));
+        assert!(!Action::Toggle.apply(true));
+        assert_eq!("toggle".parse::<Action>(), Ok(Action::Toggle));
+        assert!("blink".parse::<Action>().is_err());
+    }
+
+    #[test]
+    fn generated_ids_differ() {
+        let a = CommandId::generate();
+        let b = CommandId::generate();
+        assert_ne!(a, b);
+        assert!(a.is_valid() && a.as_str().len() == 16);
+    }
+}
