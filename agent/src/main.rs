@@ -1,1 +1,169 @@
-fn main() {}
+//! `pifleet-agent`: parse flags, set up logging, call the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pifleet_agent::config::{Config, GpioChoice, EXAMPLE};
+use pifleet_agent::{console, gpio, Agent};
+use pifleet_proto::{BrokerUrl, Name};
+
+/// Runs on a Raspberry Pi: dials out to an MQTT broker, switches outputs (LEDs, relays) on
+/// command, and publishes inputs (buttons) and sensors.
+#[derive(Parser)]
+#[command(name = "pifleet-agent", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Connect and serve (the default when no subcommand is given).
+    Run,
+    /// Print a commented example configuration.
+    PrintConfig,
+    /// Load and validate the configuration, print the result, and exit.
+    CheckConfig,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Configuration file (TOML); see `pifleet-agent print-config`.
+    #[arg(long, short, env = "PIFLEET_AGENT_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// This device's name in the fleet (default: the config's, else the hostname).
+    #[arg(long, env = "PIFLEET_DEVICE", global = true)]
+    device: Option<Name>,
+    /// Broker URL: mqtt://host:port or ws://host:port/path.
+    #[arg(long, env = "PIFLEET_BROKER", global = true)]
+    broker: Option<BrokerUrl>,
+    /// Group membership (repeatable); replaces the config's groups.
+    #[arg(long = "group", global = true)]
+    groups: Vec<Name>,
+    /// GPIO backend: auto, rppal or sim.
+    #[arg(long, env = "PIFLEET_GPIO", global = true)]
+    gpio: Option<GpioChoice>,
+    /// Where `initial = "restore"` outputs keep their state.
+    #[arg(long, global = true)]
+    state_file: Option<PathBuf>,
+    /// Topic prefix.
+    #[arg(long, env = "PIFLEET_PREFIX", global = true)]
+    prefix: Option<String>,
+    /// MQTT keep-alive in seconds (offline detection takes 1.5 times this).
+    #[arg(long, global = true)]
+    keep_alive: Option<u64>,
+}
+
+/// Exit codes: 0 clean stop, 1 runtime failure (GPIO), 2 bad configuration or usage.
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn load(args: &RunArgs) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(d) = &args.device {
+        config.device = d.clone();
+    }
+    if let Some(b) = &args.broker {
+        config.broker = b.clone();
+    }
+    if !args.groups.is_empty() {
+        config.groups = args.groups.clone();
+    }
+    if let Some(g) = args.gpio {
+        config.gpio = g;
+    }
+    if let Some(s) = &args.state_file {
+        config.state_file = Some(s.clone());
+    }
+    if let Some(p) = &args.prefix {
+        config.prefix = p.clone();
+    }
+    if let Some(k) = args.keep_alive {
+        config.keep_alive_secs = k;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    pifleet_proto::logging::init("info,rumqttc=warn");
+
+    match cli.command {
+        Some(Cmd::PrintConfig) => {
+            print!("{EXAMPLE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(Cmd::CheckConfig) => {
+            return match load(&cli.run) {
+                Ok(c) => {
+                    println!("{c:#?}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pifleet-agent: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            };
+        }
+        Some(Cmd::Run) | None => {}
+    }
+    let config = match load(&cli.run) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pifleet-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let (mut backend, sim) = match gpio::open(config.gpio) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("pifleet-agent: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        if sim.is_some() && config.gpio == GpioChoice::Auto {
+            tracing::info!("no Raspberry Pi GPIO found: using the simulated backend");
+        }
+        let (agent, handle) = match Agent::new(config, backend.as_mut(), sim.clone()) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("pifleet-agent: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        if sim.is_some() {
+            tracing::info!("simulator console on stdin: {}", console::HELP);
+            tokio::spawn(console::run_stdin(handle.clone()));
+        }
+        match agent.run(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pifleet-agent: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

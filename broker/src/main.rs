@@ -1,1 +1,145 @@
-fn main() {}
+//! `pifleet-broker`: parse flags, set up logging, call the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pifleet_broker::config::DEFAULT_TOML;
+use pifleet_broker::demo::Demo;
+use pifleet_broker::Config;
+
+/// An MQTT broker for a fleet of Raspberry Pis (rumqttd inside, standard MQTT outside).
+#[derive(Parser)]
+#[command(name = "pifleet-broker", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Configuration file (TOML); see `pifleet-broker print-config`.
+    #[arg(long, short, env = "PIFLEET_BROKER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// MQTT listener address (port 0 picks a free port).
+    #[arg(long, global = true)]
+    mqtt: Option<SocketAddr>,
+    /// MQTT-over-WebSocket listener address.
+    #[arg(long, global = true)]
+    ws: Option<SocketAddr>,
+    /// Do not start the WebSocket listener.
+    #[arg(long, global = true)]
+    no_ws: bool,
+    /// Also run this many simulated Pis in this process (the quickstart uses 3).
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "3", global = true)]
+    demo: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the broker (the default).
+    Run,
+    /// Print the commented default configuration.
+    PrintConfig,
+}
+
+/// Exit codes: 0 clean stop, 1 cannot listen or start, 2 bad configuration or usage.
+const EXIT_START: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // rumqttd logs every routine disconnect at error level; pifleet reports what matters itself.
+    pifleet_proto::logging::init("info,rumqttd=off,rumqttc=warn");
+    if let Some(Cmd::PrintConfig) = cli.command {
+        print!("{DEFAULT_TOML}");
+        return ExitCode::SUCCESS;
+    }
+    let mut config = match &cli.config {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("pifleet-broker: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(a) = cli.mqtt {
+        config.mqtt.listen = a;
+    }
+    if let Some(a) = cli.ws {
+        config.websocket.listen = a;
+    }
+    if cli.no_ws {
+        config.websocket.enabled = false;
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("pifleet-broker: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = runtime.block_on(async move {
+        let running = match pifleet_broker::start(&config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("pifleet-broker: {e}");
+                return ExitCode::from(EXIT_START);
+            }
+        };
+        // These two lines are the readiness signal scripts and tests wait for.
+        println!("pifleet-broker: MQTT on {}", running.mqtt);
+        if let Some(ws) = running.websocket {
+            println!("pifleet-broker: MQTT over WebSocket on {ws}");
+        }
+        let demo = match cli.demo {
+            Some(n) if n > 0 => match Demo::start(n, running.mqtt, &config.prefix) {
+                Ok(d) => {
+                    let names: Vec<_> = d.handles.iter().map(|(n, _)| n.to_string()).collect();
+                    println!(
+                        "pifleet-broker: demo fleet of {n} simulated Pis: {}",
+                        names.join(", ")
+                    );
+                    let port = running.mqtt.port();
+                    let broker_flag = if port == 1883 {
+                        String::new()
+                    } else {
+                        format!(" --broker mqtt://127.0.0.1:{port}")
+                    };
+                    println!("  In another terminal try:  pifleet{broker_flag} status");
+                    println!("                            pifleet{broker_flag} on --all");
+                    println!("                            pifleet{broker_flag} watch");
+                    println!("  Type here to press a simulated button:  kitchen press   (or: show, kitchen release)");
+                    tokio::spawn(Demo::console(d.handles.clone()));
+                    Some(d)
+                }
+                Err(e) => {
+                    eprintln!("pifleet-broker: cannot start the demo fleet: {e}");
+                    return ExitCode::from(EXIT_START);
+                }
+            },
+            _ => None,
+        };
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        shutdown_signal().await;
+        if let Some(d) = demo {
+            d.stop().await;
+        }
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    });
+    // rumqttd's router thread has no shutdown; leave without waiting for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    code
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -2,6 +2,9 @@
 //! broker exchange, built and parsed in one place so no binary formats a topic string by hand.
 //!
 //! Layout:
+//! - [`broker_url`]: `mqtt://` and `ws://` broker addresses.
+//! - [`logging`]: the binaries' shared log setup.
+//! - [`mqtt`]: rumqttc set up the way pifleet needs it (TCP_NODELAY, backoff, error sentences).
 //! - [`name`]: validated device, group, output, input and sensor names (they become topic levels).
 //! - [`topic`]: the topic tree under a configurable prefix, both directions (build and parse).
 //! - [`payload`]: the JSON bodies: presence, commands, output/input state, sensor readings, events.
@@ -12,13 +15,17 @@
 //!
 //! `docs/protocol.md` is the human-readable version of this crate; the two must agree.
 
+pub mod broker_url;
 pub mod fleet;
+pub mod logging;
+pub mod mqtt;
 pub mod name;
 pub mod payload;
 pub mod report;
 pub mod time;
 pub mod topic;
 
+pub use broker_url::{BrokerUrl, Scheme};
 pub use name::{Name, NameError};
 pub use payload::{
     Action, Command, CommandId, Event, EventKind, InputState, OutputState, Presence, PresenceState,

@@ -1,0 +1,380 @@
+//! The agent's configuration: a TOML file (all keys optional), overridden by flags and
+//! environment variables in `main.rs`. Parsing refuses unknown keys so that a typo such as
+//! `activ_low` is an error naming the key instead of a silently ignored setting.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use pifleet_proto::{Name, Topics};
+use serde::Deserialize;
+
+use pifleet_proto::BrokerUrl;
+
+/// The commented example printed by `pifleet-agent print-config`; a test keeps it loadable.
+pub const EXAMPLE: &str = include_str!("../pifleet-agent.example.toml");
+
+/// Which GPIO backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GpioChoice {
+    /// rppal when the machine looks like a Raspberry Pi (`/dev/gpiomem` or `/dev/gpiochip0`
+    /// plus a Raspberry Pi device-tree model), the simulator otherwise.
+    #[default]
+    Auto,
+    Rppal,
+    Sim,
+}
+
+impl std::str::FromStr for GpioChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(GpioChoice::Auto),
+            "rppal" => Ok(GpioChoice::Rppal),
+            "sim" => Ok(GpioChoice::Sim),
+            _ => Err(format!(
+                "unknown GPIO backend {s:?}: expected auto, rppal or sim"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Initial {
+    #[default]
+    Off,
+    On,
+    /// The state saved in the state file when the agent last ran (off if there is none).
+    Restore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Pull {
+    #[default]
+    None,
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    pub name: Name,
+    /// BCM GPIO number.
+    pub pin: u8,
+    #[serde(default)]
+    pub active_low: bool,
+    #[serde(default)]
+    pub initial: Initial,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    pub name: Name,
+    pub pin: u8,
+    #[serde(default)]
+    pub pull: Pull,
+    #[serde(default)]
+    pub active_low: bool,
+    #[serde(default = "default_debounce_ms")]
+    pub debounce_ms: u64,
+}
+
+fn default_debounce_ms() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SensorKind {
+    CpuTemp,
+    Ds18b20,
+    Sim,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorConfig {
+    pub name: Name,
+    pub kind: SensorKind,
+    #[serde(default = "default_interval")]
+    pub interval_secs: f64,
+    /// DS18B20 probe id (`28-…`); the first probe found when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Where to read: for `cpu_temp` the temperature file (default
+    /// `/sys/class/thermal/thermal_zone0/temp`), for `ds18b20` the 1-wire devices directory
+    /// (default `/sys/bus/w1/devices`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+fn default_interval() -> f64 {
+    30.0
+}
+
+/// The whole agent configuration after defaults are applied.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_device")]
+    pub device: Name,
+    #[serde(default = "default_broker")]
+    pub broker: BrokerUrl,
+    #[serde(default)]
+    pub groups: Vec<Name>,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default)]
+    pub gpio: GpioChoice,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u64,
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_secs: f64,
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    #[serde(default = "default_outputs", rename = "output")]
+    pub outputs: Vec<OutputConfig>,
+    #[serde(default = "default_inputs", rename = "input")]
+    pub inputs: Vec<InputConfig>,
+    #[serde(default = "default_sensors", rename = "sensor")]
+    pub sensors: Vec<SensorConfig>,
+}
+
+fn default_device() -> Name {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty());
+    host.and_then(|h| Name::new(h).ok())
+        .unwrap_or_else(|| Name::new("pi").expect("valid"))
+}
+
+fn default_broker() -> BrokerUrl {
+    "mqtt://localhost:1883".parse().expect("valid default URL")
+}
+
+fn default_prefix() -> String {
+    pifleet_proto::DEFAULT_PREFIX.to_string()
+}
+
+fn default_keep_alive() -> u64 {
+    10
+}
+
+fn default_reconnect_max() -> f64 {
+    30.0
+}
+
+fn default_outputs() -> Vec<OutputConfig> {
+    vec![OutputConfig {
+        name: Name::new("led").expect("valid"),
+        pin: 17,
+        active_low: false,
+        initial: Initial::Off,
+    }]
+}
+
+fn default_inputs() -> Vec<InputConfig> {
+    vec![InputConfig {
+        name: Name::new("button").expect("valid"),
+        pin: 27,
+        pull: Pull::Up,
+        active_low: true,
+        debounce_ms: default_debounce_ms(),
+    }]
+}
+
+fn default_sensors() -> Vec<SensorConfig> {
+    vec![SensorConfig {
+        name: Name::new("cpu").expect("valid"),
+        kind: SensorKind::CpuTemp,
+        interval_secs: default_interval(),
+        id: None,
+        path: None,
+    }]
+}
+
+/// A configuration that cannot be used, with enough context to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_toml_str("", Path::new("<defaults>")).expect("defaults are valid")
+    }
+}
+
+impl Config {
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text, path)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: uniqueness, ranges, the prefix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        Topics::new(&self.prefix).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.keep_alive_secs == 0 || self.keep_alive_secs > 3600 {
+            return bad(format!(
+                "keep_alive_secs = {}: must be between 1 and 3600",
+                self.keep_alive_secs
+            ));
+        }
+        if !(self.reconnect_max_secs >= 0.1 && self.reconnect_max_secs <= 3600.0) {
+            return bad(format!(
+                "reconnect_max_secs = {}: must be between 0.1 and 3600",
+                self.reconnect_max_secs
+            ));
+        }
+        let mut pins = HashSet::new();
+        let mut names = HashSet::new();
+        let endpoints = self
+            .outputs
+            .iter()
+            .map(|o| ("output", &o.name, o.pin))
+            .chain(self.inputs.iter().map(|i| ("input", &i.name, i.pin)));
+        for (what, name, pin) in endpoints {
+            if pin > 53 {
+                return bad(format!(
+                    "{what} {name:?}: pin {pin} is not a BCM GPIO number (0-53)"
+                ));
+            }
+            if !pins.insert(pin) {
+                return bad(format!("{what} {name:?}: pin {pin} is used twice"));
+            }
+            if !names.insert((what, name)) {
+                return bad(format!("{what} name {name:?} is used twice"));
+            }
+        }
+        let mut sensor_names = HashSet::new();
+        for s in &self.sensors {
+            if !sensor_names.insert(&s.name) {
+                return bad(format!("sensor name {:?} is used twice", s.name.as_str()));
+            }
+            if !(s.interval_secs >= 0.05 && s.interval_secs <= 86_400.0) {
+                return bad(format!(
+                    "sensor {:?}: interval_secs = {} must be between 0.05 and 86400",
+                    s.name.as_str(),
+                    s.interval_secs
+                ));
+            }
+        }
+        for i in &self.inputs {
+            if i.debounce_ms > 10_000 {
+                return bad(format!(
+                    "input {:?}: debounce_ms = {} is more than 10 seconds",
+                    i.name.as_str(),
+                    i.debounce_ms
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn topics(&self) -> Topics {
+        Topics::new(&self.prefix).expect("validated")
+    }
+
+    /// The state file to use: the configured one, else a per-device file in the usual state
+    /// directory for services and users.
+    pub fn state_file_path(&self) -> PathBuf {
+        if let Some(p) = &self.state_file {
+            return p.clone();
+        }
+        let dir = std::env::var_os("STATE_DIRECTORY")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("XDG_STATE_HOME").map(|d| PathBuf::from(d).join("pifleet"))
+            })
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/pifleet"))
+            })
+            .unwrap_or_else(|| PathBuf::from("/var/lib/pifleet"));
+        dir.join(format!("{}.json", self.device))
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn the_printed_example_loads() {
+        let c = parse(EXAMPLE).unwrap();
+        assert_eq!(c.device.as_str(), "kitchen");
+        assert_eq!(c.outputs[0].initial, Initial::Restore);
+        assert_eq!(c.inputs[0].pull, Pull::Up);
+        assert_eq!(c.sensors[0].kind, SensorKind::CpuTemp);
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.outputs[0].pin, 17);
+        assert_eq!(c.inputs[0].pin, 27);
+        assert_eq!(c.broker.to_string(), "mqtt://localhost:1883");
+        assert_eq!(c.prefix, "pifleet");
+    }
+
+    #[test]
+    fn typos_and_bad_values_name_the_field() {
+        let e = parse("[[output]]\nname = \"led\"\npin = 17\nactiv_low = true\n").unwrap_err();
+        assert!(e.to_string().contains("activ_low"), "{e}");
+        let e = parse("device = \"a/b\"").unwrap_err();
+        assert!(
+            e.to_string().contains("device") && e.to_string().contains("'/'"),
+            "{e}"
+        );
+        let e = parse("[[output]]\nname = \"led\"\npin = 17\ninitial = \"maybe\"\n").unwrap_err();
+        assert!(e.to_string().contains("maybe"), "{e}");
+        let e = parse("broker = \"http://x\"").unwrap_err();
+        assert!(e.to_string().contains("http"), "{e}");
+    }
+
+    #[test]
+    fn semantic_checks() {
+        let two = "[[output]]\nname = \"a\"\npin = 5\n[[output]]\nname = \"b\"\npin = 5\n";
+        assert!(parse(two)
+            .unwrap_err()
+            .to_string()
+            .contains("pin 5 is used twice"));
+        let dup = "[[output]]\nname = \"a\"\npin = 5\n[[output]]\nname = \"a\"\npin = 6\n";
+        assert!(parse(dup).unwrap_err().to_string().contains("used twice"));
+        assert!(parse("[[output]]\nname = \"a\"\npin = 99\n").is_err());
+        assert!(parse("keep_alive_secs = 0").is_err());
+        assert!(parse("prefix = \"a/+\"").is_err());
+        assert!(parse("[[sensor]]\nname = \"t\"\nkind = \"sim\"\ninterval_secs = 0\n").is_err());
+    }
+}

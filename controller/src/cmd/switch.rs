@@ -1,0 +1,235 @@
+//! `pifleet on|off|toggle`: publish one command, then wait for every targeted device to
+//! acknowledge it with an output state carrying the command's id, or to refuse it with an event
+//! carrying the same id. Devices whose retained presence says offline are reported, not waited
+//! for, so `off --all` on a fleet with a dead Pi returns at once instead of after the timeout.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use pifleet_proto::fleet::decode;
+use pifleet_proto::report::{Outcome, SwitchReport, SwitchResult, WatchEvent};
+use pifleet_proto::{Action, Command, CommandId, Name, Target, Topics};
+use rumqttc::QoS;
+
+use super::{fold, print_json};
+use crate::cli::{Global, SwitchArgs};
+use crate::error::{CliError, EXIT_INCOMPLETE, EXIT_OK};
+use crate::session::Session;
+use crate::table;
+
+pub async fn exec(
+    g: &Global,
+    topics: Topics,
+    action: Action,
+    a: &SwitchArgs,
+) -> Result<u8, CliError> {
+    if a.devices.is_empty() && a.groups.is_empty() && !a.all {
+        return Err(CliError::Usage(format!(
+            "say which devices to switch: `pifleet {action} DEVICE...`, `--group GROUP` or `--all`"
+        )));
+    }
+    if !(0.0..=3600.0).contains(&a.timeout) {
+        return Err(CliError::Usage(
+            "--timeout must be between 0 and 3600 seconds".into(),
+        ));
+    }
+    let mut session = Session::connect(&g.broker, topics.clone(), g.connect_timeout()).await?;
+
+    // Only the devices involved: a targeted `on kitchen` does not download a whole fleet.
+    let filters = if a.all || !a.groups.is_empty() {
+        vec![
+            topics.status_filter(None),
+            topics.output_filter(None),
+            topics.event_filter(None),
+        ]
+    } else {
+        a.devices
+            .iter()
+            .flat_map(|d| {
+                [
+                    topics.status_filter(Some(d)),
+                    topics.output_filter(Some(d)),
+                    topics.event_filter(Some(d)),
+                ]
+            })
+            .collect()
+    };
+    let snapshot = session.subscribe_snapshot(filters).await?;
+    let fleet = fold(&topics, &snapshot);
+
+    let mut results: BTreeMap<Name, SwitchResult> = BTreeMap::new();
+    let mut waiting: BTreeSet<Name> = BTreeSet::new();
+    let not_waited = |device: &Name, outcome: Outcome, message: &str| SwitchResult {
+        device: device.to_string(),
+        outcome,
+        on: None,
+        latency_ms: None,
+        message: Some(message.to_string()),
+    };
+    // `None`: online, wait for it; otherwise the row to report without waiting.
+    let classify = |device: &Name| match fleet.get(device) {
+        Some(d) if d.online => None,
+        Some(_) => Some(not_waited(
+            device,
+            Outcome::Offline,
+            "offline: not waited for",
+        )),
+        None => Some(not_waited(
+            device,
+            Outcome::Unknown,
+            "no such device has announced itself on this broker",
+        )),
+    };
+    let mut consider = |device: &Name| match classify(device) {
+        None => {
+            waiting.insert(device.clone());
+            true
+        }
+        Some(row) => {
+            results.insert(device.clone(), row);
+            false
+        }
+    };
+    let mut targets = Vec::new();
+    if a.all {
+        for name in fleet.names() {
+            consider(name);
+        }
+        targets.push(Target::All);
+    }
+    for group in &a.groups {
+        let known: Vec<Name> = fleet.group_known(group.as_str()).cloned().collect();
+        if known.is_empty() {
+            eprintln!("pifleet: no device has announced membership of group {group}");
+        }
+        for name in &known {
+            consider(name);
+        }
+        targets.push(Target::Group(group.clone()));
+    }
+    for device in &a.devices {
+        if consider(device) {
+            targets.push(Target::Device(device.clone()));
+        }
+    }
+
+    let command = Command {
+        id: CommandId::generate(),
+        action,
+        output: a.output.clone(),
+    };
+    let payload = serde_json::to_vec(&command).expect("commands serialize");
+    let started = Instant::now();
+    if !waiting.is_empty() {
+        for target in &targets {
+            session
+                .client
+                .publish(
+                    topics.command(target),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload.clone(),
+                )
+                .await
+                .map_err(|e| CliError::Broker(e.to_string()))?;
+        }
+    }
+
+    let deadline = tokio::time::Instant::from_std(started + Duration::from_secs_f64(a.timeout));
+    while !waiting.is_empty() {
+        let p = tokio::select! {
+            p = session.next_publish() => p?,
+            _ = tokio::time::sleep_until(deadline) => break,
+        };
+        let Ok(Some(event)) = decode(&topics, &p.topic, &p.payload) else {
+            continue;
+        };
+        let (device, result) = match event {
+            WatchEvent::Output { device, state, .. } if state.cmd.as_ref() == Some(&command.id) => {
+                let result = SwitchResult {
+                    device: device.to_string(),
+                    outcome: Outcome::Confirmed,
+                    on: Some(state.on),
+                    latency_ms: Some((started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0),
+                    message: None,
+                };
+                (device, result)
+            }
+            WatchEvent::Event { device, event } if event.cmd.as_ref() == Some(&command.id) => {
+                let result = not_waited(&device, Outcome::Refused, &event.message);
+                (device, result)
+            }
+            WatchEvent::Presence { device, presence } if !presence.is_online() => {
+                let result =
+                    not_waited(&device, Outcome::Offline, "went offline before confirming");
+                (device, result)
+            }
+            _ => continue,
+        };
+        if waiting.remove(&device) {
+            results.insert(device, result);
+        }
+    }
+    for device in std::mem::take(&mut waiting) {
+        let message = format!("no confirmation within {} s", a.timeout);
+        results.insert(
+            device.clone(),
+            not_waited(&device, Outcome::TimedOut, &message),
+        );
+    }
+    session.close().await;
+
+    let report = SwitchReport {
+        command_id: command.id,
+        action,
+        output: a.output.as_ref().map(|o| o.to_string()),
+        results: results.into_values().collect(),
+    };
+    if g.json {
+        print_json(&report)?;
+    } else {
+        print_human(&report)?;
+    }
+    Ok(if report.all_confirmed() && !report.results.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_INCOMPLETE
+    })
+}
+
+fn print_human(report: &SwitchReport) -> std::io::Result<()> {
+    if report.results.is_empty() {
+        eprintln!("pifleet: no devices matched");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = report
+        .results
+        .iter()
+        .map(|r| {
+            vec![
+                r.device.clone(),
+                match r.outcome {
+                    Outcome::Confirmed => "confirmed",
+                    Outcome::Refused => "refused",
+                    Outcome::TimedOut => "timed out",
+                    Outcome::Offline => "offline",
+                    Outcome::Unknown => "unknown",
+                }
+                .to_string(),
+                match r.on {
+                    Some(true) => "on".into(),
+                    Some(false) => "off".into(),
+                    None => "-".into(),
+                },
+                r.latency_ms.map_or("-".into(), |l| format!("{l} ms")),
+                r.message.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    out.write_all(
+        table::render(&["DEVICE", "RESULT", "STATE", "LATENCY", "NOTE"], &rows).as_bytes(),
+    )?;
+    out.flush()
+}

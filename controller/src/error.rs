@@ -1,0 +1,32 @@
+//! The CLI's errors and the exit codes scripts can rely on (documented in `docs/cli.md`).
+
+/// Every command finished and every targeted device confirmed.
+pub const EXIT_OK: u8 = 0;
+/// The command ran, but at least one device did not confirm (timed out, offline, refused,
+/// unknown), or a requested device is unknown to `status`.
+pub const EXIT_INCOMPLETE: u8 = 1;
+/// Bad usage: invalid arguments or names (clap's own parse errors also exit 2).
+pub const EXIT_USAGE: u8 = 2;
+/// The broker could not be reached, refused us, or the connection was lost.
+pub const EXIT_BROKER: u8 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    /// One sentence naming the broker and what went wrong.
+    #[error("{0}")]
+    Broker(String),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => EXIT_USAGE,
+            CliError::Broker(_) => EXIT_BROKER,
+            CliError::Output(_) => EXIT_INCOMPLETE,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! One MQTT session of the CLI: connect (failing fast with one sentence), subscribe, and collect
+//! the retained snapshot.
+//!
+//! MQTT has no "end of retained messages" marker, so the session makes one: it subscribes to a
+//! topic of its own together with the fleet filters, waits for the SUBACK, then publishes a
+//! marker there. The broker delivers the retained messages while it processes the SUBSCRIBE,
+//! so everything that arrives before the marker is the snapshot.
+
+use std::time::Duration;
+
+use pifleet_proto::mqtt::describe;
+use pifleet_proto::{BrokerUrl, CommandId, Topics};
+use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
+use tokio::sync::mpsc;
+
+use crate::error::CliError;
+
+pub struct Session {
+    pub client: AsyncClient,
+    pub topics: Topics,
+    url: BrokerUrl,
+    rx: mpsc::UnboundedReceiver<Result<Packet, String>>,
+    client_id: String,
+}
+
+impl Session {
+    /// Connects and waits for the CONNACK, or fails within `connect_timeout`.
+    pub async fn connect(
+        url: &BrokerUrl,
+        topics: Topics,
+        connect_timeout: Duration,
+    ) -> Result<Session, CliError> {
+        let client_id = format!("pifleet-cli-{}", CommandId::generate());
+        let (client, mut eventloop) = pifleet_proto::mqtt::client(
+            url,
+            &client_id,
+            Duration::from_secs(30),
+            connect_timeout,
+            |_| {},
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        let u = url.clone();
+        tokio::spawn(async move {
+            loop {
+                let item = match eventloop.poll().await {
+                    Ok(Event::Incoming(p)) => Ok(p),
+                    Ok(Event::Outgoing(_)) => continue,
+                    // The CLI never retries: a script wants a fast, clear failure.
+                    Err(e) => Err(describe(&e, &u)),
+                };
+                let stop = item.is_err();
+                if tx.send(item).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        let mut session = Session {
+            client,
+            topics,
+            url: url.clone(),
+            rx,
+            client_id,
+        };
+        let deadline = connect_timeout + Duration::from_secs(1);
+        let connack = tokio::time::timeout(deadline, async {
+            loop {
+                match session.rx.recv().await {
+                    Some(Ok(Packet::ConnAck(_))) => return Ok(()),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(CliError::Broker(e)),
+                    None => return Err(CliError::Broker("connection task ended".into())),
+                }
+            }
+        })
+        .await;
+        match connack {
+            Ok(r) => r.map(|()| session),
+            Err(_) => Err(CliError::Broker(format!(
+                "no answer from the broker at {} within {} s",
+                url.authority(),
+                deadline.as_secs()
+            ))),
+        }
+    }
+
+    fn sync_topic(&self) -> String {
+        format!("{}/ctl/{}/sync", self.topics.prefix(), self.client_id)
+    }
+
+    /// Subscribes to `filters` and returns the retained messages they matched.
+    pub async fn subscribe_snapshot(
+        &mut self,
+        filters: Vec<String>,
+    ) -> Result<Vec<Publish>, CliError> {
+        let sync = self.sync_topic();
+        let mut subs: Vec<_> = filters
+            .into_iter()
+            .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce))
+            .collect();
+        subs.push(SubscribeFilter::new(sync.clone(), QoS::AtLeastOnce));
+        self.client
+            .subscribe_many(subs)
+            .await
+            .map_err(|e| CliError::Broker(e.to_string()))?;
+        let mut snapshot = Vec::new();
+        let mut marker_sent = false;
+        loop {
+            match self.next().await? {
+                Packet::SubAck(_) if !marker_sent => {
+                    marker_sent = true;
+                    self.client
+                        .publish(sync.clone(), QoS::AtLeastOnce, false, "sync")
+                        .await
+                        .map_err(|e| CliError::Broker(e.to_string()))?;
+                }
+                Packet::Publish(p) if p.topic == sync => return Ok(snapshot),
+                Packet::Publish(p) => snapshot.push(p),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next packet from the broker; a lost connection is an error.
+    pub async fn next(&mut self) -> Result<Packet, CliError> {
+        match self.rx.recv().await {
+            Some(Ok(p)) => Ok(p),
+            Some(Err(e)) => Err(CliError::Broker(e)),
+            None => Err(CliError::Broker(format!(
+                "lost the connection to the broker at {}",
+                self.url.authority()
+            ))),
+        }
+    }
+
+    /// The next PUBLISH from the broker.
+    pub async fn next_publish(&mut self) -> Result<Publish, CliError> {
+        loop {
+            if let Packet::Publish(p) = self.next().await? {
+                return Ok(p);
+            }
+        }
+    }
+
+    /// Sends DISCONNECT so the broker does not log an error for us; bounded in time.
+    pub async fn close(self) {
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.client.disconnect()).await;
+        // Give the poll task a moment to write it; it ends when the broker closes.
+        let mut rx = self.rx;
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while rx.recv().await.is_some() {}
+        })
+        .await;
+    }
+}
