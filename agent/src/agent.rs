@@ -438,6 +438,10 @@ impl Agent {
             .agent_subscriptions(&self.config.device, &self.config.groups)
             .into_iter()
             .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce))
+            .chain([SubscribeFilter::new(
+                self.topics.status(&self.config.device),
+                QoS::AtLeastOnce,
+            )])
             .collect();
         // Retained messages queued from before are superseded by the full republish below.
         self.outbox.retain(|p| !p.retain);
@@ -564,8 +568,13 @@ impl Agent {
     }
 
     async fn on_message(&mut self, client: &AsyncClient, p: Publish) {
-        if !matches!(self.topics.parse(&p.topic), Some(Topic::Command(_))) {
-            return;
+        match self.topics.parse(&p.topic) {
+            Some(Topic::Command(_)) => {}
+            Some(Topic::Status { device }) if device == self.config.device => {
+                self.on_own_status(client, &p.payload);
+                return;
+            }
+            _ => return,
         }
         let cmd: Command = match serde_json::from_slice(&p.payload) {
             Ok(c) => c,
@@ -625,6 +634,28 @@ impl Agent {
                 format!("refused command {}: {e}", cmd.id),
                 Some(cmd.id),
             );
+        }
+    }
+
+    /// The agent watches its own presence because a broker may publish its last will while it
+    /// is connected: rumqttd fires the *new* connection's will when a reconnect takes over a
+    /// half-dead old one (e.g. after a network partition). Seeing ourselves "offline" while
+    /// connected, we say "online" again. The retained offline of a previous run, delivered at
+    /// subscribe time, is corrected the same way.
+    fn on_own_status(&mut self, client: &AsyncClient, payload: &[u8]) {
+        let offline = serde_json::from_slice::<Presence>(payload).is_ok_and(|p| !p.is_online());
+        if offline && self.connected {
+            tracing::info!(
+                "the broker lists this device offline while it is connected; re-announcing"
+            );
+            let presence = self.presence(PresenceState::Online);
+            let p = self.pending_json(
+                self.topics.status(&self.config.device),
+                &presence,
+                QoS::AtLeastOnce,
+                true,
+            );
+            self.send(client, p);
         }
     }
 
@@ -728,12 +759,7 @@ impl Agent {
         self.send(client, p);
     }
 
-    fn on_reading(
-        &mut self,
-        client: &AsyncClient,
-        index: usize,
-        result: Result<(sensor::Reading, &'static str), String>,
-    ) {
+    fn on_reading(&mut self, client: &AsyncClient, index: usize, result: sensor::ReadResult) {
         let device = self.config.device.clone();
         let Some(slot) = self.sensors.get_mut(index) else {
             return;

@@ -125,7 +125,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let (mut backend, sim) = match gpio::open(config.gpio) {
             Ok(b) => b,
             Err(e) => {
@@ -154,7 +154,11 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_RUNTIME)
             }
         }
-    })
+    });
+    // The console's stdin read sits on a blocking thread that never returns by itself; do not
+    // wait for it.
+    runtime.shutdown_background();
+    code
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -174,13 +174,16 @@ impl Sensor for SimTemp {
     }
 }
 
+/// A reading with the sensor's kind, or why it failed.
+pub type ReadResult = Result<(Reading, &'static str), String>;
+
 /// Reads `sensor` now and then every `interval`, off the runtime, sending `(index, result)`
 /// until the receiver is gone.
 pub async fn poll(
     index: usize,
     sensor: Box<dyn Sensor>,
     interval: std::time::Duration,
-    tx: tokio::sync::mpsc::Sender<(usize, Result<(Reading, &'static str), String>)>,
+    tx: tokio::sync::mpsc::Sender<(usize, ReadResult)>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pifleet_agent::agent::AgentHandle;
-use pifleet_agent::config::{Config as AgentConfig, GpioChoice, Initial, SensorConfig, SensorKind};
+use pifleet_agent::config::{Config as AgentConfig, GpioChoice, SensorConfig, SensorKind};
 use pifleet_agent::{console, gpio, Agent};
 use pifleet_proto::{BrokerUrl, Name};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -44,31 +44,32 @@ pub fn device_config(i: usize, broker: SocketAddr, prefix: &str) -> AgentConfig 
     } else {
         broker.ip().to_string()
     };
-    let mut c = AgentConfig::default();
-    c.device = Name::new(name).expect("valid demo name");
-    c.broker = BrokerUrl {
-        scheme: pifleet_proto::Scheme::Mqtt,
-        host,
-        port: broker.port(),
-        path: String::new(),
-    };
-    c.prefix = prefix.to_string();
-    c.groups = groups
-        .iter()
-        .map(|g| Name::new(*g).expect("valid"))
-        .collect();
-    c.gpio = GpioChoice::Sim;
-    c.keep_alive_secs = 5;
-    c.reconnect_max_secs = 2.0;
-    c.outputs[0].initial = Initial::Off;
-    c.sensors = vec![SensorConfig {
-        name: Name::new("temp").expect("valid"),
-        kind: SensorKind::Sim,
-        interval_secs: 5.0,
-        id: None,
-        path: None,
-    }];
-    c
+    AgentConfig {
+        device: Name::new(name).expect("valid demo name"),
+        broker: BrokerUrl {
+            scheme: pifleet_proto::Scheme::Mqtt,
+            host,
+            port: broker.port(),
+            path: String::new(),
+        },
+        prefix: prefix.to_string(),
+        groups: groups
+            .iter()
+            .map(|g| Name::new(*g).expect("valid"))
+            .collect(),
+        gpio: GpioChoice::Sim,
+        keep_alive_secs: 5,
+        reconnect_max_secs: 2.0,
+        // The defaults' CPU sensor would only report errors on most PCs.
+        sensors: vec![SensorConfig {
+            name: Name::new("temp").expect("valid"),
+            kind: SensorKind::Sim,
+            interval_secs: 5.0,
+            id: None,
+            path: None,
+        }],
+        ..AgentConfig::default()
+    }
 }
 
 impl Demo {

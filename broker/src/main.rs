@@ -130,8 +130,8 @@ fn main() -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     });
-    // rumqttd's router thread has no shutdown; leave without waiting for it.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    // rumqttd has no shutdown and the console reads stdin on a blocking thread: do not wait.
+    runtime.shutdown_background();
     code
 }
 

@@ -40,17 +40,22 @@ pub async fn start(config: &Config) -> Result<Running, BrokerError> {
     let router_tx = Router::new(0, config.router()).spawn();
     // rumqttd does not export the router's event type, so the sender is only ever named by
     // inference, inside this closure.
-    let spawn = |settings: rumqttd::ServerSettings, link: LinkType| {
+    let spawn = |settings: rumqttd::ServerSettings, websocket: bool| {
         let tx = router_tx.clone();
+        let link = if websocket {
+            LinkType::Websocket
+        } else {
+            LinkType::Remote
+        };
         tokio::spawn(async move {
             let mut server = Server::new(settings, tx, V4);
             server.start(link).await.map_err(|e| e.to_string())
         })
     };
-    let mqtt = listen(config, "mqtt", config.mqtt.listen, LinkType::Remote, &spawn).await?;
+    let mqtt = listen(config, "mqtt", config.mqtt.listen, false, &spawn).await?;
     let websocket = if config.websocket.enabled {
         let ws = config.websocket.listen;
-        Some(listen(config, "websocket", ws, LinkType::Websocket, &spawn).await?)
+        Some(listen(config, "websocket", ws, true, &spawn).await?)
     } else {
         None
     };
@@ -64,30 +69,24 @@ async fn listen(
     config: &Config,
     what: &'static str,
     requested: SocketAddr,
-    link: LinkType,
-    spawn: &impl Fn(rumqttd::ServerSettings, LinkType) -> tokio::task::JoinHandle<Result<(), String>>,
+    websocket: bool,
+    spawn: &impl Fn(rumqttd::ServerSettings, bool) -> tokio::task::JoinHandle<Result<(), String>>,
 ) -> Result<SocketAddr, BrokerError> {
-    // rumqttd binds by address and never reports the port it got. For port 0 we find a free
-    // port ourselves and hand it over; if another process takes it in between, the bind fails
-    // and we try another one.
+    // rumqttd binds by address and never reports the port it got, nor a bind failure until its
+    // task ends. So we bind first ourselves: that resolves port 0 to a free port and turns a busy
+    // port into an immediate error. If another process grabs the port in the instant between
+    // our probe and rumqttd's bind, the task fails and (for port 0) we try another port.
     let attempts = if requested.port() == 0 { 5 } else { 1 };
     let mut last_err = None;
     for _ in 0..attempts {
-        let addr = if requested.port() == 0 {
-            let probe = StdListener::bind(requested).map_err(|source| BrokerError::Listen {
-                what,
-                addr: requested,
-                source,
-            })?;
-            probe.local_addr().expect("bound")
-        } else {
-            requested
-        };
-        let link = match link {
-            LinkType::Remote => LinkType::Remote,
-            LinkType::Websocket => LinkType::Websocket,
-        };
-        let mut task = spawn(config.server(what, addr), link);
+        let probe = StdListener::bind(requested).map_err(|source| BrokerError::Listen {
+            what,
+            addr: requested,
+            source,
+        })?;
+        let addr = probe.local_addr().expect("bound");
+        drop(probe);
+        let mut task = spawn(config.server(what, addr), websocket);
         match wait_ready(addr, &mut task).await {
             Ready::Yes => return Ok(addr),
             Ready::Failed(message) => {

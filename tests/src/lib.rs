@@ -1,1 +1,390 @@
+//! Fixtures for end-to-end tests: each starts a real binary built by this workspace, forwards its
+//! stderr with a prefix (so a failing test shows what every process said), offers readiness
+//! checks on its output, and kills it on drop. Ports are always ephemeral (`127.0.0.1:0`).
+//!
+//! The binaries are looked up next to the test executable (`target/<profile>/`); `cargo test
+//! --workspace` builds them first because each binary crate has integration tests of its own.
 
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use pifleet_proto::report::{DeviceStatus, FleetStatus};
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
+        path.display()
+    );
+    path
+}
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "pifleet-test-{label}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Lines a child printed, with a condition variable to wait on.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
+
+impl Lines {
+    fn push(&self, line: String) {
+        let (m, c) = &*self.0;
+        m.lock().unwrap().push(line);
+        c.notify_all();
+    }
+
+    /// Waits until some line satisfies `pred`, returning it; panics after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let (m, c) = &*self.0;
+        let deadline = Instant::now() + timeout;
+        let mut lines = m.lock().unwrap();
+        let mut seen = 0;
+        loop {
+            if let Some(l) = lines[seen..].iter().find(|l| pred(l)) {
+                return l.clone();
+            }
+            seen = lines.len();
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+            lines = c.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Lines from index `from` on.
+    pub fn since(&self, from: usize) -> Vec<String> {
+        self.0 .0.lock().unwrap()[from..].to_vec()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0 .0.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn forward(reader: impl std::io::Read + Send + 'static, label: String, lines: Lines, echo: bool) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if echo {
+                eprintln!("[{label}] {line}");
+            }
+            lines.push(line);
+        }
+    });
+}
+
+/// A running child process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Lines,
+    pub stderr: Lines,
+    stdin: Option<ChildStdin>,
+    pub label: String,
+}
+
+impl Proc {
+    pub fn spawn(label: &str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info,rumqttd=off,rumqttc=warn");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
+        let stdout = Lines::default();
+        let stderr = Lines::default();
+        forward(
+            child.stdout.take().unwrap(),
+            format!("{label} out"),
+            stdout.clone(),
+            true,
+        );
+        forward(
+            child.stderr.take().unwrap(),
+            label.to_string(),
+            stderr.clone(),
+            true,
+        );
+        Proc {
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            stderr,
+            label: label.to_string(),
+        }
+    }
+
+    /// Writes one line to the child's standard input.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to child stdin");
+        stdin.flush().unwrap();
+    }
+
+    /// Sends a signal (`"TERM"`, `"INT"`, `"KILL"`).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{sig} {}", self.label);
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.label
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `pifleet-broker` on ephemeral loopback ports.
+pub struct Broker {
+    pub proc: Proc,
+    pub mqtt: String,
+    pub ws: Option<String>,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Broker::start_with(&["--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"])
+    }
+
+    /// Starts with explicit arguments; waits for the printed listener addresses.
+    pub fn start_with(args: &[&str]) -> Broker {
+        let mut cmd = Command::new(bin("pifleet-broker"));
+        cmd.args(args);
+        let proc = Proc::spawn("broker", cmd);
+        let line = proc
+            .stdout
+            .wait_for("broker readiness", Duration::from_secs(15), |l| {
+                l.starts_with("pifleet-broker: MQTT on ")
+            });
+        let mqtt = line.rsplit(' ').next().unwrap().to_string();
+        let ws = if args.contains(&"--no-ws") {
+            None
+        } else {
+            let l = proc
+                .stdout
+                .wait_for("websocket readiness", Duration::from_secs(5), |l| {
+                    l.starts_with("pifleet-broker: MQTT over WebSocket on ")
+                });
+            Some(l.rsplit(' ').next().unwrap().to_string())
+        };
+        Broker { proc, mqtt, ws }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://{}", self.mqtt)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/mqtt", self.ws.as_ref().expect("websocket enabled"))
+    }
+}
+
+/// A `pifleet-agent` with the simulated backend and a config written to a temp dir.
+pub struct Agent {
+    pub proc: Proc,
+    pub device: String,
+    pub dir: TempDir,
+}
+
+impl Agent {
+    /// `extra` is appended to a minimal config (device, broker, sim GPIO, fast reconnects).
+    pub fn start(broker_url: &str, device: &str, extra: &str) -> Agent {
+        let dir = TempDir::new(device);
+        Agent::start_in(dir, broker_url, device, extra)
+    }
+
+    /// Starts (or restarts) an agent whose config and state live in `dir`.
+    pub fn start_in(dir: TempDir, broker_url: &str, device: &str, extra: &str) -> Agent {
+        let config = dir.path().join("agent.toml");
+        let state = dir.path().join("state.json");
+        std::fs::write(
+            &config,
+            format!(
+                "device = {device:?}\nbroker = {broker_url:?}\ngpio = \"sim\"\nkeep_alive_secs = 2\n\
+                 reconnect_max_secs = 0.5\nstate_file = {state:?}\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(bin("pifleet-agent"));
+        cmd.arg("--config").arg(&config);
+        let proc = Proc::spawn(device, cmd);
+        Agent {
+            proc,
+            device: device.to_string(),
+            dir,
+        }
+    }
+}
+
+/// Runs `pifleet` with `args` against `broker_url` and returns its output.
+pub fn cli(broker_url: &str, args: &[&str]) -> Output {
+    let out = Command::new(bin("pifleet"))
+        .args(args)
+        .env("PIFLEET_BROKER", broker_url)
+        .env_remove("PIFLEET_PREFIX")
+        .output()
+        .expect("run pifleet");
+    eprintln!(
+        "[pifleet {}] exit {:?}\n{}{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `pifleet status --json`, decoded with the documented types.
+pub fn status(broker_url: &str) -> FleetStatus {
+    let out = cli(broker_url, &["status", "--json"]);
+    serde_json::from_slice(&out.stdout).expect("status --json is a FleetStatus")
+}
+
+/// One device from `status`, if known.
+pub fn device_status(broker_url: &str, device: &str) -> Option<DeviceStatus> {
+    status(broker_url)
+        .devices
+        .into_iter()
+        .find(|d| d.device == device)
+}
+
+/// Polls `cond` (a readiness check, not a fixed sleep) until it holds; panics after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(20);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Waits until `device` is online in `pifleet status`.
+pub fn wait_online(broker_url: &str, device: &str) {
+    wait_until(
+        &format!("{device} is online"),
+        Duration::from_secs(15),
+        || device_status(broker_url, device).is_some_and(|d| d.online),
+    );
+}
+
+/// Whether a program is on PATH (for suites that need an external tool).
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program} >/dev/null"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Publishes one message with a plain MQTT client (rumqttc), as any third-party tool would.
+pub fn publish_raw(broker_url: &str, topic: &str, payload: &[u8]) {
+    let addr = broker_url.trim_start_matches("mqtt://").to_string();
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut opts = rumqttc::MqttOptions::new("pifleet-test-raw", host, port.parse().unwrap());
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10);
+        client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec())
+            .await
+            .unwrap();
+        let acked = async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => return,
+                    Ok(_) => {}
+                    Err(e) => panic!("raw publish failed: {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), acked)
+            .await
+            .expect("PUBACK");
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+    });
+}
+
+/// `pifleet watch --json` running in the background, ready once it printed its banner.
+pub fn watch(broker_url: &str, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(bin("pifleet"));
+    cmd.arg("watch")
+        .arg("--json")
+        .args(args)
+        .env("PIFLEET_BROKER", broker_url);
+    let proc = Proc::spawn("watch", cmd);
+    proc.stderr
+        .wait_for("watch readiness", Duration::from_secs(10), |l| {
+            l.contains("watching")
+        });
+    proc
+}
