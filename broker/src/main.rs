@@ -1,5 +1,7 @@
 //! `pifleet-broker`: parse flags, set up logging, call the library.
 
+mod nodelay;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -107,7 +109,7 @@ fn main() -> ExitCode {
                     } else {
                         format!(" --broker mqtt://127.0.0.1:{port}")
                     };
-                    println!("  In another terminal try:  pifleet{broker_flag} status");
+                    println!("  In another terminal try:  pifleet{broker_flag} status      (from the repository: cargo run -q -p pifleet-controller --{broker_flag} status)");
                     println!("                            pifleet{broker_flag} on --all");
                     println!("                            pifleet{broker_flag} watch");
                     println!("  Type here to press a simulated button:  kitchen press   (or: show, kitchen release)");
