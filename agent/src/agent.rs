@@ -33,6 +33,11 @@ pub enum AgentError {
     Gpio(#[from] GpioError),
     #[error("the agent has stopped")]
     Stopped,
+    #[error("cannot listen for legacy clients on {addr}: {source}")]
+    Legacy {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Answers to local requests that the agent refused.
@@ -191,6 +196,8 @@ pub struct Agent {
     recent: VecDeque<CommandId>,
     outbox: VecDeque<Pending>,
     connected: bool,
+    /// A handle on ourselves, for the legacy shim.
+    handle: AgentHandle,
 }
 
 impl Agent {
@@ -298,7 +305,9 @@ impl Agent {
             .collect();
 
         let (tx, requests) = mpsc::channel(64);
+        let handle = AgentHandle { tx };
         let agent = Agent {
+            handle: handle.clone(),
             backend: backend.name(),
             topics,
             outputs,
@@ -314,7 +323,7 @@ impl Agent {
             connected: false,
             config,
         };
-        Ok((agent, AgentHandle { tx }))
+        Ok((agent, handle))
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -338,6 +347,13 @@ impl Agent {
     /// clean DISCONNECT (so the broker discards the last will), outputs left as they are.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         let device = self.config.device.clone();
+        let legacy = match self.config.legacy.clone() {
+            Some(l) => {
+                let (handle, device) = (self.handle.clone(), self.config.device.clone());
+                Some(start_legacy(l, handle, device).await?)
+            }
+            None => None,
+        };
         let url = self.config.broker.clone();
         let will = serde_json::to_vec(&Presence::will()).expect("serializable");
         let status_topic = self.topics.status(&device);
@@ -405,6 +421,9 @@ impl Agent {
         }
 
         sensor_tasks.abort_all();
+        if let Some(l) = legacy {
+            l.abort();
+        }
         if self.connected {
             let goodbye = serde_json::to_vec(&self.presence(PresenceState::Offline)).expect("json");
             let status = self.topics.status(&device);
@@ -859,4 +878,33 @@ impl Agent {
             }
         }
     }
+}
+
+/// Binds the legacy listener (a bind failure is fatal: the user asked for that port) and
+/// serves it in the background.
+async fn start_legacy(
+    l: pifleet_legacy::ListenerConfig,
+    handle: AgentHandle,
+    device: Name,
+) -> Result<tokio::task::JoinHandle<()>, AgentError> {
+    let listener = tokio::net::TcpListener::bind(l.listen)
+        .await
+        .map_err(|source| AgentError::Legacy {
+            addr: l.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().expect("bound");
+    tracing::info!("legacy shim listening on {addr}");
+    let shim = crate::legacy::AgentShim {
+        handle,
+        device,
+        output: l.output.clone(),
+        input: l.input.clone(),
+    };
+    Ok(tokio::spawn(pifleet_legacy::serve(
+        listener,
+        std::sync::Arc::new(shim),
+        l.limits(),
+        std::future::pending(),
+    )))
 }

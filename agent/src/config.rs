@@ -142,6 +142,9 @@ pub struct Config {
     pub inputs: Vec<InputConfig>,
     #[serde(default = "default_sensors", rename = "sensor")]
     pub sensors: Vec<SensorConfig>,
+    /// The legacy TCP shim for old on/off/q and go clients; off unless configured.
+    #[serde(default)]
+    pub legacy: Option<pifleet_legacy::ListenerConfig>,
 }
 
 fn default_device() -> Name {
@@ -285,6 +288,25 @@ impl Config {
                     s.name.as_str(),
                     s.interval_secs
                 ));
+            }
+        }
+        if let Some(l) = &self.legacy {
+            l.validate().map_err(ConfigError::Invalid)?;
+            if l.device.as_ref().is_some_and(|d| *d != self.device) {
+                return bad(format!(
+                    "legacy.device: the agent serves only itself ({}); `device` is for the broker's shim",
+                    self.device
+                ));
+            }
+            if let Some(o) = &l.output {
+                if !self.outputs.iter().any(|x| &x.name == o) {
+                    return bad(format!("legacy.output: no output named {:?}", o.as_str()));
+                }
+            }
+            if let Some(i) = &l.input {
+                if !self.inputs.iter().any(|x| &x.name == i) {
+                    return bad(format!("legacy.input: no input named {:?}", i.as_str()));
+                }
             }
         }
         for i in &self.inputs {

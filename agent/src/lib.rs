@@ -8,6 +8,7 @@
 //! - [`state_file`]: atomic persistence behind `initial = "restore"`.
 //! - [`connection`]: the MQTT poll loop with backoff.
 //! - [`agent`]: the core that ties them together; [`AgentHandle`] talks to a running agent.
+//! - [`legacy`]: the on-Pi shim for old length-prefixed and NUL-terminated clients.
 //! - [`console`]: the simulator's stdin console (`press button`, `show`).
 
 pub mod agent;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod connection;
 pub mod console;
 pub mod gpio;
+pub mod legacy;
 pub mod sensor;
 pub mod state_file;
 

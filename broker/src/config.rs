@@ -20,6 +20,9 @@ pub struct Config {
     pub websocket: WsListener,
     pub limits: Limits,
     pub storage: Storage,
+    /// Legacy TCP listeners (`[[legacy]]`), each fronting one device.
+    #[serde(rename = "legacy")]
+    pub legacy: Vec<pifleet_legacy::ListenerConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -61,6 +64,7 @@ impl Default for Config {
             websocket: WsListener::default(),
             limits: Limits::default(),
             storage: Storage::default(),
+            legacy: Vec::new(),
         }
     }
 }
@@ -87,8 +91,8 @@ impl Default for Limits {
 impl Default for Storage {
     fn default() -> Self {
         Storage {
-            max_segment_size: 262_144,
-            max_segment_count: 2,
+            max_segment_size: 1_048_576,
+            max_segment_count: 4,
             command_segment_size: 16_384,
         }
     }
@@ -141,6 +145,15 @@ impl Config {
         if self.limits.max_packet_size < 1024 {
             return bad("limits.max_packet_size must be at least 1024 bytes");
         }
+        for l in &self.legacy {
+            l.validate().map_err(ConfigError::Invalid)?;
+            if l.device.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "legacy {}: name the `device` old clients control",
+                    l.listen
+                )));
+            }
+        }
         if self.websocket.enabled
             && self.websocket.listen == self.mqtt.listen
             && self.mqtt.listen.port() != 0
@@ -158,7 +171,8 @@ impl Config {
             commands,
             rumqttd::SegmentConfig {
                 max_segment_size: self.storage.command_segment_size,
-                max_segment_count: 1,
+                // Never 1: rotating the only segment drops commands a device has not read yet.
+                max_segment_count: 4,
             },
         );
         rumqttd::RouterConfig {
@@ -221,6 +235,6 @@ mod test {
     fn command_filters_get_small_segments() {
         let r = Config::default().router();
         let seg = &r.custom_segment.unwrap()["pifleet/dev/+/cmnd"];
-        assert_eq!((seg.max_segment_size, seg.max_segment_count), (16_384, 1));
+        assert_eq!((seg.max_segment_size, seg.max_segment_count), (16_384, 4));
     }
 }

@@ -95,6 +95,18 @@ fn main() -> ExitCode {
         if let Some(ws) = running.websocket {
             println!("pifleet-broker: MQTT over WebSocket on {ws}");
         }
+        let topics = pifleet_proto::Topics::new(&config.prefix).expect("validated");
+        match pifleet_broker::legacy::start(&config.legacy, running.mqtt, topics).await {
+            Ok(bound) => {
+                for (device, addr) in bound {
+                    println!("pifleet-broker: legacy shim for {device} on {addr}");
+                }
+            }
+            Err(e) => {
+                eprintln!("pifleet-broker: {e}");
+                return ExitCode::from(EXIT_START);
+            }
+        }
         let demo = match cli.demo {
             Some(n) if n > 0 => match Demo::start(n, running.mqtt, &config.prefix) {
                 Ok(d) => {

@@ -19,6 +19,8 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Relay(String),
     #[error("the {what} listener on {addr} did not come up within {secs} s")]
     NotReady {
         what: &'static str,

@@ -388,3 +388,35 @@ pub fn watch(broker_url: &str, args: &[&str]) -> Proc {
         });
     proc
 }
+
+/// Runs `tests/legacy_client.py` (a client written like the originals); `None` without python3.
+pub fn legacy_client(addr: &str, args: &[&str]) -> Option<Vec<String>> {
+    if !have("python3") {
+        eprintln!("SKIPPED: python3 is not installed");
+        return None;
+    }
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/legacy_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(host)
+        .arg(port)
+        .args(args)
+        .output()
+        .unwrap();
+    eprintln!(
+        "[legacy_client {}] {:?}\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "legacy client failed");
+    Some(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect(),
+    )
+}
