@@ -397,6 +397,11 @@ impl Agent {
         );
         tokio::pin!(shutdown);
         let mut retry = tokio::time::interval(Duration::from_millis(50));
+        let heartbeat_every = Duration::from_secs(self.config.heartbeat_secs);
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + heartbeat_every,
+            heartbeat_every,
+        );
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -417,6 +422,7 @@ impl Agent {
                 Some(req) = self.requests.recv() => self.on_request(&client, req).await,
                 Some((index, result)) = readings.recv() => self.on_reading(&client, index, result),
                 _ = retry.tick(), if !self.outbox.is_empty() && self.connected => self.flush(&client),
+                _ = heartbeat.tick(), if self.connected => self.announce(&client),
             }
         }
 
@@ -667,15 +673,20 @@ impl Agent {
             tracing::info!(
                 "the broker lists this device offline while it is connected; re-announcing"
             );
-            let presence = self.presence(PresenceState::Online);
-            let p = self.pending_json(
-                self.topics.status(&self.config.device),
-                &presence,
-                QoS::AtLeastOnce,
-                true,
-            );
-            self.send(client, p);
+            self.announce(client);
         }
+    }
+
+    /// Publishes presence `online` (retained) with a fresh timestamp.
+    fn announce(&mut self, client: &AsyncClient) {
+        let presence = self.presence(PresenceState::Online);
+        let p = self.pending_json(
+            self.topics.status(&self.config.device),
+            &presence,
+            QoS::AtLeastOnce,
+            true,
+        );
+        self.send(client, p);
     }
 
     fn output_index(&self, output: Option<&Name>) -> Result<usize, RequestError> {

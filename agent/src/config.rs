@@ -134,13 +134,20 @@ pub struct Config {
     pub keep_alive_secs: u64,
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_secs: f64,
+    /// Seconds between re-publications of the presence message, which keep "last seen" fresh
+    /// for devices that are otherwise quiet.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
     #[serde(default)]
     pub state_file: Option<PathBuf>,
-    #[serde(default = "default_outputs", rename = "output")]
+    /// Outputs, inputs and sensors are exactly what a config file lists: a file without
+    /// `[[output]]` drives no pin. Only running with no file at all gives the demo set
+    /// (see [`Config::default`]).
+    #[serde(default, rename = "output")]
     pub outputs: Vec<OutputConfig>,
-    #[serde(default = "default_inputs", rename = "input")]
+    #[serde(default, rename = "input")]
     pub inputs: Vec<InputConfig>,
-    #[serde(default = "default_sensors", rename = "sensor")]
+    #[serde(default, rename = "sensor")]
     pub sensors: Vec<SensorConfig>,
     /// The legacy TCP shim for old on/off/q and go clients; off unless configured.
     #[serde(default)]
@@ -170,6 +177,10 @@ fn default_keep_alive() -> u64 {
 
 fn default_reconnect_max() -> f64 {
     30.0
+}
+
+fn default_heartbeat() -> u64 {
+    60
 }
 
 fn default_outputs() -> Vec<OutputConfig> {
@@ -216,8 +227,15 @@ pub enum ConfigError {
 }
 
 impl Default for Config {
+    /// The configuration without a file: an LED on BCM 17, a button on BCM 27 and the CPU
+    /// temperature, the wiring of most first projects.
     fn default() -> Self {
-        Config::from_toml_str("", Path::new("<defaults>")).expect("defaults are valid")
+        Config {
+            outputs: default_outputs(),
+            inputs: default_inputs(),
+            sensors: default_sensors(),
+            ..Config::from_toml_str("", Path::new("<defaults>")).expect("defaults are valid")
+        }
     }
 }
 
@@ -251,6 +269,12 @@ impl Config {
                 self.keep_alive_secs
             ));
         }
+        if self.heartbeat_secs == 0 || self.heartbeat_secs > 86_400 {
+            return bad(format!(
+                "heartbeat_secs = {}: must be between 1 and 86400",
+                self.heartbeat_secs
+            ));
+        }
         if !(self.reconnect_max_secs >= 0.1 && self.reconnect_max_secs <= 3600.0) {
             return bad(format!(
                 "reconnect_max_secs = {}: must be between 0.1 and 3600",
@@ -267,14 +291,14 @@ impl Config {
         for (what, name, pin) in endpoints {
             if pin > 53 {
                 return bad(format!(
-                    "{what} {name:?}: pin {pin} is not a BCM GPIO number (0-53)"
+                    "{what} {name}: pin {pin} is not a BCM GPIO number (0-53)"
                 ));
             }
             if !pins.insert(pin) {
-                return bad(format!("{what} {name:?}: pin {pin} is used twice"));
+                return bad(format!("{what} {name}: pin {pin} is used twice"));
             }
             if !names.insert((what, name)) {
-                return bad(format!("{what} name {name:?} is used twice"));
+                return bad(format!("{what} name {name} is used twice"));
             }
         }
         let mut sensor_names = HashSet::new();
@@ -362,12 +386,19 @@ mod test {
     }
 
     #[test]
-    fn empty_file_means_defaults() {
-        let c = parse("").unwrap();
+    fn no_file_means_the_demo_wiring_but_a_file_drives_only_what_it_lists() {
+        let c = Config::default();
         assert_eq!(c.outputs[0].pin, 17);
         assert_eq!(c.inputs[0].pin, 27);
         assert_eq!(c.broker.to_string(), "mqtt://localhost:1883");
         assert_eq!(c.prefix, "pifleet");
+        let c = parse("[[sensor]]\nname = \"t\"\nkind = \"sim\"\n").unwrap();
+        assert!(c.outputs.is_empty() && c.inputs.is_empty());
+        let c = parse("[[input]]\nname = \"b\"\npin = 17\n").unwrap();
+        assert_eq!(
+            c.inputs[0].pin, 17,
+            "pin 17 is free when no output claims it"
+        );
     }
 
     #[test]

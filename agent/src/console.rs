@@ -78,8 +78,12 @@ pub async fn execute(
         ConsoleCommand::Drive(input, active) => drive(handle, input, active, label).await,
         ConsoleCommand::Click(input) => {
             let first = drive(handle, input.clone(), true, label).await;
-            let second = drive(handle, input, false, label).await;
-            format!("{first}\n{second}")
+            if first.ends_with("pressed") {
+                let second = drive(handle, input, false, label).await;
+                format!("{first}\n{second}")
+            } else {
+                first
+            }
         }
     };
     out.write_all(text.as_bytes()).await?;

@@ -26,9 +26,17 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Listener {
     pub listen: SocketAddr,
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Listener {
+            listen: "0.0.0.0:1883".parse().expect("valid"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -42,6 +50,9 @@ pub struct WsListener {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_connections: usize,
+    /// How many retained messages one QoS 0 subscription receives at most (rumqttd's
+    /// `max_outgoing_packet_count`, also its batch size when forwarding QoS 0 messages).
+    pub max_retained_per_subscription: u64,
     pub max_packet_size: usize,
     pub connect_timeout_ms: u16,
 }
@@ -58,9 +69,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             prefix: pifleet_proto::DEFAULT_PREFIX.into(),
-            mqtt: Listener {
-                listen: "0.0.0.0:1883".parse().expect("valid"),
-            },
+            mqtt: Listener::default(),
             websocket: WsListener::default(),
             limits: Limits::default(),
             storage: Storage::default(),
@@ -82,6 +91,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 10_000,
+            max_retained_per_subscription: 50_000,
             max_packet_size: 65_536,
             connect_timeout_ms: 10_000,
         }
@@ -139,6 +149,9 @@ impl Config {
         if self.storage.max_segment_count == 0 {
             return bad("storage.max_segment_count must be at least 1");
         }
+        if self.limits.max_retained_per_subscription < 100 {
+            return bad("limits.max_retained_per_subscription must be at least 100");
+        }
         if self.limits.max_connections == 0 {
             return bad("limits.max_connections must be at least 1");
         }
@@ -177,7 +190,7 @@ impl Config {
         );
         rumqttd::RouterConfig {
             max_connections: self.limits.max_connections,
-            max_outgoing_packet_count: 200,
+            max_outgoing_packet_count: self.limits.max_retained_per_subscription,
             max_segment_size: self.storage.max_segment_size,
             max_segment_count: self.storage.max_segment_count,
             custom_segment: Some(custom),

@@ -80,7 +80,9 @@ impl Relay {
             relay.topics.event_filter(None),
         ]
         .into_iter()
-        .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce))
+        // QoS 0 for the same reason as the CLI: rumqttd caps retained delivery to QoS 1
+        // subscriptions at the free in-flight slots.
+        .map(|f| SubscribeFilter::new(f, QoS::AtMostOnce))
         .collect();
         let (ready_tx, ready) = oneshot::channel();
         let r = relay.clone();

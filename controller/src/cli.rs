@@ -35,13 +35,23 @@ pub struct Global {
     #[arg(long, global = true)]
     pub json: bool,
     /// Seconds to wait for the broker to accept the connection.
-    #[arg(long, default_value = "3", value_name = "SECS", global = true)]
+    #[arg(long, default_value = "3", value_name = "SECS", value_parser = seconds, global = true)]
     pub connect_timeout: f64,
 }
 
 impl Global {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.connect_timeout.clamp(0.1, 3600.0))
+    }
+}
+
+/// A number of seconds: finite and within `0..=3600`.
+pub fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 3600"
+        )),
     }
 }
 
@@ -73,7 +83,7 @@ pub struct SwitchArgs {
     #[arg(long, short)]
     pub output: Option<Name>,
     /// Seconds to wait for confirmations.
-    #[arg(long, short, default_value = "5", value_name = "SECS")]
+    #[arg(long, short, default_value = "5", value_name = "SECS", value_parser = seconds)]
     pub timeout: f64,
 }
 

@@ -1,4 +1,5 @@
-//! The CLI's errors and the exit codes scripts can rely on (documented in `docs/cli.md`).
+//! The CLI's errors and the exit codes scripts can rely on (documented in README.md, "Using
+//! the CLI", and in `pifleet --help`).
 
 /// Every command finished and every targeted device confirmed.
 pub const EXIT_OK: u8 = 0;

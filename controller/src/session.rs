@@ -1,9 +1,9 @@
 //! One MQTT session of the CLI: connect (failing fast with one sentence), subscribe, and collect
 //! the retained snapshot.
 //!
-//! MQTT has no "end of retained messages" marker, so the session makes one: it subscribes to a
-//! topic of its own together with the fleet filters, waits for the SUBACK, then publishes a
-//! marker there. The broker delivers the retained messages while it processes the SUBSCRIBE,
+//! MQTT has no "end of retained messages" marker, so the session makes one: it subscribes to
+//! `<prefix>/ctl/sync` together with the fleet filters, waits for the SUBACK, then publishes its
+//! client id there as a marker. The broker delivers the retained messages while it processes the SUBSCRIBE,
 //! so everything that arrives before the marker is the snapshot.
 
 use std::time::Duration;
@@ -83,21 +83,22 @@ impl Session {
         }
     }
 
-    fn sync_topic(&self) -> String {
-        format!("{}/ctl/{}/sync", self.topics.prefix(), self.client_id)
-    }
-
     /// Subscribes to `filters` and returns the retained messages they matched.
     pub async fn subscribe_snapshot(
         &mut self,
         filters: Vec<String>,
     ) -> Result<Vec<Publish>, CliError> {
-        let sync = self.sync_topic();
+        let sync = self.topics.sync();
+        // Other controllers share the topic; ours is the marker carrying our client id.
+        let marker = self.client_id.clone();
         let mut subs: Vec<_> = filters
             .into_iter()
-            .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce))
+            // QoS 0: rumqttd delivers at most as many retained messages to a QoS 1 subscription
+            // as the connection has free in-flight slots (100, shared by all filters) and drops
+            // the rest; for QoS 0 the limit is the broker's configurable forward batch.
+            .map(|f| SubscribeFilter::new(f, QoS::AtMostOnce))
             .collect();
-        subs.push(SubscribeFilter::new(sync.clone(), QoS::AtLeastOnce));
+        subs.push(SubscribeFilter::new(sync.clone(), QoS::AtMostOnce));
         self.client
             .subscribe_many(subs)
             .await
@@ -109,11 +110,14 @@ impl Session {
                 Packet::SubAck(_) if !marker_sent => {
                     marker_sent = true;
                     self.client
-                        .publish(sync.clone(), QoS::AtLeastOnce, false, "sync")
+                        .publish(sync.clone(), QoS::AtLeastOnce, false, marker.clone())
                         .await
                         .map_err(|e| CliError::Broker(e.to_string()))?;
                 }
-                Packet::Publish(p) if p.topic == sync => return Ok(snapshot),
+                Packet::Publish(p) if p.topic == sync && p.payload == marker.as_bytes() => {
+                    return Ok(snapshot);
+                }
+                Packet::Publish(p) if p.topic == sync => {}
                 Packet::Publish(p) => snapshot.push(p),
                 _ => {}
             }

@@ -55,4 +55,16 @@ fn usage_errors_exit_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    for bad in ["nan", "-1", "inf", "soon"] {
+        let out = pifleet()
+            .args(["on", "k", "--timeout", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--timeout {bad}");
+        let out = pifleet()
+            .args(["status", "--connect-timeout", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--connect-timeout {bad}");
+    }
 }

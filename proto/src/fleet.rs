@@ -100,7 +100,9 @@ impl Fleet {
             WatchEvent::Presence { presence, .. } => {
                 d.online = presence.is_online();
                 // The last will carries no description; keep what the device said when online.
-                if presence.is_online() {
+                // A goodbye (offline with a description) updates it.
+                if presence.is_online() || !presence.groups.is_empty() || presence.version.is_some()
+                {
                     d.version.clone_from(&presence.version);
                     d.groups = presence.groups.iter().map(|g| g.to_string()).collect();
                     d.started_at = presence.started_at;

@@ -134,6 +134,9 @@ pub fn describe(e: &ConnectionError, url: &BrokerUrl) -> String {
         ConnectionError::MqttState(StateError::AwaitPingResp) => {
             format!("lost the connection to the broker at {at} (no ping response)")
         }
+        ConnectionError::Io(io) if io.to_string().contains("failed to lookup address") => {
+            format!("cannot resolve the broker host {:?} ({io})", url.host)
+        }
         _ => match io_kind(e) {
             Some(io::ErrorKind::ConnectionRefused) => {
                 format!("cannot reach the broker at {at}: connection refused (is pifleet-broker running?)")

@@ -157,6 +157,42 @@ impl Topics {
         }
     }
 
+    /// Input states of one device or (`None`) of all of them.
+    pub fn input_filter(&self, device: Option<&Name>) -> String {
+        match device {
+            Some(d) => format!("{}/dev/{d}/in/+", self.prefix),
+            None => format!("{}/dev/+/in/+", self.prefix),
+        }
+    }
+
+    /// Sensor readings of one device or (`None`) of all of them.
+    pub fn sensor_filter(&self, device: Option<&Name>) -> String {
+        match device {
+            Some(d) => format!("{}/dev/{d}/sensor/+", self.prefix),
+            None => format!("{}/dev/+/sensor/+", self.prefix),
+        }
+    }
+
+    /// Everything devices report, as one filter per kind. Brokers may cap how many retained
+    /// messages one subscription delivers (rumqttd 0.20: 100), so a fleet snapshot asks for each
+    /// kind separately rather than through one `dev/+/#`.
+    pub fn fleet_filters(&self, device: Option<&Name>) -> Vec<String> {
+        vec![
+            self.status_filter(device),
+            self.output_filter(device),
+            self.input_filter(device),
+            self.sensor_filter(device),
+            self.event_filter(device),
+        ]
+    }
+
+    /// Where controllers publish the marker that ends a retained snapshot (see the CLI's
+    /// session). One shared topic: a topic per controller would leave a filter behind on the
+    /// broker for every CLI run.
+    pub fn sync(&self) -> String {
+        format!("{}/ctl/sync", self.prefix)
+    }
+
     /// Events of one device or (`None`) of all of them.
     pub fn event_filter(&self, device: Option<&Name>) -> String {
         match device {
@@ -241,6 +277,17 @@ mod test {
         );
         assert_eq!(t.event(&n("kitchen")), "pifleet/dev/kitchen/event");
         assert_eq!(t.device_filter(None), "pifleet/dev/+/#");
+        assert_eq!(
+            t.fleet_filters(Some(&n("k"))),
+            vec![
+                "pifleet/dev/k/status",
+                "pifleet/dev/k/out/+",
+                "pifleet/dev/k/in/+",
+                "pifleet/dev/k/sensor/+",
+                "pifleet/dev/k/event"
+            ]
+        );
+        assert_eq!(t.sync(), "pifleet/ctl/sync");
         assert_eq!(
             t.agent_subscriptions(&n("kitchen"), &[n("down")]),
             vec![

@@ -254,10 +254,20 @@ impl Agent {
         Agent::start_in(dir, broker_url, device, extra)
     }
 
-    /// Starts (or restarts) an agent whose config and state live in `dir`.
+    /// Starts (or restarts) an agent whose config and state live in `dir`. Unless `extra`
+    /// declares its own, the agent has an LED `led` on pin 17 and a button `button` on pin 27.
     pub fn start_in(dir: TempDir, broker_url: &str, device: &str, extra: &str) -> Agent {
         let config = dir.path().join("agent.toml");
         let state = dir.path().join("state.json");
+        let mut extra = extra.to_string();
+        if !extra.contains("[[output]]") {
+            extra.push_str("\n[[output]]\nname = \"led\"\npin = 17\n");
+        }
+        if !extra.contains("[[input]]") {
+            extra.push_str(
+                "\n[[input]]\nname = \"button\"\npin = 27\npull = \"up\"\nactive_low = true\n",
+            );
+        }
         std::fs::write(
             &config,
             format!(

@@ -191,7 +191,8 @@ fn a_malformed_command_is_refused_with_an_event_and_the_agent_keeps_serving() {
 fn restore_brings_the_led_back_after_a_restart() {
     let broker = Broker::start();
     let url = broker.url();
-    let config = "[[output]]\nname = \"led\"\npin = 17\ninitial = \"restore\"\n";
+    let config =
+        "groups = [\"upstairs\"]\n[[output]]\nname = \"led\"\npin = 17\ninitial = \"restore\"\n";
     let mut agent = Agent::start(&url, "hotel", config);
     wait_online(&url, "hotel");
     let (_, code) = switch(&url, &["on", "hotel"]);
@@ -207,6 +208,9 @@ fn restore_brings_the_led_back_after_a_restart() {
     wait_until("hotel says goodbye", Duration::from_secs(10), || {
         device_status(&url, "hotel").is_some_and(|d| !d.online)
     });
+    // A group member that said goodbye is reported offline, not forgotten.
+    let (r, code) = switch(&url, &["off", "--group", "upstairs"]);
+    assert_eq!((code, outcome(&r, "hotel")), (Some(1), Outcome::Offline));
 
     let dir = std::mem::replace(&mut agent.dir, TempDir::new("unused"));
     let _agent = Agent::start_in(dir, &url, "hotel", config);
@@ -317,4 +321,30 @@ fn a_websocket_device_publishes_a_sensor_and_receives_commands() {
     let (r, code) = switch(&url, &["toggle", "juliet"]);
     assert_eq!((code, outcome(&r, "juliet")), (Some(0), Outcome::Confirmed));
     assert_eq!(r.results[0].on, Some(true));
+}
+
+#[test]
+fn a_fleet_of_thirty_is_shown_and_switched_completely() {
+    // Four retained messages per device: subscribed with QoS 1 they would hit rumqttd's cap of
+    // 100 retained messages per connection at 25 devices.
+    let broker = Broker::start_with(&["--mqtt", "127.0.0.1:0", "--no-ws", "--demo", "30"]);
+    let url = broker.url();
+    wait_until(
+        "all 30 demo devices report everything",
+        Duration::from_secs(30),
+        || {
+            let fleet = status(&url);
+            fleet.devices.len() == 30
+                && fleet.devices.iter().all(|d| {
+                    d.online
+                        && d.outputs.contains_key("led")
+                        && d.inputs.contains_key("button")
+                        && d.sensors.contains_key("temp")
+                })
+        },
+    );
+    let (r, code) = switch(&url, &["on", "--all"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(r.results.len(), 30);
+    assert!(r.results.iter().all(|x| x.outcome == Outcome::Confirmed));
 }

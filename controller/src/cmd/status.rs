@@ -16,11 +16,11 @@ use crate::table;
 pub async fn exec(g: &Global, topics: Topics, a: &StatusArgs) -> Result<u8, CliError> {
     let mut session = Session::connect(&g.broker, topics.clone(), g.connect_timeout()).await?;
     let filters = if a.devices.is_empty() {
-        vec![topics.device_filter(None)]
+        topics.fleet_filters(None)
     } else {
         a.devices
             .iter()
-            .map(|d| topics.device_filter(Some(d)))
+            .flat_map(|d| topics.fleet_filters(Some(d)))
             .collect()
     };
     let snapshot = session.subscribe_snapshot(filters).await?;
