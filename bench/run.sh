@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The fleet benchmark, pifleet-broker and mosquitto side by side, on loopback.
+#
+#   bench/run.sh                      the full run recorded in docs/performance.md
+#   bench/run.sh --fanout 100 --commands 500 --telemetry 20000 --rounds 3    a quick one
+#
+# Installs mosquitto (Debian package) if missing, builds release binaries, starts both brokers
+# on free loopback ports (mosquitto with set_tcp_nodelay true, as pifleet's clients use), runs
+# pifleet-bench against both, and stops them. Extra arguments go to pifleet-bench.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+fi
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+cargo build --release --bins
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+target/release/pifleet-broker --mqtt 127.0.0.1:0 --no-ws >"$work/broker.out" 2>"$work/broker.err" &
+pids+=($!)
+broker_pid=$!
+for _ in $(seq 100); do grep -q "MQTT on" "$work/broker.out" 2>/dev/null && break; sleep 0.1; done
+pifleet_addr=$(grep -o "MQTT on [0-9.:]*" "$work/broker.out" | cut -d' ' -f3)
+
+mport=$(free_port)
+cat >"$work/mosquitto.conf" <<CONF
+listener $mport 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+max_connections -1
+persistence false
+log_dest none
+CONF
+"$MOSQUITTO" -c "$work/mosquitto.conf" &
+pids+=($!)
+mosq_pid=$!
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$mport") 2>/dev/null && break; sleep 0.1; done
+
+echo "pifleet-broker $(target/release/pifleet-broker --version | cut -d' ' -f2) at $pifleet_addr (pid $broker_pid); $("$MOSQUITTO" -h 2>/dev/null | head -1) at 127.0.0.1:$mport (pid $mosq_pid)"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
+target/release/pifleet-bench \
+  --target "pifleet-broker=mqtt://$pifleet_addr@$broker_pid" \
+  --target "mosquitto=mqtt://127.0.0.1:$mport@$mosq_pid" "$@"

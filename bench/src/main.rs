@@ -1,0 +1,538 @@
+//! `pifleet-bench`: the fleet benchmark. Runs the same measurements against each broker given
+//! with `--target NAME=URL[@PID]` and prints them side by side. Simulated devices are real
+//! agents (the agent library with the simulated GPIO backend), so the figures include the
+//! agent's own code; the controller side speaks the CLI's protocol.
+//!
+//! Figures: command confirmation latency (p50/p99 over `--commands`), fan-out of one command to
+//! N devices (p50/max over `--rounds`), QoS 0 telemetry throughput from two publishers with the
+//! loss count, broker RSS (idle and with N devices, when a PID is given), the agent's idle RSS
+//! and CPU, and whether `pifleet status` lists all N devices. `bench/run.sh` starts
+//! pifleet-broker and mosquitto and runs it.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use pifleet_agent::config::{Config, GpioChoice, InputConfig, OutputConfig, Pull};
+use pifleet_agent::{gpio, Agent, AgentHandle};
+use pifleet_proto::fleet::decode;
+use pifleet_proto::report::{FleetStatus, WatchEvent};
+use pifleet_proto::{Action, BrokerUrl, Command as Cmd, CommandId, Name, Target, Topics};
+use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
+use tokio::sync::{mpsc, watch};
+
+#[derive(Parser)]
+#[command(name = "pifleet-bench")]
+struct Args {
+    /// A broker to measure: NAME=URL or NAME=URL@PID (the PID enables RSS figures). Repeatable.
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
+    /// Commands for the confirmation-latency figure.
+    #[arg(long, default_value = "5000")]
+    commands: usize,
+    /// Fleet sizes for the fan-out figure.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    fanout: Vec<usize>,
+    /// Fan-out rounds per fleet size.
+    #[arg(long, default_value = "5")]
+    rounds: usize,
+    /// Messages per telemetry publisher.
+    #[arg(long, default_value = "200000")]
+    telemetry: usize,
+    /// Seconds to watch an idle agent process for its CPU figure.
+    #[arg(long, default_value = "10")]
+    idle_secs: u64,
+    /// Directory with the pifleet-agent and pifleet binaries (default: next to this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+struct TargetSpec {
+    name: String,
+    url: BrokerUrl,
+    pid: Option<u32>,
+}
+
+fn parse_target(s: &str) -> TargetSpec {
+    let (name, rest) = s.split_once('=').expect("--target NAME=URL[@PID]");
+    let (url, pid) = match rest.rsplit_once('@') {
+        Some((u, p)) => (u, Some(p.parse().expect("PID"))),
+        None => (rest, None),
+    };
+    TargetSpec {
+        name: name.to_string(),
+        url: url.parse().expect("broker URL"),
+        pid,
+    }
+}
+
+fn rss_mb(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Some(f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// A controller-side MQTT client: publishes arrive on a channel.
+struct Controller {
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Publish>,
+    suback: mpsc::UnboundedReceiver<()>,
+}
+
+impl Controller {
+    async fn connect(url: &BrokerUrl, id: &str) -> Controller {
+        let (client, mut ev) = pifleet_proto::mqtt::client(
+            url,
+            id,
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+            |o| {
+                o.set_inflight(1000);
+            },
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stx, suback) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match ev.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if tx.send(p).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = stx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("controller connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        Controller { client, rx, suback }
+    }
+
+    async fn subscribe(&mut self, filters: Vec<String>) {
+        let subs = filters
+            .into_iter()
+            .map(|f| SubscribeFilter::new(f, QoS::AtMostOnce));
+        self.client.subscribe_many(subs).await.unwrap();
+        self.suback.recv().await.unwrap();
+    }
+}
+
+/// Simulated devices: real agents in this process.
+struct Fleet {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    #[allow(dead_code)]
+    handles: Vec<AgentHandle>,
+}
+
+fn agent_config(url: &BrokerUrl, device: &str) -> Config {
+    Config {
+        device: Name::new(device).unwrap(),
+        broker: url.clone(),
+        gpio: GpioChoice::Sim,
+        keep_alive_secs: 30,
+        outputs: vec![OutputConfig {
+            name: Name::new("led").unwrap(),
+            pin: 17,
+            active_low: false,
+            initial: Default::default(),
+        }],
+        inputs: vec![InputConfig {
+            name: Name::new("button").unwrap(),
+            pin: 27,
+            pull: Pull::Up,
+            active_low: true,
+            debounce_ms: 0,
+        }],
+        sensors: vec![],
+        ..Config::default()
+    }
+}
+
+impl Fleet {
+    /// Starts `n` agents and waits until the broker has every one's online presence (an agent
+    /// announces itself after subscribing, so then every one can receive commands).
+    async fn start(url: &BrokerUrl, prefix: &str, n: usize, topics: &Topics) -> Fleet {
+        let mut watcher =
+            Controller::connect(url, &format!("bench-watch-{}", CommandId::generate())).await;
+        watcher.subscribe(vec![topics.status_filter(None)]).await;
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut handles = Vec::new();
+        for i in 0..n {
+            let mut config = agent_config(url, &format!("{prefix}-{i}"));
+            config.prefix = topics.prefix().to_string();
+            let (mut backend, sim) = gpio::open(GpioChoice::Sim).unwrap();
+            let (agent, handle) = Agent::new(config, backend.as_mut(), sim).unwrap();
+            let mut stopped = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = agent
+                    .run(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await;
+            }));
+            handles.push(handle);
+            if i % 500 == 499 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let mut online = HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while online.len() < n && Instant::now() < deadline {
+            let Ok(Some(p)) = tokio::time::timeout(Duration::from_secs(5), watcher.rx.recv()).await
+            else {
+                continue;
+            };
+            if let Ok(Some(WatchEvent::Presence { device, presence })) =
+                decode(topics, &p.topic, &p.payload)
+            {
+                if presence.is_online() && device.as_str().starts_with(prefix) {
+                    online.insert(device);
+                }
+            }
+        }
+        assert_eq!(online.len(), n, "not every agent came online");
+        Fleet {
+            stop,
+            tasks,
+            handles,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+/// Sends `cmd` to `target` and waits for `expect` acknowledgements; returns the elapsed time.
+async fn command_round(
+    c: &mut Controller,
+    topics: &Topics,
+    target: &Target,
+    expect: usize,
+    action: Action,
+) -> (Duration, usize) {
+    let cmd = Cmd {
+        id: CommandId::generate(),
+        action,
+        output: None,
+    };
+    let payload = serde_json::to_vec(&cmd).unwrap();
+    let started = Instant::now();
+    c.client
+        .publish(topics.command(target), QoS::AtLeastOnce, false, payload)
+        .await
+        .unwrap();
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acked < expect {
+        let Ok(Some(p)) = tokio::time::timeout_at(deadline, c.rx.recv()).await else {
+            break;
+        };
+        if let Ok(Some(WatchEvent::Output { state, .. })) = decode(topics, &p.topic, &p.payload) {
+            if state.cmd.as_ref() == Some(&cmd.id) {
+                acked += 1;
+            }
+        }
+    }
+    (started.elapsed(), acked)
+}
+
+struct Results {
+    rows: Vec<(String, String)>,
+}
+
+impl Results {
+    fn add(&mut self, k: impl Into<String>, v: impl Into<String>) {
+        let (k, v) = (k.into(), v.into());
+        println!("  {k}: {v}");
+        self.rows.push((k, v));
+    }
+}
+
+async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results {
+    let mut r = Results { rows: vec![] };
+    let topics = Topics::new(&format!("bench{}", std::process::id())).unwrap();
+    println!("== {} ({})", t.name, t.url);
+    if let Some(pid) = t.pid {
+        r.add(
+            "broker RSS idle",
+            format!("{:.1} MB", rss_mb(pid).unwrap_or(f64::NAN)),
+        );
+    }
+
+    // Confirmation latency: one device, commands one after another.
+    {
+        let fleet = Fleet::start(&t.url, "lat", 1, &topics).await;
+        let mut c =
+            Controller::connect(&t.url, &format!("bench-ctl-{}", CommandId::generate())).await;
+        c.subscribe(vec![topics.output_filter(None)]).await;
+        let target = Target::Device(Name::new("lat-0").unwrap());
+        let mut lat = Vec::with_capacity(args.commands);
+        for i in 0..args.commands {
+            let action = if i % 2 == 0 { Action::On } else { Action::Off };
+            let (d, acked) = command_round(&mut c, &topics, &target, 1, action).await;
+            assert_eq!(acked, 1, "command {i} was not confirmed");
+            lat.push(d.as_secs_f64() * 1e6);
+        }
+        lat.sort_by(f64::total_cmp);
+        r.add(
+            format!(
+                "confirmation latency p50 / p99 ({} commands)",
+                args.commands
+            ),
+            format!("{:.0} µs / {:.0} µs", pct(&lat, 0.5), pct(&lat, 0.99)),
+        );
+        fleet.stop().await;
+    }
+
+    // Telemetry: two publishers, QoS 0, 64-byte payloads, one subscriber counting.
+    {
+        let mut sub =
+            Controller::connect(&t.url, &format!("bench-tele-sub-{}", CommandId::generate())).await;
+        sub.subscribe(vec![topics.sensor_filter(None)]).await;
+        let payload = vec![b'x'; 64];
+        let per = args.telemetry;
+        let mut pubs = Vec::new();
+        for k in 0..2 {
+            let (client, mut ev) = pifleet_proto::mqtt::client(
+                &t.url,
+                &format!("bench-tele-pub{k}-{}", CommandId::generate()),
+                Duration::from_secs(60),
+                Duration::from_secs(10),
+                |_| {},
+            );
+            let topic = topics.sensor(
+                &Name::new(format!("tele-{k}")).unwrap(),
+                &Name::new("t").unwrap(),
+            );
+            let payload = payload.clone();
+            pubs.push(tokio::spawn(async move {
+                let driver = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+                for _ in 0..per {
+                    client
+                        .publish(topic.clone(), QoS::AtMostOnce, false, payload.clone())
+                        .await
+                        .unwrap();
+                }
+                // Let the event loop drain before stopping it.
+                let _ = client.disconnect().await;
+                let _ = tokio::time::timeout(Duration::from_secs(60), driver).await;
+            }));
+        }
+        let total = 2 * per;
+        let mut got = 0usize;
+        let mut first = None;
+        let mut last = Instant::now();
+        while got < total {
+            match tokio::time::timeout(Duration::from_secs(3), sub.rx.recv()).await {
+                Ok(Some(_)) => {
+                    got += 1;
+                    last = Instant::now();
+                    first.get_or_insert(last);
+                }
+                _ => break,
+            }
+        }
+        for p in pubs {
+            let _ = p.await;
+        }
+        let secs = first.map_or(f64::NAN, |f| last.duration_since(f).as_secs_f64());
+        r.add(
+            "QoS 0 telemetry, 2 publishers, 64 B",
+            format!(
+                "{:.0} msg/s delivered, {} of {} lost",
+                got as f64 / secs,
+                total - got,
+                total
+            ),
+        );
+    }
+
+    // Fan-out, memory with N devices, and `pifleet status` at that size.
+    for &n in &args.fanout {
+        let prefix = format!("f{n}");
+        let started = Instant::now();
+        let fleet = Fleet::start(&t.url, &prefix, n, &topics).await;
+        println!(
+            "  ({n} agents online in {:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+        let mut c =
+            Controller::connect(&t.url, &format!("bench-fan-{}", CommandId::generate())).await;
+        c.subscribe(vec![topics.output_filter(None)]).await;
+        let mut times = Vec::new();
+        let mut worst_missing = 0;
+        for round in 0..args.rounds {
+            let action = if round % 2 == 0 {
+                Action::On
+            } else {
+                Action::Off
+            };
+            let (d, acked) = command_round(&mut c, &topics, &Target::All, n, action).await;
+            worst_missing = worst_missing.max(n - acked);
+            times.push(d.as_secs_f64() * 1e3);
+        }
+        let mut sorted = times.clone();
+        sorted.sort_by(f64::total_cmp);
+        r.add(
+            format!(
+                "fan-out to {n}: all acked, p50 / max ({} rounds)",
+                args.rounds
+            ),
+            format!(
+                "{:.0} ms / {:.0} ms{}",
+                pct(&sorted, 0.5),
+                sorted.last().copied().unwrap_or(f64::NAN),
+                if worst_missing > 0 {
+                    format!(" ({worst_missing} never acked)")
+                } else {
+                    String::new()
+                }
+            ),
+        );
+        if let Some(pid) = t.pid {
+            r.add(
+                format!("broker RSS with {n} devices"),
+                format!("{:.1} MB", rss_mb(pid).unwrap_or(f64::NAN)),
+            );
+        }
+        let out = Command::new(bins.join("pifleet"))
+            .args([
+                "--broker",
+                &t.url.to_string(),
+                "--prefix",
+                topics.prefix(),
+                "status",
+                "--json",
+            ])
+            .output()
+            .expect("run pifleet status");
+        let listed = serde_json::from_slice::<FleetStatus>(&out.stdout)
+            .map(|s| {
+                s.devices
+                    .iter()
+                    .filter(|d| d.device.starts_with(&prefix) && d.online)
+                    .count()
+            })
+            .unwrap_or(0);
+        r.add(format!("pifleet status lists, of {n}"), format!("{listed}"));
+        fleet.stop().await;
+    }
+
+    // An idle agent process.
+    {
+        let dir = std::env::temp_dir().join(format!("pifleet-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "device = \"idle\"\nbroker = \"{}\"\nprefix = \"{}\"\ngpio = \"sim\"\n\
+                 [[output]]\nname = \"led\"\npin = 17\n[[input]]\nname = \"button\"\npin = 27\n\
+                 [[sensor]]\nname = \"temp\"\nkind = \"sim\"\ninterval_secs = 30\n",
+                t.url,
+                topics.prefix()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(bins.join("pifleet-agent"))
+            .arg("--config")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start pifleet-agent");
+        let pid = child.id();
+        tokio::time::sleep(Duration::from_secs(2)).await; // settle: connect and first publications
+        let t0 = cpu_ticks(pid).unwrap_or(0);
+        let w0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
+        let ticks = cpu_ticks(pid).unwrap_or(0) - t0;
+        let hz = 100.0; // USER_HZ on Linux
+        let cpu = ticks as f64 / hz / w0.elapsed().as_secs_f64() * 100.0;
+        r.add(
+            "agent idle RSS / CPU",
+            format!("{:.1} MB / {:.2} %", rss_mb(pid).unwrap_or(f64::NAN), cpu),
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    r
+}
+
+fn main() {
+    let args = Args::parse();
+    let bins = args.bin_dir.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf()
+    });
+    let targets: Vec<TargetSpec> = args.targets.iter().map(|t| parse_target(t)).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut all = Vec::new();
+    for t in &targets {
+        all.push(rt.block_on(measure(t, &args, &bins)));
+    }
+    // The side-by-side table.
+    println!();
+    let mut header = format!("| {:<52} |", "measure");
+    for t in &targets {
+        header.push_str(&format!(" {:<32} |", t.name));
+    }
+    println!("{header}");
+    println!(
+        "|{}|{}",
+        "-".repeat(54),
+        format!("{}|", "-".repeat(34)).repeat(targets.len())
+    );
+    for (i, (k, _)) in all[0].rows.iter().enumerate() {
+        let mut line = format!("| {k:<52} |");
+        for r in &all {
+            line.push_str(&format!(
+                " {:<32} |",
+                r.rows.get(i).map(|x| x.1.as_str()).unwrap_or("-")
+            ));
+        }
+        println!("{line}");
+    }
+    rt.shutdown_background();
+}
