@@ -147,7 +147,7 @@ fn main() -> ExitCode {
             tracing::info!("simulator console on stdin: {}", console::HELP);
             tokio::spawn(console::run_stdin(handle.clone()));
         }
-        match agent.run(shutdown_signal()).await {
+        match agent.run(pifleet_proto::signal::shutdown()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("pifleet-agent: {e}");
@@ -159,15 +159,4 @@ fn main() -> ExitCode {
     // wait for it.
     runtime.shutdown_background();
     code
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }

@@ -35,6 +35,9 @@ struct Args {
     /// Fleet sizes for the fan-out figure.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     fanout: Vec<usize>,
+    /// How long a fleet of N may take to come online before its figures are skipped.
+    #[arg(long, default_value = "600")]
+    join_timeout: u64,
     /// Fan-out rounds per fleet size.
     #[arg(long, default_value = "5")]
     rounds: usize,
@@ -180,7 +183,13 @@ fn agent_config(url: &BrokerUrl, device: &str) -> Config {
 impl Fleet {
     /// Starts `n` agents and waits until the broker has every one's online presence (an agent
     /// announces itself after subscribing, so then every one can receive commands).
-    async fn start(url: &BrokerUrl, prefix: &str, n: usize, topics: &Topics) -> Fleet {
+    async fn start(
+        url: &BrokerUrl,
+        prefix: &str,
+        n: usize,
+        topics: &Topics,
+        join: Duration,
+    ) -> (Fleet, usize) {
         let mut watcher =
             Controller::connect(url, &format!("bench-watch-{}", CommandId::generate())).await;
         watcher.subscribe(vec![topics.status_filter(None)]).await;
@@ -206,7 +215,7 @@ impl Fleet {
             }
         }
         let mut online = HashSet::new();
-        let deadline = Instant::now() + Duration::from_secs(300);
+        let deadline = Instant::now() + join;
         while online.len() < n && Instant::now() < deadline {
             let Ok(Some(p)) = tokio::time::timeout(Duration::from_secs(5), watcher.rx.recv()).await
             else {
@@ -220,12 +229,15 @@ impl Fleet {
                 }
             }
         }
-        assert_eq!(online.len(), n, "not every agent came online");
-        Fleet {
-            stop,
-            tasks,
-            handles,
-        }
+        let joined = online.len();
+        (
+            Fleet {
+                stop,
+                tasks,
+                handles,
+            },
+            joined,
+        )
     }
 
     async fn stop(self) {
@@ -295,7 +307,7 @@ async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results
 
     // Confirmation latency: one device, commands one after another.
     {
-        let fleet = Fleet::start(&t.url, "lat", 1, &topics).await;
+        let (fleet, _) = Fleet::start(&t.url, "lat", 1, &topics, Duration::from_secs(60)).await;
         let mut c =
             Controller::connect(&t.url, &format!("bench-ctl-{}", CommandId::generate())).await;
         c.subscribe(vec![topics.output_filter(None)]).await;
@@ -385,11 +397,31 @@ async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results
     for &n in &args.fanout {
         let prefix = format!("f{n}");
         let started = Instant::now();
-        let fleet = Fleet::start(&t.url, &prefix, n, &topics).await;
-        println!(
-            "  ({n} agents online in {:.1} s)",
-            started.elapsed().as_secs_f64()
-        );
+        let join = Duration::from_secs(args.join_timeout);
+        let (fleet, joined) = Fleet::start(&t.url, &prefix, n, &topics, join).await;
+        let took = started.elapsed().as_secs_f64();
+        let joined_row = format!("{n} agents connected, subscribed, announced");
+        if joined < n {
+            r.add(joined_row, format!("only {joined} after {took:.0} s"));
+            r.add(
+                format!(
+                    "fan-out to {n}: all acked, p50 / max ({} rounds)",
+                    args.rounds
+                ),
+                "skipped",
+            );
+            if let Some(pid) = t.pid {
+                let rss = rss_mb(pid).unwrap_or(f64::NAN);
+                r.add(
+                    format!("broker RSS with {n} devices"),
+                    format!("{rss:.1} MB ({joined} connected)"),
+                );
+            }
+            r.add(format!("pifleet status lists, of {n}"), "skipped");
+            fleet.stop().await;
+            continue;
+        }
+        r.add(joined_row, format!("{took:.1} s"));
         let mut c =
             Controller::connect(&t.url, &format!("bench-fan-{}", CommandId::generate())).await;
         c.subscribe(vec![topics.output_filter(None)]).await;

@@ -137,7 +137,7 @@ fn main() -> ExitCode {
         };
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        shutdown_signal().await;
+        pifleet_proto::signal::shutdown().await;
         if let Some(d) = demo {
             d.stop().await;
         }
@@ -147,13 +147,4 @@ fn main() -> ExitCode {
     // rumqttd has no shutdown and the console reads stdin on a blocking thread: do not wait.
     runtime.shutdown_background();
     code
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -11,6 +11,7 @@
 //! - [`fleet`]: the fleet view folded from device messages (status, targets, legacy shim).
 //! - [`report`]: the documented `--json` output of the `pifleet` CLI, so scripts and the CLI's own
 //!   tests decode the same types.
+//! - [`signal`]: the binaries' stop signal (SIGINT, SIGTERM).
 //! - [`time`]: the one clock used for timestamps (Unix milliseconds).
 //!
 //! `docs/protocol.md` is the human-readable version of this crate; the two must agree.
@@ -22,6 +23,7 @@ pub mod mqtt;
 pub mod name;
 pub mod payload;
 pub mod report;
+pub mod signal;
 pub mod time;
 pub mod topic;
 

@@ -211,23 +211,25 @@ impl Broker {
     pub fn start_with(args: &[&str]) -> Broker {
         let mut cmd = Command::new(bin("pifleet-broker"));
         cmd.args(args);
-        let proc = Proc::spawn("broker", cmd);
-        let line = proc
-            .stdout
-            .wait_for("broker readiness", Duration::from_secs(15), |l| {
-                l.starts_with("pifleet-broker: MQTT on ")
-            });
-        let mqtt = line.rsplit(' ').next().unwrap().to_string();
-        let ws = if args.contains(&"--no-ws") {
-            None
-        } else {
-            let l = proc
+        Broker::ready(Proc::spawn("broker", cmd), !args.contains(&"--no-ws"))
+    }
+
+    /// Waits until an already started broker process printed its listener addresses (the
+    /// WebSocket one too when `websocket`).
+    pub fn ready(proc: Proc, websocket: bool) -> Broker {
+        let addr_of = |what: &str, prefix: &str| {
+            let line = proc
                 .stdout
-                .wait_for("websocket readiness", Duration::from_secs(5), |l| {
-                    l.starts_with("pifleet-broker: MQTT over WebSocket on ")
-                });
-            Some(l.rsplit(' ').next().unwrap().to_string())
+                .wait_for(what, Duration::from_secs(15), |l| l.starts_with(prefix));
+            line.rsplit(' ').next().unwrap().to_string()
         };
+        let mqtt = addr_of("broker readiness", "pifleet-broker: MQTT on ");
+        let ws = websocket.then(|| {
+            addr_of(
+                "websocket readiness",
+                "pifleet-broker: MQTT over WebSocket on ",
+            )
+        });
         Broker { proc, mqtt, ws }
     }
 
@@ -287,22 +289,30 @@ impl Agent {
     }
 }
 
-/// Runs `pifleet` with `args` against `broker_url` and returns its output.
-pub fn cli(broker_url: &str, args: &[&str]) -> Output {
-    let out = Command::new(bin("pifleet"))
-        .args(args)
-        .env("PIFLEET_BROKER", broker_url)
-        .env_remove("PIFLEET_PREFIX")
+/// Runs a command to completion and echoes what it printed under `label`, so a failing test
+/// shows every command's output.
+pub fn output_logged(label: &str, cmd: &mut Command) -> Output {
+    let out = cmd
         .output()
-        .expect("run pifleet");
+        .unwrap_or_else(|e| panic!("cannot run {label}: {e}"));
     eprintln!(
-        "[pifleet {}] exit {:?}\n{}{}",
-        args.join(" "),
+        "[{label}] exit {:?}\n{}{}",
         out.status.code(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Runs `pifleet` with `args` against `broker_url` and returns its output.
+pub fn cli(broker_url: &str, args: &[&str]) -> Output {
+    output_logged(
+        &format!("pifleet {}", args.join(" ")),
+        Command::new(bin("pifleet"))
+            .args(args)
+            .env("PIFLEET_BROKER", broker_url)
+            .env_remove("PIFLEET_PREFIX"),
+    )
 }
 
 /// `pifleet status --json`, decoded with the documented types.
@@ -407,19 +417,13 @@ pub fn legacy_client(addr: &str, args: &[&str]) -> Option<Vec<String>> {
     }
     let (host, port) = addr.rsplit_once(':').expect("host:port");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/legacy_client.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(host)
-        .arg(port)
-        .args(args)
-        .output()
-        .unwrap();
-    eprintln!(
-        "[legacy_client {}] {:?}\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_logged(
+        &format!("legacy_client {}", args.join(" ")),
+        Command::new("python3")
+            .arg(script)
+            .arg(host)
+            .arg(port)
+            .args(args),
     );
     assert!(out.status.success(), "legacy client failed");
     Some(

@@ -21,21 +21,14 @@ struct Compose {
 
 impl Compose {
     fn cmd(&self, args: &[&str]) -> Output {
-        let out = Command::new("docker-compose")
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .args(["-p", &self.project, "--profile", "demo"])
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .expect("docker-compose");
-        eprintln!(
-            "[docker-compose {}] {:?}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        output_logged(
+            &format!("docker-compose {}", args.join(" ")),
+            Command::new("docker-compose")
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                .args(["-p", &self.project, "--profile", "demo"])
+                .args(args)
+                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+        )
     }
 
     fn container(&self, service: &str) -> String {

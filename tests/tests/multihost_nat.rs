@@ -122,14 +122,8 @@ fn an_agent_behind_nat_gets_commands_but_cannot_be_reached_directly() {
     cmd.args(["netns", "exec", &net])
         .arg(bin("pifleet-broker"))
         .args(["--mqtt", "10.231.2.1:0", "--no-ws"]);
-    let broker = Proc::spawn("broker@internet", cmd);
-    let line = broker
-        .stdout
-        .wait_for("broker readiness", Duration::from_secs(15), |l| {
-            l.starts_with("pifleet-broker: MQTT on ")
-        });
-    let addr = line.rsplit(' ').next().unwrap().to_string();
-    let url = format!("mqtt://{addr}");
+    let broker = Broker::ready(Proc::spawn("broker@internet", cmd), false);
+    let url = broker.url();
 
     // The Pi at home, with its legacy port open as the old setup had it (forwarded, back then).
     let dir = TempDir::new("nat");
@@ -156,21 +150,14 @@ fn an_agent_behind_nat_gets_commands_but_cannot_be_reached_directly() {
 
     // The controller, on the internet side too.
     let controller = |args: &[&str]| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &net])
-            .arg(bin("pifleet"))
-            .args(["--broker", &url])
-            .args(args)
-            .output()
-            .unwrap();
-        eprintln!(
-            "[pifleet@internet {}] {:?}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        output_logged(
+            &format!("pifleet@internet {}", args.join(" ")),
+            Command::new("ip")
+                .args(["netns", "exec", &net])
+                .arg(bin("pifleet"))
+                .args(["--broker", &url])
+                .args(args),
+        )
     };
     wait_until("natpi is online", Duration::from_secs(15), || {
         let out = controller(&["status", "--json"]);

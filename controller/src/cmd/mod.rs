@@ -21,6 +21,18 @@ pub(crate) fn fold(topics: &Topics, snapshot: &[Publish]) -> Fleet {
     fleet
 }
 
+/// The subscriptions for everything `devices` (all devices when empty) report.
+pub(crate) fn device_filters(topics: &Topics, devices: &[pifleet_proto::Name]) -> Vec<String> {
+    if devices.is_empty() {
+        topics.fleet_filters(None)
+    } else {
+        devices
+            .iter()
+            .flat_map(|d| topics.fleet_filters(Some(d)))
+            .collect()
+    }
+}
+
 /// Writes a JSON document and a newline to stdout.
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> std::io::Result<()> {
     use std::io::Write;

@@ -15,14 +15,7 @@ use crate::table;
 
 pub async fn exec(g: &Global, topics: Topics, a: &StatusArgs) -> Result<u8, CliError> {
     let mut session = Session::connect(&g.broker, topics.clone(), g.connect_timeout()).await?;
-    let filters = if a.devices.is_empty() {
-        topics.fleet_filters(None)
-    } else {
-        a.devices
-            .iter()
-            .flat_map(|d| topics.fleet_filters(Some(d)))
-            .collect()
-    };
+    let filters = super::device_filters(&topics, &a.devices);
     let snapshot = session.subscribe_snapshot(filters).await?;
     session.close().await;
     let fleet = fold(&topics, &snapshot);

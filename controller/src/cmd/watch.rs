@@ -14,14 +14,7 @@ use crate::session::Session;
 
 pub async fn exec(g: &Global, topics: Topics, a: &WatchArgs) -> Result<u8, CliError> {
     let mut session = Session::connect(&g.broker, topics.clone(), g.connect_timeout()).await?;
-    let filters = if a.devices.is_empty() {
-        topics.fleet_filters(None)
-    } else {
-        a.devices
-            .iter()
-            .flat_map(|d| topics.fleet_filters(Some(d)))
-            .collect()
-    };
+    let filters = super::device_filters(&topics, &a.devices);
     session.subscribe_snapshot(filters).await?;
     // The readiness line: scripts (and tests) start acting once they see it.
     eprintln!("pifleet: watching {} (Ctrl-C to stop)", g.broker);
