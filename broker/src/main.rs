@@ -42,12 +42,36 @@ enum Cmd {
     PrintConfig,
 }
 
-/// Exit codes: 0 clean stop, 1 cannot listen or start, 2 bad configuration or usage.
+/// Exit codes: 0 clean stop, 1 cannot listen or start, 2 bad configuration or usage,
+/// 70 internal error (a panic; see [`exit_on_panic`]).
 const EXIT_START: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
+const EXIT_INTERNAL: i32 = 70;
+
+/// Turns any panic into a prompt exit with [`EXIT_INTERNAL`].
+///
+/// Why: rumqttd 0.20 panics inside a connection task while holding the lock of its will table
+/// when a client id whose previous connection attempt failed connects again (two CONNECTs with
+/// the client id `x/y` are enough). The poisoned lock then makes every later connection panic
+/// too: the process keeps running and accepts nothing, silently, forever. Exiting instead lets
+/// the supervisor (systemd `Restart=`, Compose `restart:`) bring the broker back in a second,
+/// and agents reconnect and republish on their own. Our own front end in front of rumqttd's
+/// router will refuse such clients before rumqttd sees them.
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!(
+            "pifleet-broker: internal error in the MQTT engine; exiting with code {EXIT_INTERNAL} \
+             so that a supervisor restarts the broker (clients reconnect by themselves)"
+        );
+        std::process::exit(EXIT_INTERNAL);
+    }));
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    exit_on_panic();
     // rumqttd logs every routine disconnect at error level; pifleet reports what matters itself.
     pifleet_proto::logging::init("info,rumqttd=off,rumqttc=warn");
     if let Some(Cmd::PrintConfig) = cli.command {
