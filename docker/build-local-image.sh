@@ -5,11 +5,12 @@
 # and it is the quickest way to build on a Raspberry Pi (run it there for an arm64 image).
 #
 # usage: docker/build-local-image.sh [TAG]       (default tag: pifleet:latest)
-# env:   PIFLEET_SKIP_CARGO=1  use target/release as it is
+# env:   PIFLEET_SKIP_CARGO=1  use the release binaries as they are (CARGO_TARGET_DIR is honoured)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tag="${1:-pifleet:latest}"
 bins=(pifleet-broker pifleet-agent pifleet)
+release="${CARGO_TARGET_DIR:-target}/release"
 
 if [ "${PIFLEET_SKIP_CARGO:-0}" != 1 ]; then
   cargo build --release --bins
@@ -19,10 +20,10 @@ ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/rootfs/usr/local/bin" "$ctx/rootfs/etc" "$ctx/rootfs/tmp" "$ctx/rootfs/var/lib/pifleet"
 for b in "${bins[@]}"; do
-  cp "target/release/$b" "$ctx/rootfs/usr/local/bin/$b"
+  cp "$release/$b" "$ctx/rootfs/usr/local/bin/$b"
 done
 # Every library the binaries need, at the path the dynamic loader looks for it.
-for lib in $(ldd "${bins[@]/#/target/release/}" | grep -oE '/[^ ]+\.so[^ ]*' | sort -u); do
+for lib in $(ldd "${bins[@]/#/$release/}" | grep -oE '/[^ ]+\.so[^ ]*' | sort -u); do
   mkdir -p "$ctx/rootfs$(dirname "$lib")"
   cp -L "$lib" "$ctx/rootfs$lib"
 done

@@ -191,17 +191,20 @@ impl Relay {
             output,
         };
         let payload = serde_json::to_vec(&command).expect("commands serialize");
-        let sent = self
-            .client
-            .publish(
-                self.topics.command(&target),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
-            .await;
-        let mut results = Vec::new();
+        // The deadline covers handing the command over too: while the relay is reconnecting
+        // its request channel can be full.
         let deadline = tokio::time::Instant::now() + timeout;
+        let publish = self.client.publish(
+            self.topics.command(&target),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        );
+        let sent = match tokio::time::timeout_at(deadline, publish).await {
+            Ok(r) => r.map_err(|_| ()),
+            Err(_) => Err(()),
+        };
+        let mut results = Vec::new();
         for (device, rx) in pending {
             let ack = match sent {
                 Ok(()) => tokio::time::timeout_at(deadline, rx)

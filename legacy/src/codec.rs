@@ -207,6 +207,13 @@ impl Decoder {
             }
             return Ok(None);
         }
+        // The bound is in bytes, whichever way the frame arrived.
+        if end > self.max_frame {
+            return Err(FrameError::TooLong {
+                framing,
+                max: self.max_frame,
+            });
+        }
         let text = std::str::from_utf8(&body[..end])
             .expect("validated")
             .to_string();
@@ -250,8 +257,8 @@ fn char_boundary(bytes: &[u8], chars: usize) -> Result<(usize, bool), ()> {
 pub fn encode(framing: Framing, text: &str) -> Vec<u8> {
     match framing {
         Framing::Nul => {
-            let mut v = Vec::with_capacity(text.len() + 1);
-            v.extend_from_slice(text.as_bytes());
+            // A NUL inside the text would end the message early and desynchronise the client.
+            let mut v: Vec<u8> = text.bytes().filter(|&b| b != 0).collect();
             v.push(0);
             v
         }
@@ -489,6 +496,27 @@ mod test {
         let mut d = Decoder::new(FramingMode::Auto, 16);
         d.feed(b"1234567890123_");
         assert!(matches!(d.next_frame(), Err(FrameError::TooLong { .. })));
+    }
+
+    #[test]
+    fn the_bound_is_in_bytes_however_the_frame_is_split() {
+        let wire = format!("13_{}", "é".repeat(10)); // 10 characters, 20 bytes
+        for split in [1, 4, wire.len()] {
+            let mut d = Decoder::new(FramingMode::Auto, 16);
+            let mut result = Ok(None);
+            for chunk in wire.as_bytes().chunks(split) {
+                d.feed(chunk);
+                result = d.next_frame();
+                if result.is_err() {
+                    break;
+                }
+            }
+            assert!(
+                matches!(result, Err(FrameError::TooLong { .. })),
+                "split {split}: {result:?}"
+            );
+        }
+        assert_eq!(encode(Framing::Nul, "a\0b"), b"ab\0");
     }
 
     #[test]

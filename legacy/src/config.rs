@@ -73,9 +73,9 @@ impl ListenerConfig {
                 self.listen
             ));
         }
-        if self.max_clients == 0 {
+        if !(1..=100_000).contains(&self.max_clients) {
             return Err(format!(
-                "legacy {}: max_clients must be at least 1",
+                "legacy {}: max_clients must be between 1 and 100000",
                 self.listen
             ));
         }

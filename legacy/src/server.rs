@@ -117,8 +117,11 @@ async fn session(
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
-                    stream.write_all(&encode(e.framing(), &e.reply())).await?;
-                    stream.shutdown().await?;
+                    // Bounded like every write: a client that never reads cannot hold the slot.
+                    let bytes = encode(e.framing(), &e.reply());
+                    let _ =
+                        tokio::time::timeout(limits.idle_timeout, stream.write_all(&bytes)).await;
+                    let _ = stream.shutdown().await;
                     return Ok(());
                 }
             };
