@@ -348,3 +348,33 @@ fn a_fleet_of_thirty_is_shown_and_switched_completely() {
     assert_eq!(r.results.len(), 30);
     assert!(r.results.iter().all(|x| x.outcome == Outcome::Confirmed));
 }
+
+#[test]
+fn watch_rides_out_a_broker_restart() {
+    let broker = Broker::start();
+    let url = broker.url();
+    let addr = broker.mqtt.clone();
+    let mut agent = Agent::start(&url, "oscar", "");
+    wait_online(&url, "oscar");
+    let watch = watch(&url, &["oscar"]);
+    drop(broker);
+    watch
+        .stderr
+        .wait_for("the reconnect notice", Duration::from_secs(10), |l| {
+            l.contains("reconnecting")
+        });
+    let _broker = Broker::start_with(&["--mqtt", &addr, "--no-ws"]);
+    watch
+        .stderr
+        .wait_for("the reconnection", Duration::from_secs(15), |l| {
+            l.contains("reconnected")
+        });
+    wait_online(&url, "oscar");
+    agent.proc.send_line("press button");
+    let line = watch.stdout.wait_for(
+        "the press after the restart",
+        Duration::from_secs(10),
+        |l| l.contains("\"input\"") && l.contains("\"active\":true"),
+    );
+    assert!(line.contains("oscar"));
+}

@@ -1,9 +1,12 @@
 //! `pifleet watch`: live events, one line each (JSON Lines with `--json`), until Ctrl-C.
-//! Retained messages present at start are the past, not events, and are skipped.
+//! Retained messages present at start are the past, not events, and are skipped. A lost
+//! connection is retried (with backoff) until Ctrl-C.
 
 use std::io::Write;
+use std::time::Duration;
 
 use pifleet_proto::fleet::decode;
+use pifleet_proto::mqtt::Backoff;
 use pifleet_proto::report::WatchEvent;
 use pifleet_proto::time::now_ms;
 use pifleet_proto::Topics;
@@ -13,37 +16,73 @@ use crate::error::{CliError, EXIT_OK};
 use crate::session::Session;
 
 pub async fn exec(g: &Global, topics: Topics, a: &WatchArgs) -> Result<u8, CliError> {
-    let mut session = Session::connect(&g.broker, topics.clone(), g.connect_timeout()).await?;
     let filters = super::device_filters(&topics, &a.devices);
-    session.subscribe_snapshot(filters).await?;
+    let connect = || async {
+        let mut s = Session::connect(&g.broker, topics.clone(), g.connect_timeout()).await?;
+        s.subscribe_snapshot(filters.clone()).await?;
+        Ok::<_, CliError>(s)
+    };
+    // The first connection fails fast, like every command: a typo in --broker is not retried.
+    let mut session = connect().await?;
     // The readiness line: scripts (and tests) start acting once they see it.
     eprintln!("pifleet: watching {} (Ctrl-C to stop)", g.broker);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        let p = tokio::select! {
-            p = session.next_publish() => p?,
-            _ = &mut ctrl_c => break,
+        let lost = loop {
+            let p = tokio::select! {
+                p = session.next_publish() => match p {
+                    Ok(p) => p,
+                    Err(e) => break e,
+                },
+                _ = &mut ctrl_c => {
+                    session.close().await;
+                    return Ok(EXIT_OK);
+                }
+            };
+            print_event(&topics, &p, g.json)?;
         };
-        let event = match decode(&topics, &p.topic, &p.payload) {
-            Ok(Some(e)) => e,
-            Ok(None) => continue,
-            Err(e) => {
-                eprintln!("pifleet: {e}");
-                continue;
+        // A watcher outlives broker restarts and network blips: reconnect until Ctrl-C. What
+        // happened meanwhile is not replayed; `pifleet status` shows the current state.
+        eprintln!("pifleet: {lost}; reconnecting");
+        session = loop {
+            tokio::select! {
+                r = connect() => match r {
+                    Ok(s) => break s,
+                    Err(_) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff.next_delay()) => {}
+                            _ = &mut ctrl_c => return Ok(EXIT_OK),
+                        }
+                    }
+                },
+                _ = &mut ctrl_c => return Ok(EXIT_OK),
             }
         };
-        let mut out = std::io::stdout().lock();
-        if g.json {
-            serde_json::to_writer(&mut out, &event).map_err(std::io::Error::from)?;
-            out.write_all(b"\n")?;
-        } else {
-            writeln!(out, "{}", human(&event))?;
-        }
-        out.flush()?;
+        backoff.reset();
+        eprintln!("pifleet: reconnected; watching {} again", g.broker);
     }
-    session.close().await;
-    Ok(EXIT_OK)
+}
+
+fn print_event(topics: &Topics, p: &rumqttc::Publish, json: bool) -> Result<(), CliError> {
+    let event = match decode(topics, &p.topic, &p.payload) {
+        Ok(Some(e)) => e,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            eprintln!("pifleet: {e}");
+            return Ok(());
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, &event).map_err(std::io::Error::from)?;
+        out.write_all(b"\n")?;
+    } else {
+        writeln!(out, "{}", human(&event))?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// `HH:MM:SSZ device what`, UTC so lines from several machines compare.
