@@ -121,7 +121,7 @@ async fn session(
                     let bytes = encode(e.framing(), &e.reply());
                     let _ =
                         tokio::time::timeout(limits.idle_timeout, stream.write_all(&bytes)).await;
-                    let _ = stream.shutdown().await;
+                    linger_close(&mut stream).await;
                     return Ok(());
                 }
             };
@@ -139,9 +139,27 @@ async fn session(
                 Err(_) => return Ok(()),
             }
             if quit {
-                stream.shutdown().await?;
+                linger_close(&mut stream).await;
                 return Ok(());
             }
         }
     }
+}
+
+/// Closes a session we end (error or `q`) so that the reply survives: send FIN, then read and
+/// discard what the client is still sending for a moment. Dropping a socket with unread input
+/// makes the kernel answer with a reset, which can destroy the reply before the client reads it.
+async fn linger_close(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 2048];
+    let mut budget: usize = 1024 * 1024; // bytes we are willing to swallow
+    let drain = async {
+        while budget > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => budget = budget.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
