@@ -48,6 +48,29 @@ const EXIT_START: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 const EXIT_INTERNAL: i32 = 70;
 
+/// Waits for SIGINT/SIGTERM on a thread of its own. rumqttd makes blocking channel calls inside
+/// async tasks; when it is overloaded those can occupy every worker of the main runtime, and a
+/// signal handled there would never be noticed. The thread also bounds the graceful stop: if it
+/// has not finished 10 s after the signal, the process exits anyway.
+fn stop_signal() -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("signal runtime");
+            rt.block_on(pifleet_proto::signal::shutdown());
+            let _ = tx.send(());
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            eprintln!("pifleet-broker: could not stop gracefully within 10 s; exiting");
+            std::process::exit(0);
+        })
+        .expect("spawn the signal thread");
+    rx
+}
+
 /// Turns any panic into a prompt exit with [`EXIT_INTERNAL`].
 ///
 /// Why: rumqttd 0.20 panics inside a connection task while holding the lock of its will table
@@ -102,6 +125,7 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
 
+    let stop = stop_signal();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -161,7 +185,7 @@ fn main() -> ExitCode {
         };
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        pifleet_proto::signal::shutdown().await;
+        let _ = stop.await;
         if let Some(d) = demo {
             d.stop().await;
         }

@@ -103,3 +103,42 @@ fn a_poisoned_mqtt_engine_exits_instead_of_hanging() {
         .unwrap();
     assert!(err.contains("exiting with code 70"), "{err}");
 }
+
+#[test]
+fn sigterm_stops_the_broker_cleanly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let mut child = broker()
+        .args(["--mqtt", "127.0.0.1:0", "--no-ws", "--demo", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("demo fleet") {
+        stdout.read_exact(&mut byte).unwrap();
+        seen.push(byte[0]);
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(exit.code(), Some(0));
+}
