@@ -31,6 +31,21 @@ async fn next_publish(ev: &mut EventLoop) -> Publish {
     .expect("a publish within 10 s")
 }
 
+/// Subscribes and polls until the broker acknowledged it (so nothing published afterwards can
+/// race past the subscription).
+async fn subscribe_acked(c: &AsyncClient, ev: &mut EventLoop, filter: &str) {
+    c.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = ev.poll().await.expect("connection") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("SUBACK");
+}
+
 /// Polls until the CONNACK; returns `session_present`.
 async fn connack(ev: &mut EventLoop) -> bool {
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -140,7 +155,7 @@ fn a_last_will_is_published_when_a_client_dies_but_not_after_a_clean_disconnect(
     rt().block_on(async {
         let (watcher, mut wev) = client(&broker, "watcher", |_| {});
         connack(&mut wev).await;
-        watcher.subscribe("w/#", QoS::AtLeastOnce).await.unwrap();
+        subscribe_acked(&watcher, &mut wev, "w/#").await;
 
         // A clean DISCONNECT discards the will.
         let (polite, mut ev) = client(&broker, "polite", |o| {
@@ -205,7 +220,7 @@ fn qos1_messages_wait_for_a_persistent_session_to_come_back() {
         // Make sure the broker has routed them before the subscriber returns.
         let (probe, mut probe_ev) = client(&broker, "probe", |_| {});
         connack(&mut probe_ev).await;
-        probe.subscribe("q/done", QoS::AtLeastOnce).await.unwrap();
+        subscribe_acked(&probe, &mut probe_ev, "q/done").await;
         publisher
             .publish("q/done", QoS::AtLeastOnce, false, "x")
             .await
