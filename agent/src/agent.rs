@@ -210,28 +210,14 @@ impl Agent {
     ) -> Result<(Agent, AgentHandle), AgentError> {
         let topics = config.topics();
         let now = now_ms();
-        let mut outbox = VecDeque::new();
-        let mut startup_event = |kind, message: String| {
-            tracing::warn!("{message}");
-            let event = Event {
-                kind,
-                message,
-                cmd: None,
-                ts: now_ms(),
-            };
-            outbox.push_back(Pending {
-                topic: topics.event(&config.device),
-                payload: serde_json::to_vec(&event).expect("serializable"),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-            });
-        };
+        // Reported once connected; the agent starts anyway, with the configured defaults.
+        let mut startup_problem = None;
 
         let needs_state = config.outputs.iter().any(|o| o.initial == Initial::Restore);
         let state_path = needs_state.then(|| config.state_file_path());
         let saved = match &state_path {
             Some(p) => state_file::load(p).unwrap_or_else(|e| {
-                startup_event(EventKind::StateFileError, e.to_string());
+                startup_problem = Some(e.to_string());
                 Default::default()
             }),
             None => Default::default(),
@@ -306,7 +292,7 @@ impl Agent {
 
         let (tx, requests) = mpsc::channel(64);
         let handle = AgentHandle { tx };
-        let agent = Agent {
+        let mut agent = Agent {
             handle: handle.clone(),
             backend: backend.name(),
             topics,
@@ -319,10 +305,14 @@ impl Agent {
             started_at: now,
             state_path,
             recent: VecDeque::new(),
-            outbox,
+            outbox: VecDeque::new(),
             connected: false,
             config,
         };
+        if let Some(message) = startup_problem {
+            let p = agent.event_pending(EventKind::StateFileError, message, None);
+            agent.outbox.push_back(p);
+        }
         Ok((agent, handle))
     }
 
@@ -576,6 +566,12 @@ impl Agent {
         message: String,
         cmd: Option<CommandId>,
     ) {
+        let p = self.event_pending(kind, message, cmd);
+        self.send(client, p);
+    }
+
+    /// An event for `<prefix>/dev/<device>/event`, logged as it is created.
+    fn event_pending(&self, kind: EventKind, message: String, cmd: Option<CommandId>) -> Pending {
         tracing::warn!("{message}");
         let event = Event {
             kind,
@@ -583,13 +579,12 @@ impl Agent {
             cmd,
             ts: now_ms(),
         };
-        let p = self.pending_json(
+        self.pending_json(
             self.topics.event(&self.config.device),
             &event,
             QoS::AtLeastOnce,
             false,
-        );
-        self.send(client, p);
+        )
     }
 
     async fn on_message(&mut self, client: &AsyncClient, p: Publish) {
