@@ -6,6 +6,36 @@ fn broker() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pifleet-broker"))
 }
 
+/// Reads the child's stdout until `needle` has appeared; returns what was read.
+fn read_until(stdout: &mut impl std::io::Read, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        stdout.read_exact(&mut byte).expect("the broker's output");
+        seen.push(byte[0]);
+    }
+    String::from_utf8(seen).unwrap()
+}
+
+/// Waits for the child to exit; panics (after killing it) if it has not within `limit`.
+fn wait_exit(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn print_config_prints_the_commented_defaults() {
     let out = broker().arg("print-config").output().unwrap();
@@ -48,7 +78,7 @@ fn a_bad_config_file_exits_2() {
 fn a_poisoned_mqtt_engine_exits_instead_of_hanging() {
     use std::io::{Read, Write};
     use std::process::Stdio;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let mut child = broker()
         .args(["--mqtt", "127.0.0.1:0", "--no-ws"])
@@ -57,14 +87,7 @@ fn a_poisoned_mqtt_engine_exits_instead_of_hanging() {
         .spawn()
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while !line.ends_with(b"\n") {
-        stdout.read_exact(&mut byte).unwrap();
-        line.push(byte[0]);
-    }
-    let addr = String::from_utf8(line)
-        .unwrap()
+    let addr = read_until(&mut stdout, "\n")
         .trim()
         .rsplit(' ')
         .next()
@@ -82,17 +105,11 @@ fn a_poisoned_mqtt_engine_exits_instead_of_hanging() {
             let _ = s.read(&mut buf);
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("the broker neither kept serving nor exited");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(
+        &mut child,
+        Duration::from_secs(10),
+        "the broker neither kept serving nor exited",
+    );
     assert_eq!(status.code(), Some(70));
     let mut err = String::new();
     child
@@ -106,9 +123,8 @@ fn a_poisoned_mqtt_engine_exits_instead_of_hanging() {
 
 #[test]
 fn sigterm_stops_the_broker_cleanly() {
-    use std::io::Read;
     use std::process::Stdio;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let mut child = broker()
         .args(["--mqtt", "127.0.0.1:0", "--no-ws", "--demo", "2"])
@@ -118,27 +134,16 @@ fn sigterm_stops_the_broker_cleanly() {
         .spawn()
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("demo fleet") {
-        stdout.read_exact(&mut byte).unwrap();
-        seen.push(byte[0]);
-    }
+    read_until(&mut stdout, "demo fleet");
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the broker did not stop after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = wait_exit(
+        &mut child,
+        Duration::from_secs(8),
+        "the broker did not stop after SIGTERM",
+    );
     assert_eq!(exit.code(), Some(0));
 }
