@@ -10,7 +10,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pifleet_proto::mqtt::Backoff;
+use pifleet_proto::mqtt::{Backoff, Security, Who};
 use pifleet_proto::payload::{
     EventKind, InputState, OutputState, Presence, PresenceState, SensorReading, StateSource,
 };
@@ -20,7 +20,7 @@ use rumqttc::{AsyncClient, ClientError, LastWill, Publish, QoS, SubscribeFilter}
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, Initial};
+use crate::config::{Config, ConfigError, Initial};
 use crate::connection::{self, NetEvent};
 use crate::gpio::{sim::SimBoard, Backend, Button, GpioError, Switch};
 use crate::sensor::{self, Sensor};
@@ -31,6 +31,9 @@ use crate::state_file;
 pub enum AgentError {
     #[error(transparent)]
     Gpio(#[from] GpioError),
+    /// The login or TLS settings cannot be used (unreadable password or CA file).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("the agent has stopped")]
     Stopped,
     #[error("cannot listen for legacy clients on {addr}: {source}")]
@@ -192,6 +195,9 @@ pub struct Agent {
     edges: mpsc::UnboundedReceiver<(usize, bool)>,
     requests: mpsc::Receiver<Request>,
     started_at: u64,
+    /// Resolved once in [`Agent::new`], so a bad password or CA file stops the agent before it
+    /// touches a pin.
+    security: Security,
     state_path: Option<PathBuf>,
     recent: VecDeque<CommandId>,
     outbox: VecDeque<Pending>,
@@ -201,13 +207,14 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Claims every configured pin (outputs first, at their initial level) and prepares sensors.
-    /// Nothing touches the network until [`Agent::run`].
+    /// Reads the login and TLS files, claims every configured pin (outputs first, at their
+    /// initial level) and prepares sensors. Nothing touches the network until [`Agent::run`].
     pub fn new(
         config: Config,
         backend: &mut dyn Backend,
         sim: Option<SimBoard>,
     ) -> Result<(Agent, AgentHandle), AgentError> {
+        let security = config.security()?;
         let topics = config.topics();
         let now = now_ms();
         // Reported once connected; the agent starts anyway, with the configured defaults.
@@ -303,6 +310,7 @@ impl Agent {
             edges,
             requests,
             started_at: now,
+            security,
             state_path,
             recent: VecDeque::new(),
             outbox: VecDeque::new(),
@@ -337,19 +345,15 @@ impl Agent {
     /// clean DISCONNECT (so the broker discards the last will), outputs left as they are.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         let device = self.config.device.clone();
-        let legacy = match self.config.legacy.clone() {
-            Some(l) => {
-                let (handle, device) = (self.handle.clone(), self.config.device.clone());
-                Some(start_legacy(l, handle, device).await?)
-            }
-            None => None,
-        };
         let url = self.config.broker.clone();
         let will = serde_json::to_vec(&Presence::will()).expect("serializable");
         let status_topic = self.topics.status(&device);
+        // The client id stays the device name whatever the user name: a pifleet broker with
+        // authentication requires a device's client id to equal its name.
         let (client, eventloop) = pifleet_proto::mqtt::client(
             &url,
             device.as_str(),
+            &self.security,
             Duration::from_secs(self.config.keep_alive_secs),
             Duration::from_secs(5),
             |o| {
@@ -360,13 +364,28 @@ impl Agent {
                     true,
                 ));
             },
-        );
+        )
+        .map_err(|e| AgentError::Config(ConfigError::Invalid(e.to_string())))?;
+        let legacy = match self.config.legacy.clone() {
+            Some(l) => {
+                let (handle, device) = (self.handle.clone(), self.config.device.clone());
+                Some(start_legacy(l, handle, device).await?)
+            }
+            None => None,
+        };
         let backoff = Backoff::new(
             Duration::from_millis(200),
             Duration::from_secs_f64(self.config.reconnect_max_secs),
         );
+        let who = Who::new("device", &self.security);
         let (net_tx, mut net) = mpsc::unbounded_channel();
-        let mut conn = tokio::spawn(connection::drive(eventloop, url.clone(), backoff, net_tx));
+        let mut conn = tokio::spawn(connection::drive(
+            eventloop,
+            url.clone(),
+            who,
+            backoff,
+            net_tx,
+        ));
 
         let (reading_tx, mut readings) = mpsc::channel(16);
         let mut sensor_tasks = JoinSet::new();
@@ -381,8 +400,12 @@ impl Agent {
         }
         drop(reading_tx);
 
+        let login = match self.security.user() {
+            Some(user) => format!(" as user {user:?}"),
+            None => String::new(),
+        };
         tracing::info!(
-            "device {device} connecting to {url} (GPIO backend: {})",
+            "device {device} connecting to {url}{login} (GPIO backend: {})",
             self.backend
         );
         tokio::pin!(shutdown);
@@ -397,8 +420,12 @@ impl Agent {
                 _ = &mut shutdown => break,
                 ev = net.recv() => match ev {
                     Some(NetEvent::Connected) => self.on_connected(&client),
-                    Some(NetEvent::Disconnected { why, retry_in }) => {
-                        if self.connected {
+                    Some(NetEvent::Disconnected { why, retry_in, refused }) => {
+                        if refused {
+                            // Retrying cannot fix credentials; the backoff keeps it from
+                            // hammering the broker meanwhile.
+                            tracing::error!("{why}; retrying in {:.1}s", retry_in.as_secs_f64());
+                        } else if self.connected {
                             tracing::warn!("{why}; reconnecting");
                         } else {
                             tracing::warn!("{why}; retrying in {:.1}s", retry_in.as_secs_f64());

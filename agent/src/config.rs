@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use pifleet_proto::mqtt::{Password, Security};
 use pifleet_proto::{Name, Topics};
 use serde::Deserialize;
 
@@ -124,6 +125,23 @@ pub struct Config {
     pub device: Name,
     #[serde(default = "default_broker")]
     pub broker: BrokerUrl,
+    /// The MQTT user name; default: the device name, the identity a pifleet broker with
+    /// authentication expects (set it for brokers that name their users otherwise). Sent only
+    /// with a password or when set here.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The MQTT password. `password_file` (or `PIFLEET_PASSWORD`) keeps it out of a file that
+    /// is easy to copy around; `Debug` (check-config) shows only `(set)`.
+    #[serde(default)]
+    pub password: Option<Password>,
+    /// A file holding the password (trailing newline ignored), e.g. one readable only by the
+    /// agent's user, or a systemd credential.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// PEM file with the CA certificate(s) the broker's certificate is checked against, for
+    /// mqtts:// and wss:// with a private CA; without it the system's roots are used.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub groups: Vec<Name>,
     #[serde(default = "default_prefix")]
@@ -263,6 +281,15 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         Topics::new(&self.prefix).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.password.is_some() && self.password_file.is_some() {
+            return bad("set either password or password_file, not both".into());
+        }
+        if self.password.as_ref().is_some_and(Password::is_empty) {
+            return bad("password is empty (leave it out to connect without a login)".into());
+        }
+        if self.username.as_deref() == Some("") {
+            return bad("username is empty (leave it out to use the device name)".into());
+        }
         if self.keep_alive_secs == 0 || self.keep_alive_secs > 3600 {
             return bad(format!(
                 "keep_alive_secs = {}: must be between 1 and 3600",
@@ -343,6 +370,44 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Replaces the file's password settings with the ones from the command line or
+    /// environment: a password file there beats a password there, and either beats the file's
+    /// `password` and `password_file` (which then no longer conflict).
+    pub fn override_password(&mut self, password: Option<Password>, file: Option<PathBuf>) {
+        if let Some(file) = file {
+            self.password_file = Some(file);
+            self.password = None;
+        } else if let Some(password) = password {
+            self.password = Some(password);
+            self.password_file = None;
+        }
+    }
+
+    /// The login and TLS trust to connect with: reads the password file and checks the CA
+    /// file, so that a bad one is a configuration error at start-up (and in `check-config`),
+    /// not a reconnect loop. The user name defaults to the device name, and is sent only with a
+    /// password or when configured.
+    pub fn security(&self) -> Result<Security, ConfigError> {
+        let invalid = |e: pifleet_proto::mqtt::SecurityError| ConfigError::Invalid(e.to_string());
+        let password = match (&self.password, &self.password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(file)) => Some(Password::from_file(file).map_err(invalid)?),
+            (None, None) => None,
+        };
+        let username = match (&self.username, &password) {
+            (Some(u), _) => Some(u.clone()),
+            (None, Some(_)) => Some(self.device.to_string()),
+            (None, None) => None,
+        };
+        let security = Security {
+            username,
+            password,
+            ca_file: self.ca_file.clone(),
+        };
+        pifleet_proto::mqtt::transport(&self.broker, &security).map_err(invalid)?;
+        Ok(security)
     }
 
     pub fn topics(&self) -> Topics {
@@ -429,5 +494,103 @@ mod test {
         assert!(parse("keep_alive_secs = 0").is_err());
         assert!(parse("prefix = \"a/+\"").is_err());
         assert!(parse("[[sensor]]\nname = \"t\"\nkind = \"sim\"\ninterval_secs = 0\n").is_err());
+    }
+
+    fn testdata(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../proto/testdata/tls")
+            .join(name)
+    }
+
+    #[test]
+    fn no_login_settings_means_no_login() {
+        let c = parse("device = \"kitchen\"").unwrap();
+        assert_eq!(c.security().unwrap(), Security::default());
+        // A user name alone is sent (some brokers log in by name only).
+        let c = parse("username = \"k1\"").unwrap();
+        let s = c.security().unwrap();
+        assert_eq!((s.username.as_deref(), s.password), (Some("k1"), None));
+    }
+
+    #[test]
+    fn the_user_name_defaults_to_the_device_name() {
+        let c = parse("device = \"kitchen\"\npassword = \"s3cret\"").unwrap();
+        let s = c.security().unwrap();
+        assert_eq!(s.username.as_deref(), Some("kitchen"));
+        assert_eq!(s.password.unwrap().expose(), "s3cret");
+        let c = parse("device = \"kitchen\"\nusername = \"k1\"\npassword = \"x\"").unwrap();
+        assert_eq!(c.security().unwrap().username.as_deref(), Some("k1"));
+    }
+
+    #[test]
+    fn login_and_tls_keys_are_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("pifleet-agent-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("password");
+        std::fs::write(&pw, "from-file\n").unwrap();
+        let text = format!(
+            "device = \"kitchen\"\nbroker = \"mqtts://broker.example.org\"\n\
+             password_file = {:?}\nca_file = {:?}\n",
+            pw,
+            testdata("ca.pem")
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.broker.port, 8883);
+        let s = c.security().unwrap();
+        assert_eq!(s.password.as_ref().unwrap().expose(), "from-file");
+        assert_eq!(s.ca_file.as_deref(), Some(testdata("ca.pem").as_path()));
+        // check-config prints the config's Debug form: never the password.
+        let c = parse("password = \"hunter2\"").unwrap();
+        let shown = format!("{c:#?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("(set)"),
+            "{shown}"
+        );
+
+        let e = parse("password = \"a\"\npassword_file = \"/x\"").unwrap_err();
+        assert!(
+            e.to_string().contains("either password or password_file"),
+            "{e}"
+        );
+        assert!(parse("password = \"\"").is_err());
+        assert!(parse("username = \"\"").is_err());
+        assert!(parse("pasword = \"typo\"")
+            .unwrap_err()
+            .to_string()
+            .contains("pasword"));
+
+        let missing = parse("password_file = \"/nonexistent/pifleet-pw\"").unwrap();
+        let e = missing.security().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot read the password file /nonexistent/pifleet-pw"),
+            "{e}"
+        );
+        let bad_ca = parse("broker = \"mqtts://h\"\nca_file = \"/nonexistent/ca.pem\"").unwrap();
+        let e = bad_ca.security().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot read the CA file /nonexistent/ca.pem"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn command_line_passwords_replace_the_files() {
+        let mut c = parse("password = \"in-file\"").unwrap();
+        c.override_password(Some(Password::new("from-env")), None);
+        assert_eq!(c.password.as_ref().unwrap().expose(), "from-env");
+        c.override_password(Some(Password::new("ignored")), Some("/run/pw".into()));
+        assert_eq!(
+            (c.password.is_none(), c.password_file.as_deref()),
+            (true, Some(Path::new("/run/pw")))
+        );
+        c.validate().unwrap();
+        let mut c = parse("password_file = \"/etc/pw\"").unwrap();
+        c.override_password(Some(Password::new("from-env")), None);
+        assert!(c.password_file.is_none());
+        c.override_password(None, None);
+        assert_eq!(c.password.unwrap().expose(), "from-env");
     }
 }

@@ -5,11 +5,21 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pifleet_agent::config::{Config, GpioChoice, EXAMPLE};
-use pifleet_agent::{console, gpio, Agent};
+use pifleet_agent::{console, gpio, Agent, AgentError};
+use pifleet_proto::mqtt::{Password, Security};
 use pifleet_proto::{BrokerUrl, Name};
 
 /// Runs on a Raspberry Pi: dials out to an MQTT broker, switches outputs (LEDs, relays) on
 /// command, and publishes inputs (buttons) and sensors.
+///
+/// The MQTT password comes from --password-file (PIFLEET_PASSWORD_FILE), else PIFLEET_PASSWORD,
+/// else the config's password_file or password; the user name is the config's username, else the
+/// device name. There is no --password flag: command lines are visible to every user of the
+/// machine.
+///
+/// Exit codes: 0 clean stop; 1 runtime failure (GPIO, legacy port); 2 bad configuration or usage
+/// (including an unreadable password or CA file). A refused login is not an exit: the agent logs
+/// it as an error and retries with backoff.
 #[derive(Parser)]
 #[command(name = "pifleet-agent", version)]
 struct Cli {
@@ -37,9 +47,23 @@ struct RunArgs {
     /// This device's name in the fleet (default: the config's, else the hostname).
     #[arg(long, env = "PIFLEET_DEVICE", global = true)]
     device: Option<Name>,
-    /// Broker URL: mqtt://host:port or ws://host:port/path.
+    /// Broker URL: mqtt://host:port, mqtts://host:port (TLS, default port 8883),
+    /// ws://host:port/path or wss://host:port/path (TLS, default port 8084).
     #[arg(long, env = "PIFLEET_BROKER", global = true)]
     broker: Option<BrokerUrl>,
+    /// File holding the MQTT password (trailing newline ignored); beats PIFLEET_PASSWORD and the
+    /// config's password settings.
+    #[arg(
+        long,
+        env = "PIFLEET_PASSWORD_FILE",
+        value_name = "PATH",
+        global = true
+    )]
+    password_file: Option<PathBuf>,
+    /// PEM file with the CA certificate(s) to check the broker's TLS certificate against
+    /// (default: the config's ca_file, else the system's trusted roots).
+    #[arg(long, env = "PIFLEET_CA_FILE", value_name = "PATH", global = true)]
+    ca_file: Option<PathBuf>,
     /// Group membership (repeatable); replaces the config's groups.
     #[arg(long = "group", global = true)]
     groups: Vec<Name>,
@@ -61,6 +85,13 @@ struct RunArgs {
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
+fn exit_code(e: &AgentError) -> u8 {
+    match e {
+        AgentError::Config(_) => EXIT_CONFIG,
+        _ => EXIT_RUNTIME,
+    }
+}
+
 fn load(args: &RunArgs) -> Result<Config, String> {
     let mut config = match &args.config {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
@@ -71,6 +102,16 @@ fn load(args: &RunArgs) -> Result<Config, String> {
     }
     if let Some(b) = &args.broker {
         config.broker = b.clone();
+    }
+    // Read here rather than through clap so that no --password flag exists. Empty counts as
+    // unset, as in most env files.
+    let env_password = std::env::var("PIFLEET_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(Password::new);
+    config.override_password(env_password, args.password_file.clone());
+    if let Some(c) = &args.ca_file {
+        config.ca_file = Some(c.clone());
     }
     if !args.groups.is_empty() {
         config.groups = args.groups.clone();
@@ -88,7 +129,26 @@ fn load(args: &RunArgs) -> Result<Config, String> {
         config.keep_alive_secs = k;
     }
     config.validate().map_err(|e| e.to_string())?;
+    // Reads the password file and checks the CA file now: a bad one is a configuration error
+    // (exit 2), not a reconnect loop. The agent resolves it again when it starts.
+    config.security().map_err(|e| e.to_string())?;
     Ok(config)
+}
+
+/// The resolved login in one line for `check-config`: the Debug dump above it shows the
+/// settings, this shows what they add up to (never the password).
+fn login_summary(config: &Config, security: &Security) -> String {
+    let login = match (security.user(), &security.password) {
+        (Some(user), Some(_)) => format!("user {user:?} with a password"),
+        (Some(user), None) => format!("user {user:?} without a password"),
+        _ => "none".to_string(),
+    };
+    let tls = match (config.broker.scheme.is_tls(), &security.ca_file) {
+        (false, _) => "off".to_string(),
+        (true, Some(ca)) => format!("on, trusting {}", ca.display()),
+        (true, None) => "on, trusting the system's roots".to_string(),
+    };
+    format!("login: {login}; TLS: {tls}")
 }
 
 fn main() -> ExitCode {
@@ -104,6 +164,13 @@ fn main() -> ExitCode {
             return match load(&cli.run) {
                 Ok(c) => {
                     println!("{c:#?}");
+                    match c.security() {
+                        Ok(s) => println!("{}", login_summary(&c, &s)),
+                        Err(e) => {
+                            eprintln!("pifleet-agent: {e}");
+                            return ExitCode::from(EXIT_CONFIG);
+                        }
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -140,7 +207,7 @@ fn main() -> ExitCode {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("pifleet-agent: {e}");
-                return ExitCode::from(EXIT_RUNTIME);
+                return ExitCode::from(exit_code(&e));
             }
         };
         if sim.is_some() {
@@ -151,7 +218,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("pifleet-agent: {e}");
-                ExitCode::from(EXIT_RUNTIME)
+                ExitCode::from(exit_code(&e))
             }
         }
     });

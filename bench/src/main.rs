@@ -109,12 +109,14 @@ impl Controller {
         let (client, mut ev) = pifleet_proto::mqtt::client(
             url,
             id,
+            &pifleet_proto::mqtt::Security::default(),
             Duration::from_secs(60),
             Duration::from_secs(10),
             |o| {
                 o.set_inflight(1000);
             },
-        );
+        )
+        .expect("no TLS or login in the benchmark");
         let (tx, rx) = mpsc::unbounded_channel();
         let (stx, suback) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -342,10 +344,12 @@ async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results
             let (client, mut ev) = pifleet_proto::mqtt::client(
                 &t.url,
                 &format!("bench-tele-pub{k}-{}", CommandId::generate()),
+                &pifleet_proto::mqtt::Security::default(),
                 Duration::from_secs(60),
                 Duration::from_secs(10),
                 |_| {},
-            );
+            )
+            .expect("no TLS or login in the benchmark");
             let topic = topics.sensor(
                 &Name::new(format!("tele-{k}")).unwrap(),
                 &Name::new("t").unwrap(),

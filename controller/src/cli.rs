@@ -1,14 +1,23 @@
 //! Command-line parsing only; each subcommand's options struct has its own `exec` in [`crate::cmd`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use pifleet_proto::mqtt::{Password, Security};
 use pifleet_proto::{BrokerUrl, Name};
+
+use crate::error::CliError;
 
 /// Control a fleet of Raspberry Pis over MQTT.
 ///
-/// Exit codes: 0 success; 1 some device did not confirm (or is unknown); 2 usage error;
-/// 3 broker unreachable, refused, or connection lost.
+/// Login: --user NAME (or PIFLEET_USER) with the password in PIFLEET_PASSWORD or in a file
+/// (--password-file, PIFLEET_PASSWORD_FILE). There is no --password flag: command lines are
+/// visible to every user of the machine.
+///
+/// Exit codes: 0 success; 1 some device did not confirm (or is unknown); 2 usage error (also an
+/// unreadable password or CA file); 3 broker unreachable, TLS handshake failed, connection
+/// refused or lost; 4 the broker refused the login (bad user name or password, not authorized).
 #[derive(Parser, Debug)]
 #[command(name = "pifleet", version)]
 pub struct Cli {
@@ -20,7 +29,8 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Broker URL: mqtt://host:port or ws://host:port/path.
+    /// Broker URL: mqtt://host:port, mqtts://host:port (TLS, default port 8883),
+    /// ws://host:port/path or wss://host:port/path (TLS, default port 8084).
     #[arg(
         long,
         env = "PIFLEET_BROKER",
@@ -28,6 +38,22 @@ pub struct Global {
         global = true
     )]
     pub broker: BrokerUrl,
+    /// Log in as NAME; the password comes from PIFLEET_PASSWORD or --password-file. The MQTT
+    /// client id becomes NAME-<random>, so several commands can run at once under one name.
+    #[arg(long, env = "PIFLEET_USER", value_name = "NAME", global = true)]
+    pub user: Option<String>,
+    /// File holding the password for --user (trailing newline ignored); beats PIFLEET_PASSWORD.
+    #[arg(
+        long,
+        env = "PIFLEET_PASSWORD_FILE",
+        value_name = "PATH",
+        global = true
+    )]
+    pub password_file: Option<PathBuf>,
+    /// PEM file with the CA certificate(s) that signed the broker's TLS certificate, for
+    /// mqtts:// and wss:// (default: the system's trusted roots).
+    #[arg(long, env = "PIFLEET_CA_FILE", value_name = "PATH", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// Topic prefix of the fleet.
     #[arg(long, env = "PIFLEET_PREFIX", default_value = pifleet_proto::DEFAULT_PREFIX, global = true)]
     pub prefix: String,
@@ -39,9 +65,46 @@ pub struct Global {
     pub connect_timeout: f64,
 }
 
+/// Where the password may come from besides `--password-file`: read from the environment by
+/// [`Global::security`], never from a flag.
+pub const PASSWORD_ENV: &str = "PIFLEET_PASSWORD";
+
 impl Global {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.connect_timeout.clamp(0.1, 3600.0))
+    }
+
+    /// The login and TLS trust for this command, with the password from `PIFLEET_PASSWORD`.
+    pub fn security(&self) -> Result<Security, CliError> {
+        let env_password = std::env::var(PASSWORD_ENV).ok();
+        self.security_with(env_password)
+    }
+
+    /// [`Global::security`] with the environment's password passed in, for tests. Reads the
+    /// password file; an empty `PIFLEET_USER` or `PIFLEET_PASSWORD` counts as unset, as in most
+    /// env files.
+    pub fn security_with(&self, env_password: Option<String>) -> Result<Security, CliError> {
+        let usage = |e: pifleet_proto::mqtt::SecurityError| CliError::Usage(e.to_string());
+        let password = match &self.password_file {
+            Some(file) => Some(Password::from_file(file).map_err(usage)?),
+            None => env_password.filter(|p| !p.is_empty()).map(Password::new),
+        };
+        let username = self.user.clone().filter(|u| !u.is_empty());
+        if password.is_some() && username.is_none() {
+            return Err(CliError::Usage(format!(
+                "a password was given ({}) but no user name: add --user NAME or set PIFLEET_USER",
+                if self.password_file.is_some() {
+                    "--password-file"
+                } else {
+                    PASSWORD_ENV
+                }
+            )));
+        }
+        Ok(Security {
+            username,
+            password,
+            ca_file: self.ca_file.clone(),
+        })
     }
 }
 
@@ -97,4 +160,77 @@ pub struct StatusArgs {
 pub struct WatchArgs {
     /// Only these devices (default: all).
     pub devices: Vec<Name>,
+}
+
+#[cfg(test)]
+mod test {
+    use clap::Parser;
+
+    use super::*;
+
+    fn global(args: &[&str]) -> Global {
+        let mut argv = vec!["pifleet"];
+        argv.extend_from_slice(args);
+        argv.push("status");
+        Cli::try_parse_from(argv).unwrap().global
+    }
+
+    #[test]
+    fn the_password_comes_from_the_environment_or_a_file_never_a_flag() {
+        let e = Cli::try_parse_from(["pifleet", "--password", "x", "status"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+
+        let g = global(&["--user", "alice"]);
+        let s = g.security_with(Some("s3cret".into())).unwrap();
+        assert_eq!(s.username.as_deref(), Some("alice"));
+        assert_eq!(s.password.as_ref().unwrap().expose(), "s3cret");
+        assert!(!format!("{s:?}").contains("s3cret"));
+
+        let file = std::env::temp_dir().join(format!("pifleet-cli-pw-{}", std::process::id()));
+        std::fs::write(&file, "from-file\n").unwrap();
+        let g = global(&["--user", "alice", "--password-file", file.to_str().unwrap()]);
+        let s = g.security_with(Some("from-env".into())).unwrap();
+        assert_eq!(s.password.unwrap().expose(), "from-file", "the file wins");
+        std::fs::remove_file(&file).unwrap();
+        let e = g.security_with(None).unwrap_err();
+        assert!(
+            matches!(&e, CliError::Usage(m) if m.starts_with("cannot read the password file")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_password_needs_a_user_and_empty_means_unset() {
+        let g = global(&[]);
+        let e = g.security_with(Some("s3cret".into())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a password was given (PIFLEET_PASSWORD) but no user name: add --user NAME or set \
+             PIFLEET_USER"
+        );
+        assert_eq!(
+            g.security_with(Some(String::new())).unwrap(),
+            Security::default()
+        );
+        let s = global(&["--user", "alice"]).security_with(None).unwrap();
+        assert_eq!((s.username.as_deref(), s.password), (Some("alice"), None));
+        let s = global(&["--user", ""]).security_with(None).unwrap();
+        assert_eq!(s.username, None);
+    }
+
+    #[test]
+    fn tls_urls_and_the_ca_file_parse() {
+        let g = global(&[
+            "--broker",
+            "mqtts://pi.example.org",
+            "--ca-file",
+            "/etc/ca.pem",
+        ]);
+        assert_eq!(g.broker.to_string(), "mqtts://pi.example.org:8883");
+        let s = g.security_with(None).unwrap();
+        assert_eq!(
+            s.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+    }
 }

@@ -8,8 +8,12 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_INCOMPLETE: u8 = 1;
 /// Bad usage: invalid arguments or names (clap's own parse errors also exit 2).
 pub const EXIT_USAGE: u8 = 2;
-/// The broker could not be reached, refused us, or the connection was lost.
+/// The broker could not be reached (TLS handshake failures included), refused the connection for
+/// a reason other than the login, or the connection was lost: worth retrying later.
 pub const EXIT_BROKER: u8 = 3;
+/// The broker refused the login (CONNACK 4, bad user name or password, or 5, not authorized):
+/// not worth retrying until the credentials or the broker's ACL change, hence a code of its own.
+pub const EXIT_AUTH: u8 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -18,6 +22,9 @@ pub enum CliError {
     /// One sentence naming the broker and what went wrong.
     #[error("{0}")]
     Broker(String),
+    /// One sentence naming the broker and the user it refused.
+    #[error("{0}")]
+    Auth(String),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -27,6 +34,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => EXIT_USAGE,
             CliError::Broker(_) => EXIT_BROKER,
+            CliError::Auth(_) => EXIT_AUTH,
             CliError::Output(_) => EXIT_INCOMPLETE,
         }
     }

@@ -8,45 +8,69 @@
 
 use std::time::Duration;
 
-use pifleet_proto::mqtt::describe;
+use pifleet_proto::mqtt::{describe, is_auth_refusal, Security, Who};
 use pifleet_proto::{BrokerUrl, CommandId, Topics};
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
 
 use crate::error::CliError;
 
+/// The MQTT client id for one CLI session. Logged in, it is `NAME-<random>`: a pifleet broker
+/// with authentication accepts a controller whose client id is its name or starts with `NAME-`,
+/// and the random part lets `pifleet watch` and `pifleet on` run at once under one name without
+/// taking over each other's session (MQTT drops the older client with the same id).
+pub fn client_id(security: &Security) -> String {
+    let name = security.user().unwrap_or("pifleet-cli");
+    format!("{name}-{}", CommandId::generate())
+}
+
 pub struct Session {
     pub client: AsyncClient,
     pub topics: Topics,
     url: BrokerUrl,
-    rx: mpsc::UnboundedReceiver<Result<Packet, String>>,
+    rx: mpsc::UnboundedReceiver<Result<Packet, CliError>>,
     client_id: String,
 }
 
 impl Session {
-    /// Connects and waits for the CONNACK, or fails within `connect_timeout`.
+    /// Connects and waits for the CONNACK, or fails within `connect_timeout`. A refused login is
+    /// [`CliError::Auth`], an unusable CA file [`CliError::Usage`].
     pub async fn connect(
         url: &BrokerUrl,
+        security: &Security,
         topics: Topics,
         connect_timeout: Duration,
     ) -> Result<Session, CliError> {
-        let client_id = format!("pifleet-cli-{}", CommandId::generate());
+        let client_id = client_id(security);
         let (client, mut eventloop) = pifleet_proto::mqtt::client(
             url,
             &client_id,
+            security,
             Duration::from_secs(30),
             connect_timeout,
             |_| {},
-        );
+        )
+        .map_err(|e| CliError::Usage(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let u = url.clone();
+        let who = Who::new("controller", security);
+        let no_password = security.user().is_some() && security.password.is_none();
         tokio::spawn(async move {
             loop {
                 let item = match eventloop.poll().await {
                     Ok(Event::Incoming(p)) => Ok(p),
                     Ok(Event::Outgoing(_)) => continue,
                     // The CLI never retries: a script wants a fast, clear failure.
-                    Err(e) => Err(describe(&e, &u)),
+                    Err(e) if is_auth_refusal(&e) => {
+                        let mut why = describe(&e, &u, &who);
+                        if no_password {
+                            why.push_str(
+                                "; no password was given (PIFLEET_PASSWORD or --password-file)",
+                            );
+                        }
+                        Err(CliError::Auth(why))
+                    }
+                    Err(e) => Err(CliError::Broker(describe(&e, &u, &who))),
                 };
                 let stop = item.is_err();
                 if tx.send(item).is_err() || stop {
@@ -67,7 +91,7 @@ impl Session {
                 match session.rx.recv().await {
                     Some(Ok(Packet::ConnAck(_))) => return Ok(()),
                     Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(CliError::Broker(e)),
+                    Some(Err(e)) => return Err(e),
                     None => return Err(CliError::Broker("connection task ended".into())),
                 }
             }
@@ -128,7 +152,7 @@ impl Session {
     pub async fn next(&mut self) -> Result<Packet, CliError> {
         match self.rx.recv().await {
             Some(Ok(p)) => Ok(p),
-            Some(Err(e)) => Err(CliError::Broker(e)),
+            Some(Err(e)) => Err(e),
             None => Err(CliError::Broker(format!(
                 "lost the connection to the broker at {}",
                 self.url.authority()
@@ -154,5 +178,28 @@ impl Session {
             while rx.recv().await.is_some() {}
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use pifleet_proto::mqtt::Password;
+
+    use super::*;
+
+    #[test]
+    fn logged_in_client_ids_start_with_the_user_name_and_differ() {
+        let alice = Security {
+            username: Some("alice".into()),
+            password: Some(Password::new("x")),
+            ca_file: None,
+        };
+        let (a, b) = (client_id(&alice), client_id(&alice));
+        assert!(
+            a.starts_with("alice-") && b.starts_with("alice-"),
+            "{a} {b}"
+        );
+        assert_ne!(a, b);
+        assert!(client_id(&Security::default()).starts_with("pifleet-cli-"));
     }
 }

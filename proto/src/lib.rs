@@ -2,9 +2,12 @@
 //! broker exchange, built and parsed in one place so no binary formats a topic string by hand.
 //!
 //! Layout:
-//! - [`broker_url`]: `mqtt://` and `ws://` broker addresses.
+//! - [`broker_url`]: `mqtt://`, `mqtts://`, `ws://` and `wss://` broker addresses.
 //! - [`logging`]: the binaries' shared log setup.
-//! - [`mqtt`]: rumqttc set up the way pifleet needs it (TCP_NODELAY, backoff, error sentences).
+//! - [`mqtt`]: rumqttc set up the way pifleet needs it (TCP_NODELAY, TLS, login, backoff, error
+//!   sentences).
+//! - [`security`]: the MQTT login (user name, redacted password) and TLS trust (CA file or the
+//!   system's roots).
 //! - [`name`]: validated device, group, output, input and sensor names (they become topic levels).
 //! - [`topic`]: the topic tree under a configurable prefix, both directions (build and parse).
 //! - [`payload`]: the JSON bodies: presence, commands, output/input state, sensor readings, events.
@@ -23,6 +26,7 @@ pub mod mqtt;
 pub mod name;
 pub mod payload;
 pub mod report;
+pub mod security;
 pub mod signal;
 pub mod time;
 pub mod topic;

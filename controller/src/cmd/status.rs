@@ -14,7 +14,9 @@ use crate::session::Session;
 use crate::table;
 
 pub async fn exec(g: &Global, topics: Topics, a: &StatusArgs) -> Result<u8, CliError> {
-    let mut session = Session::connect(&g.broker, topics.clone(), g.connect_timeout()).await?;
+    let security = g.security()?;
+    let mut session =
+        Session::connect(&g.broker, &security, topics.clone(), g.connect_timeout()).await?;
     let filters = super::device_filters(&topics, &a.devices);
     let snapshot = session.subscribe_snapshot(filters).await?;
     session.close().await;

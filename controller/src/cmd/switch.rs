@@ -29,7 +29,9 @@ pub async fn exec(
             "say which devices to switch: `pifleet {action} DEVICE...`, `--group GROUP` or `--all`"
         )));
     }
-    let mut session = Session::connect(&g.broker, topics.clone(), g.connect_timeout()).await?;
+    let security = g.security()?;
+    let mut session =
+        Session::connect(&g.broker, &security, topics.clone(), g.connect_timeout()).await?;
 
     // Only the devices involved: a targeted `on kitchen` does not download a whole fleet.
     let filters = if a.all || !a.groups.is_empty() {

@@ -1,6 +1,7 @@
 //! `pifleet watch`: live events, one line each (JSON Lines with `--json`), until Ctrl-C.
 //! Retained messages present at start are the past, not events, and are skipped. A lost
-//! connection is retried (with backoff) until Ctrl-C.
+//! connection is retried (with backoff) until Ctrl-C, unless the broker refuses the login on
+//! reconnecting: credentials do not fix themselves, so that ends the watch with exit code 4.
 
 use std::io::Write;
 use std::time::Duration;
@@ -17,8 +18,10 @@ use crate::session::Session;
 
 pub async fn exec(g: &Global, topics: Topics, a: &WatchArgs) -> Result<u8, CliError> {
     let filters = super::device_filters(&topics, &a.devices);
+    let security = g.security()?;
     let connect = || async {
-        let mut s = Session::connect(&g.broker, topics.clone(), g.connect_timeout()).await?;
+        let mut s =
+            Session::connect(&g.broker, &security, topics.clone(), g.connect_timeout()).await?;
         s.subscribe_snapshot(filters.clone()).await?;
         Ok::<_, CliError>(s)
     };
@@ -50,6 +53,7 @@ pub async fn exec(g: &Global, topics: Topics, a: &WatchArgs) -> Result<u8, CliEr
             tokio::select! {
                 r = connect() => match r {
                     Ok(s) => break s,
+                    Err(e @ CliError::Auth(_)) => return Err(e),
                     Err(_) => {
                         tokio::select! {
                             _ = tokio::time::sleep(backoff.next_delay()) => {}
