@@ -1,10 +1,8 @@
-//! pifleet-broker's own configuration, translated into rumqttd's. Ours has defaults for every
-//! key and names things in fleet terms; rumqttd's requires every field and sizes its in-memory
-//! logs for a server, not for thousands of small devices (its issues #957 and #1001).
+//! pifleet-broker's configuration: a TOML file with a default for every key, named in fleet
+//! terms. Limits are on by default because the broker is meant to face the internet.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use pifleet_proto::Topics;
 use serde::Deserialize;
@@ -18,8 +16,9 @@ pub struct Config {
     pub prefix: String,
     pub mqtt: Listener,
     pub websocket: WsListener,
+    pub tls: TlsListener,
+    pub auth: Auth,
     pub limits: Limits,
-    pub storage: Storage,
     /// Legacy TCP listeners (`[[legacy]]`), each fronting one device.
     #[serde(rename = "legacy")]
     pub legacy: Vec<pifleet_legacy::ListenerConfig>,
@@ -34,7 +33,7 @@ pub struct Listener {
 impl Default for Listener {
     fn default() -> Self {
         Listener {
-            listen: "0.0.0.0:1883".parse().expect("valid"),
+            listen: "127.0.0.1:1883".parse().expect("valid"),
         }
     }
 }
@@ -46,23 +45,85 @@ pub struct WsListener {
     pub listen: SocketAddr,
 }
 
+impl Default for WsListener {
+    fn default() -> Self {
+        WsListener {
+            enabled: true,
+            listen: "127.0.0.1:8083".parse().expect("valid"),
+        }
+    }
+}
+
+/// MQTT over TLS (`mqtts://`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    pub max_connections: usize,
-    /// How many retained messages one QoS 0 subscription receives at most (rumqttd's
-    /// `max_outgoing_packet_count`, also its batch size when forwarding QoS 0 messages).
-    pub max_retained_per_subscription: u64,
-    pub max_packet_size: usize,
-    pub connect_timeout_ms: u16,
+pub struct TlsListener {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM), e.g. from `pifleet-broker tls self-signed`.
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+impl Default for TlsListener {
+    fn default() -> Self {
+        TlsListener {
+            enabled: false,
+            listen: "127.0.0.1:8883".parse().expect("valid"),
+            cert: None,
+            key: None,
+        }
+    }
+}
+
+/// Who may connect. Without a credentials file every client is anonymous and may do anything,
+/// which is only allowed on loopback unless `allow_anonymous` says otherwise.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Credentials file managed by `pifleet-broker device|controller add|remove|list`.
+    pub credentials: Option<PathBuf>,
+    /// Optional extra rules for topics outside the fleet's own (see docs/security.md).
+    pub acl_file: Option<PathBuf>,
+    /// Serve anonymous clients on non-loopback addresses (a trusted network only).
+    pub allow_anonymous: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Storage {
-    pub max_segment_size: usize,
-    pub max_segment_count: usize,
-    pub command_segment_size: usize,
+pub struct Limits {
+    /// Open connections in all; more are closed right after accept.
+    pub max_connections: usize,
+    /// Open connections from one IP address (0: no limit). A whole home fleet behind one NAT
+    /// router shares an address, so this is generous; it stops one host exhausting the rest.
+    pub max_connections_per_ip: usize,
+    /// Largest MQTT packet accepted, in bytes; a larger one closes that connection.
+    pub max_packet_size: usize,
+    /// TLS/WebSocket handshake plus CONNECT must complete within this time.
+    pub connect_timeout_ms: u64,
+    /// Retained messages one SUBSCRIBE delivers at most (`pifleet status` subscribes to every
+    /// device's presence at once, so this bounds the fleet size it can list).
+    pub max_retained_per_subscription: usize,
+    /// Messages queued for one client (online but slow, or offline with a persistent session)
+    /// beyond which new QoS 0 messages are dropped and QoS 1/2 ones too (counted and logged).
+    pub max_queued_messages: usize,
+    /// QoS 1/2 messages sent to one client and not yet acknowledged.
+    pub max_inflight: u16,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 20_000,
+            max_connections_per_ip: 1_024,
+            max_packet_size: 65_536,
+            connect_timeout_ms: 10_000,
+            max_retained_per_subscription: 100_000,
+            max_queued_messages: 10_000,
+            max_inflight: 100,
+        }
+    }
 }
 
 impl Default for Config {
@@ -71,39 +132,10 @@ impl Default for Config {
             prefix: pifleet_proto::DEFAULT_PREFIX.into(),
             mqtt: Listener::default(),
             websocket: WsListener::default(),
+            tls: TlsListener::default(),
+            auth: Auth::default(),
             limits: Limits::default(),
-            storage: Storage::default(),
             legacy: Vec::new(),
-        }
-    }
-}
-
-impl Default for WsListener {
-    fn default() -> Self {
-        WsListener {
-            enabled: true,
-            listen: "0.0.0.0:8083".parse().expect("valid"),
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 10_000,
-            max_retained_per_subscription: 50_000,
-            max_packet_size: 65_536,
-            connect_timeout_ms: 10_000,
-        }
-    }
-}
-
-impl Default for Storage {
-    fn default() -> Self {
-        Storage {
-            max_segment_size: 1_048_576,
-            max_segment_count: 4,
-            command_segment_size: 16_384,
         }
     }
 }
@@ -127,7 +159,23 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml_str(&text, &path.display().to_string())
+        let mut c = Config::from_toml_str(&text, &path.display().to_string())?;
+        // Relative paths in a config file mean "next to the config file".
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut c.tls.cert,
+            &mut c.tls.key,
+            &mut c.auth.credentials,
+            &mut c.auth.acl_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(c)
     }
 
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
@@ -142,13 +190,6 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         Topics::new(&self.prefix).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        // rumqttd panics on segments under 1 KiB.
-        if self.storage.max_segment_size < 1024 || self.storage.command_segment_size < 1024 {
-            return bad("storage segment sizes must be at least 1024 bytes");
-        }
-        if self.storage.max_segment_count == 0 {
-            return bad("storage.max_segment_count must be at least 1");
-        }
         if self.limits.max_retained_per_subscription < 100 {
             return bad("limits.max_retained_per_subscription must be at least 100");
         }
@@ -157,6 +198,9 @@ impl Config {
         }
         if self.limits.max_packet_size < 1024 {
             return bad("limits.max_packet_size must be at least 1024 bytes");
+        }
+        if self.limits.max_queued_messages == 0 || self.limits.max_inflight == 0 {
+            return bad("limits.max_queued_messages and limits.max_inflight must be at least 1");
         }
         for l in &self.legacy {
             l.validate().map_err(ConfigError::Invalid)?;
@@ -167,54 +211,50 @@ impl Config {
                 )));
             }
         }
-        if self.websocket.enabled
-            && self.websocket.listen == self.mqtt.listen
-            && self.mqtt.listen.port() != 0
-        {
-            return bad("mqtt.listen and websocket.listen must differ");
+        if self.tls.enabled && (self.tls.cert.is_none() || self.tls.key.is_none()) {
+            return bad(
+                "[tls] needs `cert` and `key` (create them with `pifleet-broker tls self-signed`)",
+            );
+        }
+        let ports: Vec<SocketAddr> = self
+            .listeners()
+            .into_iter()
+            .map(|(_, a)| a)
+            .filter(|a| a.port() != 0)
+            .collect();
+        for (i, a) in ports.iter().enumerate() {
+            if ports[..i].contains(a) {
+                return Err(ConfigError::Invalid(format!(
+                    "two listeners on {a}: give each its own address"
+                )));
+            }
         }
         Ok(())
     }
 
-    /// rumqttd's router settings for this config.
-    pub fn router(&self) -> rumqttd::RouterConfig {
-        let commands = format!("{}/dev/+/cmnd", self.prefix);
-        let mut custom = HashMap::new();
-        custom.insert(
-            commands,
-            rumqttd::SegmentConfig {
-                max_segment_size: self.storage.command_segment_size,
-                // Never 1: rotating the only segment drops commands a device has not read yet.
-                max_segment_count: 4,
-            },
-        );
-        rumqttd::RouterConfig {
-            max_connections: self.limits.max_connections,
-            max_outgoing_packet_count: self.limits.max_retained_per_subscription,
-            max_segment_size: self.storage.max_segment_size,
-            max_segment_count: self.storage.max_segment_count,
-            custom_segment: Some(custom),
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
+    /// The enabled MQTT listeners and their addresses. Plain MQTT is always on (loopback by
+    /// default): the broker's own legacy relay and demo fleet connect through it.
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut v = vec![("mqtt", self.mqtt.listen)];
+        if self.websocket.enabled {
+            v.push(("websocket", self.websocket.listen));
         }
+        if self.tls.enabled {
+            v.push(("mqtts", self.tls.listen));
+        }
+        v
     }
 
-    /// rumqttd's settings for one listener at `listen`.
-    pub fn server(&self, name: &str, listen: SocketAddr) -> rumqttd::ServerSettings {
-        rumqttd::ServerSettings {
-            name: name.to_string(),
-            listen,
-            tls: None,
-            next_connection_delay_ms: 0,
-            connections: rumqttd::ConnectionSettings {
-                connection_timeout_ms: self.limits.connect_timeout_ms,
-                max_payload_size: self.limits.max_packet_size,
-                max_inflight_count: 100,
-                auth: None,
-                external_auth: None,
-                dynamic_filters: false,
-            },
+    /// Anonymous access on an address other hosts can reach: refused unless
+    /// `auth.allow_anonymous`. Returns the offending listener.
+    pub fn anonymous_exposure(&self) -> Option<SocketAddr> {
+        if self.auth.credentials.is_some() || self.auth.allow_anonymous {
+            return None;
         }
+        self.listeners()
+            .into_iter()
+            .map(|(_, a)| a)
+            .find(|a| !a.ip().is_loopback())
     }
 }
 
@@ -240,14 +280,20 @@ mod test {
         assert!(e.to_string().contains("listen"), "{e}");
         let e = Config::from_toml_str("[limits]\nmax_conections = 5\n", "x").unwrap_err();
         assert!(e.to_string().contains("max_conections"), "{e}");
-        let e = Config::from_toml_str("[storage]\nmax_segment_size = 10\n", "x").unwrap_err();
-        assert!(e.to_string().contains("1024"), "{e}");
+        let e = Config::from_toml_str("[tls]\nenabled = true\n", "x").unwrap_err();
+        assert!(e.to_string().contains("self-signed"), "{e}");
     }
 
     #[test]
-    fn command_filters_get_small_segments() {
-        let r = Config::default().router();
-        let seg = &r.custom_segment.unwrap()["pifleet/dev/+/cmnd"];
-        assert_eq!((seg.max_segment_size, seg.max_segment_count), (16_384, 4));
+    fn anonymous_is_only_for_loopback_unless_allowed() {
+        let mut c = Config::default();
+        assert_eq!(c.anonymous_exposure(), None);
+        c.mqtt.listen = "0.0.0.0:1883".parse().unwrap();
+        assert_eq!(c.anonymous_exposure(), Some(c.mqtt.listen));
+        c.auth.allow_anonymous = true;
+        assert_eq!(c.anonymous_exposure(), None);
+        c.auth.allow_anonymous = false;
+        c.auth.credentials = Some("creds.toml".into());
+        assert_eq!(c.anonymous_exposure(), None);
     }
 }

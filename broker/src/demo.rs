@@ -9,6 +9,8 @@ use pifleet_agent::agent::AgentHandle;
 use pifleet_agent::config::{Config as AgentConfig, GpioChoice, SensorConfig, SensorKind};
 use pifleet_agent::{console, gpio, Agent};
 use pifleet_proto::{BrokerUrl, Name};
+
+use crate::credentials::Role;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -73,17 +75,23 @@ pub fn device_config(i: usize, broker: SocketAddr, prefix: &str) -> AgentConfig 
 }
 
 impl Demo {
-    /// Starts `count` simulated agents against the broker at `broker`.
+    /// Starts `count` simulated agents against the broker `running` (as internal device
+    /// identities when the broker requires a login).
     pub fn start(
         count: usize,
-        broker: SocketAddr,
+        running: &crate::Running,
         prefix: &str,
     ) -> Result<Demo, pifleet_agent::AgentError> {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut handles = Vec::new();
         for i in 0..count {
-            let config = device_config(i, broker, prefix);
+            let mut config = device_config(i, running.mqtt, prefix);
+            let groups = config.groups.iter().map(|g| g.to_string()).collect();
+            let login = running
+                .engine
+                .login_for(config.device.as_str(), Role::Device, groups);
+            config.password = login.password;
             let name = config.device.clone();
             let (mut backend, sim) = gpio::open(GpioChoice::Sim)?;
             let (agent, handle) = Agent::new(config, backend.as_mut(), sim)?;

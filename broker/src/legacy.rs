@@ -22,7 +22,8 @@ use pifleet_proto::{Action, BrokerUrl, Command, CommandId, Name, Scheme, Target,
 use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeFilter};
 use tokio::sync::oneshot;
 
-use crate::server::BrokerError;
+use crate::credentials::Role;
+use crate::engine::{BrokerError, Running};
 
 /// How a device answered one command.
 #[derive(Debug)]
@@ -48,7 +49,8 @@ pub struct Relay {
 
 impl Relay {
     /// Connects to the broker at `mqtt` and returns once subscribed to the fleet's state.
-    pub async fn start(mqtt: SocketAddr, topics: Topics) -> Result<Relay, BrokerError> {
+    pub async fn start(running: &Running, topics: Topics) -> Result<Relay, BrokerError> {
+        let mqtt = running.mqtt;
         let host = if mqtt.ip().is_unspecified() {
             "127.0.0.1".to_string()
         } else {
@@ -60,14 +62,20 @@ impl Relay {
             port: mqtt.port(),
             path: String::new(),
         };
-        let client_id = format!("pifleet-broker-legacy-{}", CommandId::generate());
+        // With authentication on, the relay logs in as an in-process controller identity.
+        const NAME: &str = "pifleet-broker-legacy";
+        let security = running.engine.login_for(NAME, Role::Controller, Vec::new());
+        let who = pifleet_proto::mqtt::Who::new("controller", &security);
+        let client_id = format!("{NAME}-{}", CommandId::generate());
         let (client, mut eventloop) = pifleet_proto::mqtt::client(
             &url,
             &client_id,
+            &security,
             Duration::from_secs(30),
             Duration::from_secs(5),
             |_| {},
-        );
+        )
+        .map_err(|e| BrokerError::Relay(e.to_string()))?;
         let relay = Relay {
             client,
             topics,
@@ -80,8 +88,7 @@ impl Relay {
             relay.topics.event_filter(None),
         ]
         .into_iter()
-        // QoS 0 for the same reason as the CLI: rumqttd caps retained delivery to QoS 1
-        // subscriptions at the free in-flight slots.
+        // QoS 0: the retained state is a snapshot, not something to acknowledge one by one.
         .map(|f| SubscribeFilter::new(f, QoS::AtMostOnce))
         .collect();
         let (ready_tx, ready) = oneshot::channel();
@@ -104,7 +111,7 @@ impl Relay {
                     Ok(Event::Incoming(Packet::Publish(p))) => r.on_publish(&p.topic, &p.payload),
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!("legacy relay: {}", describe(&e, &url));
+                        tracing::warn!("legacy relay: {}", describe(&e, &url, &who));
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
                 }
@@ -341,13 +348,13 @@ impl Handler for BrokerShim {
 /// listener's device and bound address.
 pub async fn start(
     listeners: &[ListenerConfig],
-    mqtt: SocketAddr,
+    running: &Running,
     topics: Topics,
 ) -> Result<Vec<(Name, SocketAddr)>, BrokerError> {
     if listeners.is_empty() {
         return Ok(vec![]);
     }
-    let relay = Relay::start(mqtt, topics).await?;
+    let relay = Relay::start(running, topics).await?;
     let mut bound = Vec::new();
     for l in listeners {
         let device = l

@@ -1,17 +1,24 @@
-//! `pifleet-broker`: rumqttd embedded with a fleet-sized configuration, so one binary gives a
-//! fleet a broker that every Pi can dial out to.
+//! `pifleet-broker`: an MQTT 3.1.1 broker sized for a fleet of Raspberry Pis, so one binary gives
+//! a fleet a broker every Pi can dial out to, with per-device identities, topic ACLs and TLS.
 //!
 //! Layout:
-//! - [`config`]: our configuration (defaults for everything) and its translation to rumqttd's.
-//! - [`server`]: starts rumqttd's router and listeners inside our runtime and reports the
-//!   addresses actually bound (port 0 works, which is what tests use).
+//! - [`config`]: our configuration (defaults for everything, limits on by default).
+//! - [`engine`]: the MQTT engine: listeners, sessions, subscriptions, retained messages, wills.
+//! - [`credentials`]: the credentials file (argon2 hashes) and identities (device/controller).
+//! - [`acl`]: what an identity may publish and subscribe to.
+//! - [`tls`]: server TLS configuration and `tls self-signed`.
+//! - [`admin`]: the `device` / `controller` / `tls` subcommands.
 //! - [`legacy`]: the shim that relays old TCP clients' on/off/go to devices over MQTT.
 //! - [`demo`]: a small simulated fleet in the same process, for the quickstart.
 
+pub mod acl;
+pub mod admin;
 pub mod config;
+pub mod credentials;
 pub mod demo;
+pub mod engine;
 pub mod legacy;
-pub mod server;
+pub mod tls;
 
 pub use config::Config;
-pub use server::{start, BrokerError, Running};
+pub use engine::{start, BrokerError, Running};

@@ -1,7 +1,5 @@
 //! `pifleet-broker`: parse flags, set up logging, call the library.
 
-mod nodelay;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +9,7 @@ use pifleet_broker::config::DEFAULT_TOML;
 use pifleet_broker::demo::Demo;
 use pifleet_broker::Config;
 
-/// An MQTT broker for a fleet of Raspberry Pis (rumqttd inside, standard MQTT outside).
+/// An MQTT broker for a fleet of Raspberry Pis: per-device identities, topic ACLs, TLS.
 #[derive(Parser)]
 #[command(name = "pifleet-broker", version)]
 struct Cli {
@@ -29,9 +27,19 @@ struct Cli {
     /// Do not start the WebSocket listener.
     #[arg(long, global = true)]
     no_ws: bool,
+    /// MQTT-over-TLS listener address (needs `[tls] cert` and `key` in the config).
+    #[arg(long, global = true)]
+    mqtts: Option<SocketAddr>,
+    /// Serve clients without credentials on non-loopback addresses (trusted networks only).
+    #[arg(long, global = true)]
+    allow_anonymous: bool,
     /// Also run this many simulated Pis in this process (the quickstart uses 3).
     #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "3", global = true)]
     demo: Option<usize>,
+    /// Credentials file (overrides `[auth] credentials`): required logins when running, the
+    /// file `device` and `controller` commands change.
+    #[arg(long, value_name = "PATH", env = "PIFLEET_CREDENTIALS", global = true)]
+    credentials: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -40,6 +48,8 @@ enum Cmd {
     Run,
     /// Print the commented default configuration.
     PrintConfig,
+    #[command(flatten)]
+    Admin(pifleet_broker::admin::AdminCmd),
 }
 
 /// Exit codes: 0 clean stop, 1 cannot listen or start, 2 bad configuration or usage,
@@ -48,9 +58,8 @@ const EXIT_START: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 const EXIT_INTERNAL: i32 = 70;
 
-/// Waits for SIGINT/SIGTERM on a thread of its own. rumqttd makes blocking channel calls inside
-/// async tasks; when it is overloaded those can occupy every worker of the main runtime, and a
-/// signal handled there would never be noticed. The thread also bounds the graceful stop: if it
+/// Waits for SIGINT/SIGTERM on a thread of its own, so that a runtime whose workers are all busy
+/// (a reconnect storm) still notices the signal. The thread also bounds the graceful stop: if it
 /// has not finished 10 s after the signal, the process exits anyway.
 fn stop_signal() -> tokio::sync::oneshot::Receiver<()> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -73,19 +82,16 @@ fn stop_signal() -> tokio::sync::oneshot::Receiver<()> {
 
 /// Turns any panic into a prompt exit with [`EXIT_INTERNAL`].
 ///
-/// Why: rumqttd 0.20 panics inside a connection task while holding the lock of its will table
-/// when a client id whose previous connection attempt failed connects again (two CONNECTs with
-/// the client id `x/y` are enough). The poisoned lock then makes every later connection panic
-/// too: the process keeps running and accepts nothing, silently, forever. Exiting instead lets
-/// the supervisor (systemd `Restart=`, Compose `restart:`) bring the broker back in a second,
-/// and agents reconnect and republish on their own. Our own front end in front of rumqttd's
-/// router will refuse such clients before rumqttd sees them.
+/// Why: a panic in a connection task would otherwise end only that task, and one that happened
+/// while routing state was half-updated could leave a broker that runs but misroutes. Exiting
+/// lets the supervisor (systemd `Restart=`, Compose `restart:`) bring the broker back in a
+/// second, and agents reconnect and republish on their own.
 fn exit_on_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
         eprintln!(
-            "pifleet-broker: internal error in the MQTT engine; exiting with code {EXIT_INTERNAL} \
+            "pifleet-broker: internal error; exiting with code {EXIT_INTERNAL} \
              so that a supervisor restarts the broker (clients reconnect by themselves)"
         );
         std::process::exit(EXIT_INTERNAL);
@@ -95,8 +101,7 @@ fn exit_on_panic() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     exit_on_panic();
-    // rumqttd logs every routine disconnect at error level; pifleet reports what matters itself.
-    pifleet_proto::logging::init("info,rumqttd=off,rumqttc=warn");
+    pifleet_proto::logging::init("info,rumqttc=warn");
     if let Some(Cmd::PrintConfig) = cli.command {
         print!("{DEFAULT_TOML}");
         return ExitCode::SUCCESS;
@@ -111,6 +116,12 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
+    if let Some(p) = &cli.credentials {
+        config.auth.credentials = Some(p.clone());
+    }
+    if let Some(Cmd::Admin(cmd)) = cli.command {
+        return pifleet_broker::admin::run(cmd, &config, cli.credentials);
+    }
     if let Some(a) = cli.mqtt {
         config.mqtt.listen = a;
     }
@@ -120,9 +131,38 @@ fn main() -> ExitCode {
     if cli.no_ws {
         config.websocket.enabled = false;
     }
+    if let Some(a) = cli.mqtts {
+        config.tls.enabled = true;
+        config.tls.listen = a;
+    }
+    if cli.allow_anonymous {
+        config.auth.allow_anonymous = true;
+    }
     if let Err(e) = config.validate() {
         eprintln!("pifleet-broker: {e}");
         return ExitCode::from(EXIT_CONFIG);
+    }
+    if let Some(addr) = config.anonymous_exposure() {
+        eprintln!(
+            "pifleet-broker: refusing to serve anonymous clients on {addr}, where other hosts can \
+             reach it: anyone could switch your devices. Set up credentials (`pifleet-broker \
+             device add NAME`, then [auth] credentials = FILE; see README \"Securing your \
+             fleet\"), listen on 127.0.0.1, or pass --allow-anonymous on a trusted network."
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if config.auth.allow_anonymous && config.auth.credentials.is_none() {
+        if let Some(addr) = config
+            .listeners()
+            .into_iter()
+            .map(|(_, a)| a)
+            .find(|a| !a.ip().is_loopback())
+        {
+            eprintln!(
+                "pifleet-broker: WARNING: no authentication on {addr}: anyone who can reach it \
+                 can switch every device (allowed by allow_anonymous)"
+            );
+        }
     }
 
     let stop = stop_signal();
@@ -133,18 +173,28 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async move {
         let running = match pifleet_broker::start(&config).await {
             Ok(r) => r,
+            Err(e @ pifleet_broker::BrokerError::Setup(_)) => {
+                eprintln!("pifleet-broker: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             Err(e) => {
                 eprintln!("pifleet-broker: {e}");
                 return ExitCode::from(EXIT_START);
             }
         };
-        // These two lines are the readiness signal scripts and tests wait for.
+        // These lines are the readiness signal scripts and tests wait for.
         println!("pifleet-broker: MQTT on {}", running.mqtt);
         if let Some(ws) = running.websocket {
             println!("pifleet-broker: MQTT over WebSocket on {ws}");
         }
+        if let Some(tls) = running.mqtts {
+            println!("pifleet-broker: MQTT over TLS on {tls}");
+        }
+        if running.engine.auth_enabled() {
+            println!("pifleet-broker: clients must log in (credentials file)");
+        }
         let topics = pifleet_proto::Topics::new(&config.prefix).expect("validated");
-        match pifleet_broker::legacy::start(&config.legacy, running.mqtt, topics).await {
+        match pifleet_broker::legacy::start(&config.legacy, &running, topics).await {
             Ok(bound) => {
                 for (device, addr) in bound {
                     println!("pifleet-broker: legacy shim for {device} on {addr}");
@@ -156,7 +206,7 @@ fn main() -> ExitCode {
             }
         }
         let demo = match cli.demo {
-            Some(n) if n > 0 => match Demo::start(n, running.mqtt, &config.prefix) {
+            Some(n) if n > 0 => match Demo::start(n, &running, &config.prefix) {
                 Ok(d) => {
                     let names: Vec<_> = d.handles.iter().map(|(n, _)| n.to_string()).collect();
                     println!(
@@ -192,7 +242,8 @@ fn main() -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     });
-    // rumqttd has no shutdown and the console reads stdin on a blocking thread: do not wait.
+    // Connection tasks end with the process, and the console reads stdin on a blocking thread:
+    // do not wait for either.
     runtime.shutdown_background();
     code
 }

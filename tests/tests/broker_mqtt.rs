@@ -1,5 +1,8 @@
 //! MQTT semantics of pifleet-broker that fleets rely on, checked with a plain MQTT client
-//! (rumqttc): retained messages, last wills, QoS 1 delivery to a persistent session.
+//! (rumqttc) and, where a well-behaved client cannot provoke the case, with raw bytes on a TCP
+//! socket: retained messages, last wills (also on keep-alive expiry and takeover), QoS 1 to a
+//! persistent session, QoS 2 exactly once, refusal codes, and hostile input that must close
+//! only its own connection.
 
 use std::time::Duration;
 
@@ -236,5 +239,276 @@ fn qos1_messages_wait_for_a_persistent_session_to_come_back() {
             got.push(String::from_utf8(p.payload.to_vec()).unwrap());
         }
         assert_eq!(got, ["m0", "m1", "m2", "m3", "m4"]);
+    });
+}
+
+#[test]
+fn qos2_is_delivered_exactly_once() {
+    let broker = Broker::start();
+    rt().block_on(async {
+        let (sub, mut sev) = client(&broker, "q2-sub", |_| {});
+        connack(&mut sev).await;
+        sub.subscribe("x/#", QoS::ExactlyOnce).await.unwrap();
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = sev.poll().await.unwrap() {
+                break;
+            }
+        }
+        let (publisher, pev) = client(&broker, "q2-pub", |_| {});
+        let _p = drive(pev);
+        for i in 0..20 {
+            publisher
+                .publish("x/y", QoS::ExactlyOnce, false, format!("{i}"))
+                .await
+                .unwrap();
+        }
+        publisher
+            .publish("x/end", QoS::ExactlyOnce, false, "end")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        loop {
+            let p = next_publish(&mut sev).await;
+            assert_eq!(p.qos, QoS::ExactlyOnce);
+            if p.topic == "x/end" {
+                break;
+            }
+            got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+        let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        assert_eq!(got, want);
+    });
+}
+
+/// Raw MQTT 3.1.1 packets, for what a well-behaved client library will not send.
+mod raw {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    pub fn connect_packet(client_id: &str, keep_alive: u16, will: Option<(&str, &str)>) -> Vec<u8> {
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4];
+        let flags = 0x02 | if will.is_some() { 0x04 | 0x20 } else { 0 };
+        body.push(flags);
+        body.extend_from_slice(&keep_alive.to_be_bytes());
+        push_str(&mut body, client_id);
+        if let Some((topic, msg)) = will {
+            push_str(&mut body, topic);
+            push_str(&mut body, msg);
+        }
+        frame(0x10, &body)
+    }
+
+    pub fn push_str(buf: &mut Vec<u8>, s: &str) {
+        buf.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        buf.extend_from_slice(s.as_bytes());
+    }
+
+    pub fn frame(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        let mut len = body.len();
+        loop {
+            let mut b = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if len == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    pub fn open(addr: &str) -> TcpStream {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    /// Sends CONNECT and returns the CONNACK return code.
+    pub fn connack_code(s: &mut TcpStream, connect: &[u8]) -> u8 {
+        s.write_all(connect).unwrap();
+        let mut ack = [0u8; 4];
+        s.read_exact(&mut ack).unwrap();
+        assert_eq!(ack[0], 0x20, "CONNACK expected, got {ack:?}");
+        ack[3]
+    }
+
+    /// Whether the broker closed the socket (read returns 0 or a reset) within 10 s.
+    pub fn closed(s: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+#[test]
+fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives_and_its_will_fires() {
+    let broker = Broker::start();
+    rt().block_on(async {
+        let (watcher, mut wev) = client(&broker, "ka-watcher", |_| {});
+        connack(&mut wev).await;
+        subscribe_acked(&watcher, &mut wev, "ka/#").await;
+        let mut s = raw::open(&broker.mqtt);
+        let code = raw::connack_code(
+            &mut s,
+            &raw::connect_packet("silent", 1, Some(("ka/silent", "lost"))),
+        );
+        assert_eq!(code, 0);
+        let started = std::time::Instant::now();
+        let p = next_publish(&mut wev).await;
+        assert_eq!(
+            (p.topic.as_str(), &p.payload[..]),
+            ("ka/silent", &b"lost"[..])
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+            "will after {took:?}, expected about 1.5 s"
+        );
+        assert!(raw::closed(&mut s));
+    });
+}
+
+#[test]
+fn a_takeover_closes_the_old_connection_and_fires_its_will_before_the_new_connack() {
+    let broker = Broker::start();
+    rt().block_on(async {
+        let (watcher, mut wev) = client(&broker, "to-watcher", |_| {});
+        connack(&mut wev).await;
+        subscribe_acked(&watcher, &mut wev, "to/#").await;
+        let mut old = raw::open(&broker.mqtt);
+        assert_eq!(
+            raw::connack_code(
+                &mut old,
+                &raw::connect_packet("pi-1", 30, Some(("to/pi-1", "offline")))
+            ),
+            0
+        );
+        let mut new = raw::open(&broker.mqtt);
+        assert_eq!(
+            raw::connack_code(&mut new, &raw::connect_packet("pi-1", 30, None)),
+            0
+        );
+        assert!(raw::closed(&mut old), "the old connection is closed");
+        let p = next_publish(&mut wev).await;
+        assert_eq!(
+            (p.topic.as_str(), &p.payload[..]),
+            ("to/pi-1", &b"offline"[..])
+        );
+        // The same client id may come back again and again (rumqttd 0.20 wedged here).
+        for _ in 0..3 {
+            let mut again = raw::open(&broker.mqtt);
+            assert_eq!(
+                raw::connack_code(&mut again, &raw::connect_packet("x/y", 30, None)),
+                0
+            );
+        }
+    });
+}
+
+#[test]
+fn bad_protocol_versions_and_client_ids_get_refusal_codes() {
+    let broker = Broker::start();
+    // MQTT 5 CONNECT (level 5): "unacceptable protocol version".
+    let mut s = raw::open(&broker.mqtt);
+    let mut v5 = raw::connect_packet("v5", 30, None);
+    v5[8] = 5;
+    assert_eq!(raw::connack_code(&mut s, &v5), 1);
+    // An empty client id with a persistent session: "identifier rejected".
+    let mut s = raw::open(&broker.mqtt);
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x00, 0, 30];
+    raw::push_str(&mut body, "");
+    assert_eq!(raw::connack_code(&mut s, &raw::frame(0x10, &body)), 2);
+    // An empty client id with a clean session is fine (the broker names it).
+    let mut s = raw::open(&broker.mqtt);
+    assert_eq!(
+        raw::connack_code(&mut s, &raw::connect_packet("", 30, None)),
+        0
+    );
+}
+
+/// Garbage, an oversized packet and a wildcard topic each close their own connection; a client
+/// connected all along keeps working.
+#[test]
+fn hostile_input_closes_only_its_own_connection() {
+    use std::io::Write;
+    let broker = Broker::start();
+    rt().block_on(async {
+        let (c, mut ev) = client(&broker, "bystander", |_| {});
+        connack(&mut ev).await;
+        subscribe_acked(&c, &mut ev, "b/#").await;
+
+        // Random bytes instead of CONNECT (xorshift: the same stream every run).
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for round in 0..20 {
+            let mut s = raw::open(&broker.mqtt);
+            let garbage: Vec<u8> = (0..512)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            // Every other round the garbage follows a valid CONNECT.
+            if round % 2 == 1 {
+                assert_eq!(
+                    raw::connack_code(&mut s, &raw::connect_packet(&format!("g{round}"), 30, None)),
+                    0
+                );
+            }
+            let _ = s.write_all(&garbage);
+            // Either closed at once or, for a prefix that promises a long packet, left waiting;
+            // both must leave the bystander alone.
+            drop(s);
+        }
+        // A PUBLISH announcing 1 MiB (the limit is 64 KiB): closed before the body is read.
+        let mut s = raw::open(&broker.mqtt);
+        assert_eq!(
+            raw::connack_code(&mut s, &raw::connect_packet("big", 30, None)),
+            0
+        );
+        s.write_all(&[0x30, 0x80, 0x80, 0x40]).unwrap();
+        assert!(
+            raw::closed(&mut s),
+            "oversized packet closes the connection"
+        );
+        // A publish to a wildcard topic is a protocol violation.
+        let mut s = raw::open(&broker.mqtt);
+        assert_eq!(
+            raw::connack_code(&mut s, &raw::connect_packet("wild", 30, None)),
+            0
+        );
+        let mut body = Vec::new();
+        raw::push_str(&mut body, "b/+");
+        body.extend_from_slice(b"x");
+        s.write_all(&raw::frame(0x30, &body)).unwrap();
+        assert!(raw::closed(&mut s), "wildcard topic closes the connection");
+
+        let (p, pev) = client(&broker, "still-here", |_| {});
+        let _d = drive(pev);
+        p.publish("b/ok", QoS::AtLeastOnce, false, "fine")
+            .await
+            .unwrap();
+        let got = next_publish(&mut ev).await;
+        assert_eq!(
+            (got.topic.as_str(), &got.payload[..]),
+            ("b/ok", &b"fine"[..])
+        );
     });
 }

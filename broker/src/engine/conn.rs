@@ -1,0 +1,447 @@
+//! One client connection: read the CONNECT, authenticate, attach the session, then one loop that
+//! reads packets, writes what the outbox holds and watches the keep-alive.
+//!
+//! Reading and writing are branches of the same `select!` (with the cancel-safe `read_buf` and
+//! `write_buf`), so a client that stops reading cannot stop us from reading its acknowledgements,
+//! and one task per connection is all the memory a connection costs besides its buffers: the
+//! read buffer starts at 512 bytes and grows only while a client streams, the write buffer is
+//! released whenever it drains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::v4::{ConnAck, Connect, Packet, Publish, SubAck, SubscribeReasonCode};
+use rumqttc::mqttbytes::Error as CodecError;
+use rumqttc::{ConnectReturnCode, QoS};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::session::{self, Delivery, Inflight, Message, Outbox, Stage};
+use super::tree::{valid_filter, valid_topic};
+use super::{Engine, Who};
+
+/// Read buffer size for a quiet connection; a busy one grows to [`READ_MAX`].
+const READ_MIN: usize = 512;
+const READ_MAX: usize = 64 * 1024;
+/// Stop moving messages from the outbox to the write buffer beyond this; the rest waits in the
+/// outbox (where it counts against the queue bound) until the client reads.
+const WRITE_HIGH: usize = 64 * 1024;
+/// A client whose publishes are denied this many times is disconnected.
+const DENIALS_BEFORE_CLOSE: u32 = 2;
+
+/// Why a connection ended (for the log) and whether its last will is due.
+#[derive(Debug)]
+enum End {
+    /// DISCONNECT received: no will.
+    Graceful,
+    Closed,
+    Io(std::io::Error),
+    Protocol(String),
+    KeepAlive,
+    TakenOver,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Graceful => write!(f, "DISCONNECT"),
+            End::Closed => write!(f, "closed by the client"),
+            End::Io(e) => write!(f, "{e}"),
+            End::Protocol(why) => write!(f, "protocol error: {why}"),
+            End::KeepAlive => write!(f, "silent for 1.5 x keep-alive"),
+            End::TakenOver => write!(f, "another connection took the client id"),
+        }
+    }
+}
+
+pub(super) async fn serve<R, W>(
+    engine: &Arc<Engine>,
+    mut r: R,
+    mut w: W,
+    peer: SocketAddr,
+    deadline: Instant,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let max = engine.limits.max_packet_size;
+    let mut rbuf = BytesMut::with_capacity(READ_MIN);
+    let mut wbuf = BytesMut::new();
+    let connect =
+        match tokio::time::timeout_at(deadline, read_connect(&mut r, &mut rbuf, max)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(ConnectError::Version)) => {
+                write_connack(&mut wbuf, ConnectReturnCode::RefusedProtocolVersion, false);
+                let _ = w.write_all(&wbuf).await;
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "no valid CONNECT: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no CONNECT in time");
+                return;
+            }
+        };
+    let who = match engine.authenticate(&connect, peer).await {
+        Ok(who) => who,
+        Err(code) => {
+            write_connack(&mut wbuf, code, false);
+            let _ = w.write_all(&wbuf).await;
+            let _ = w.shutdown().await;
+            return;
+        }
+    };
+    let conn_id = engine.id();
+    let client_id = if connect.client_id.is_empty() {
+        format!("auto-{conn_id}")
+    } else {
+        connect.client_id.clone()
+    };
+    let attachment = engine.attach(
+        &client_id,
+        connect.clean_session,
+        connect.last_will.clone(),
+        conn_id,
+    );
+    tracing::debug!(%peer, client = %client_id, "connected");
+    write_connack(
+        &mut wbuf,
+        ConnectReturnCode::Success,
+        attachment.session_present,
+    );
+    let mut c = Conn {
+        engine,
+        outbox: attachment.outbox,
+        client_id,
+        who,
+        wbuf,
+        denied: 0,
+    };
+    c.resend_inflight();
+    c.drain();
+    let keep_alive = Duration::from_secs(connect.keep_alive as u64);
+    let end = c
+        .run(&mut r, &mut w, rbuf, &attachment.kick, keep_alive, max)
+        .await;
+    let graceful = matches!(end, End::Graceful);
+    match &end {
+        End::Graceful | End::Closed | End::TakenOver => {
+            tracing::debug!(%peer, client = %c.client_id, "disconnected: {end}")
+        }
+        _ => tracing::info!(%peer, client = %c.client_id, "connection ended: {end}"),
+    }
+    if !matches!(end, End::TakenOver) {
+        engine.detach(&c.client_id, conn_id, graceful);
+    }
+    let _ = w.shutdown().await;
+}
+
+#[derive(Debug)]
+enum ConnectError {
+    Io(std::io::Error),
+    Codec(CodecError),
+    NotConnect,
+    /// MQTT 3.1 or 5: answered with "unacceptable protocol version".
+    Version,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Io(e) => write!(f, "{e}"),
+            ConnectError::Codec(e) => write!(f, "{e}"),
+            ConnectError::NotConnect => write!(f, "first packet is not CONNECT"),
+            ConnectError::Version => write!(f, "unsupported protocol version"),
+        }
+    }
+}
+
+async fn read_connect<R: AsyncRead + Unpin>(
+    r: &mut R,
+    rbuf: &mut BytesMut,
+    max: usize,
+) -> Result<Connect, ConnectError> {
+    loop {
+        match Packet::read(rbuf, max) {
+            Ok(Packet::Connect(c)) => return Ok(c),
+            Ok(_) => return Err(ConnectError::NotConnect),
+            Err(CodecError::InsufficientBytes(_)) => {}
+            Err(CodecError::InvalidProtocol | CodecError::InvalidProtocolLevel(_)) => {
+                return Err(ConnectError::Version)
+            }
+            Err(e) => return Err(ConnectError::Codec(e)),
+        }
+        if rbuf.capacity() - rbuf.len() < 64 {
+            rbuf.reserve(READ_MIN);
+        }
+        match r.read_buf(rbuf).await {
+            Ok(0) => return Err(ConnectError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(e) => return Err(ConnectError::Io(e)),
+        }
+    }
+}
+
+fn write_connack(buf: &mut BytesMut, code: ConnectReturnCode, session_present: bool) {
+    ConnAck::new(code, session_present)
+        .write(buf)
+        .expect("CONNACK encodes");
+}
+
+struct Conn<'a> {
+    engine: &'a Arc<Engine>,
+    outbox: Arc<Outbox>,
+    client_id: String,
+    who: Who,
+    wbuf: BytesMut,
+    denied: u32,
+}
+
+impl Conn<'_> {
+    async fn run<R, W>(
+        &mut self,
+        r: &mut R,
+        w: &mut W,
+        mut rbuf: BytesMut,
+        kick: &tokio::sync::Notify,
+        keep_alive: Duration,
+        max: usize,
+    ) -> End
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        // §3.1.2.10: the server closes a connection silent for 1.5 × keep-alive.
+        let grace = keep_alive + keep_alive / 2;
+        let mut last_heard = Instant::now();
+        let mut check_at = last_heard + grace;
+        let mut read_size = READ_MIN;
+        loop {
+            if rbuf.capacity() - rbuf.len() < READ_MIN / 2 {
+                rbuf.reserve(read_size);
+            }
+            let writing = !self.wbuf.is_empty();
+            tokio::select! {
+                biased;
+                _ = kick.notified() => return End::TakenOver,
+                res = w.write_buf(&mut self.wbuf), if writing => match res {
+                    Ok(0) => return End::Closed,
+                    Ok(_) => {
+                        if self.wbuf.is_empty() {
+                            // Flushes for TLS/WebSocket; a no-op for TCP.
+                            if let Err(e) = w.flush().await {
+                                return End::Io(e);
+                            }
+                            // Give the buffer back rather than keep a burst's worth per client.
+                            if self.wbuf.capacity() > 4096 {
+                                self.wbuf = BytesMut::new();
+                            }
+                        }
+                        if self.wbuf.len() < WRITE_HIGH / 2 {
+                            self.drain();
+                        }
+                    }
+                    Err(e) => return End::Io(e),
+                },
+                res = r.read_buf(&mut rbuf) => match res {
+                    Ok(0) => return End::Closed,
+                    Ok(n) => {
+                        last_heard = Instant::now();
+                        // A client that fills the buffer is streaming: read more at once.
+                        read_size = if n >= read_size { (read_size * 2).min(READ_MAX) } else { READ_MIN };
+                        loop {
+                            match Packet::read(&mut rbuf, max) {
+                                Ok(packet) => {
+                                    if let Err(end) = self.handle(packet) {
+                                        // Say what is already queued (e.g. SUBACK) before closing.
+                                        let _ = w.write_all(&self.wbuf).await;
+                                        return end;
+                                    }
+                                }
+                                Err(CodecError::InsufficientBytes(_)) => break,
+                                Err(e) => return End::Protocol(format!("{e}")),
+                            }
+                        }
+                        if rbuf.is_empty() && rbuf.capacity() > 4 * READ_MIN {
+                            rbuf = BytesMut::new();
+                        }
+                        self.drain();
+                    }
+                    Err(e) => return End::Io(e),
+                },
+                _ = self.outbox.wait(), if self.wbuf.len() < WRITE_HIGH => self.drain(),
+                _ = tokio::time::sleep_until(check_at), if !keep_alive.is_zero() => {
+                    if last_heard.elapsed() >= grace {
+                        return End::KeepAlive;
+                    }
+                    check_at = last_heard + grace;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, packet: Packet) -> Result<(), End> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p)?,
+            Packet::PubAck(a) => {
+                self.outbox.lock().ack(a.pkid, Stage::Published);
+            }
+            Packet::PubRec(a) => {
+                let mut q = self.outbox.lock();
+                if let Some(mut i) = q.ack(a.pkid, Stage::Published) {
+                    i.stage = Stage::Released;
+                    q.inflight.push_back(i);
+                }
+                drop(q);
+                // Answer PUBREC with PUBREL even for an unknown id, so the client can finish.
+                session::encode_ack(&mut self.wbuf, session::PUBREL, a.pkid);
+            }
+            Packet::PubComp(a) => {
+                self.outbox.lock().ack(a.pkid, Stage::Released);
+            }
+            Packet::PubRel(a) => {
+                self.outbox.lock().incoming_qos2.retain(|id| *id != a.pkid);
+                session::encode_ack(&mut self.wbuf, session::PUBCOMP, a.pkid);
+            }
+            Packet::Subscribe(s) => {
+                let mut codes = Vec::with_capacity(s.filters.len());
+                for f in &s.filters {
+                    if !valid_filter(&f.path) {
+                        codes.push(SubscribeReasonCode::Failure);
+                    } else if !self.engine.may_subscribe(&self.who, &f.path) {
+                        tracing::warn!(client = %self.client_id, filter = %f.path, "subscription denied");
+                        codes.push(SubscribeReasonCode::Failure);
+                    } else {
+                        codes.push(SubscribeReasonCode::Success(f.qos));
+                    }
+                }
+                // SUBACK first, then the retained messages (which go through the outbox).
+                SubAck::new(s.pkid, codes.clone())
+                    .write(&mut self.wbuf)
+                    .expect("SUBACK encodes");
+                for (f, code) in s.filters.iter().zip(codes) {
+                    if let SubscribeReasonCode::Success(qos) = code {
+                        self.engine
+                            .subscribe(&self.client_id, &self.outbox, &f.path, qos);
+                    }
+                }
+            }
+            Packet::Unsubscribe(u) => {
+                for f in &u.topics {
+                    self.engine.unsubscribe(&self.client_id, &self.outbox, f);
+                }
+                session::encode_ack(&mut self.wbuf, session::UNSUBACK, u.pkid);
+            }
+            Packet::PingReq => {
+                rumqttc::mqttbytes::v4::PingResp
+                    .write(&mut self.wbuf)
+                    .expect("PINGRESP encodes");
+            }
+            Packet::Disconnect => return Err(End::Graceful),
+            Packet::Connect(_) => return Err(End::Protocol("second CONNECT".into())),
+            other => return Err(End::Protocol(format!("unexpected {other:?}"))),
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Result<(), End> {
+        if !valid_topic(&p.topic) {
+            return Err(End::Protocol(format!("invalid topic name {:?}", p.topic)));
+        }
+        let allowed = self.engine.may_publish(&self.who, &p.topic);
+        if !allowed {
+            self.denied += 1;
+            tracing::warn!(client = %self.client_id, topic = %p.topic, "publish denied: dropped");
+        }
+        let deliver = match p.qos {
+            QoS::AtMostOnce => true,
+            QoS::AtLeastOnce => {
+                session::encode_ack(&mut self.wbuf, session::PUBACK, p.pkid);
+                true
+            }
+            QoS::ExactlyOnce => {
+                session::encode_ack(&mut self.wbuf, session::PUBREC, p.pkid);
+                // A retransmitted QoS 2 PUBLISH (same id, not yet released) is not delivered
+                // twice (§4.3.3, method A).
+                let mut q = self.outbox.lock();
+                if q.incoming_qos2.contains(&p.pkid) {
+                    false
+                } else {
+                    q.incoming_qos2.push(p.pkid);
+                    true
+                }
+            }
+        };
+        if !allowed {
+            if self.denied >= DENIALS_BEFORE_CLOSE {
+                return Err(End::Protocol(format!(
+                    "{} publishes denied (last to {})",
+                    self.denied, p.topic
+                )));
+            }
+            return Ok(());
+        }
+        if deliver {
+            self.engine.publish(Message {
+                topic: p.topic.into_boxed_str(),
+                // A copy, so a retained message does not pin the read buffer it arrived in.
+                payload: Bytes::copy_from_slice(&p.payload),
+                qos: p.qos,
+                retain: p.retain,
+            });
+        }
+        Ok(())
+    }
+
+    /// After a persistent session resumes: what was in flight goes out again, marked DUP.
+    fn resend_inflight(&mut self) {
+        let q = self.outbox.lock();
+        for i in &q.inflight {
+            match i.stage {
+                Stage::Published => session::encode_publish(
+                    &mut self.wbuf,
+                    &i.delivery.message,
+                    i.delivery.qos,
+                    i.delivery.retain,
+                    true,
+                    i.pkid,
+                ),
+                Stage::Released => session::encode_ack(&mut self.wbuf, session::PUBREL, i.pkid),
+            }
+        }
+    }
+
+    /// Moves queued messages into the write buffer, QoS 1/2 ones as far as in-flight slots allow.
+    fn drain(&mut self) {
+        let max_inflight = self.engine.limits.max_inflight as usize;
+        let mut q = self.outbox.lock();
+        while self.wbuf.len() < WRITE_HIGH {
+            let Some(front) = q.pending.front() else {
+                break;
+            };
+            if front.qos != QoS::AtMostOnce && q.inflight.len() >= max_inflight {
+                break;
+            }
+            let d: Delivery = q.pending.pop_front().expect("front exists");
+            if d.qos == QoS::AtMostOnce {
+                session::encode_publish(&mut self.wbuf, &d.message, d.qos, d.retain, false, 0);
+            } else {
+                let pkid = q.next_pkid();
+                session::encode_publish(&mut self.wbuf, &d.message, d.qos, d.retain, false, pkid);
+                q.inflight.push_back(Inflight {
+                    pkid,
+                    delivery: d,
+                    stage: Stage::Published,
+                });
+            }
+        }
+        // A retained burst (a fleet snapshot) may have grown the queue; do not keep its size.
+        if q.pending.is_empty() && q.pending.capacity() > 64 {
+            q.pending = Default::default();
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The administration subcommands, through the real `pifleet-broker` binary against a
+//! temporary directory: what scripts and people see.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn broker() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pifleet-broker"));
+    // The tests choose the credentials file themselves.
+    c.env_remove("PIFLEET_CREDENTIALS")
+        .env_remove("PIFLEET_BROKER_CONFIG");
+    c
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("pifleet-admin-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn admin(creds: &Path, args: &[&str]) -> Output {
+    broker()
+        .arg("--credentials")
+        .arg(creds)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn devices_are_added_listed_and_removed() {
+    let dir = TempDir::new("devices");
+    let creds = dir.0.join("credentials.toml");
+
+    let out = admin(&creds, &["device", "add", "kitchen", "--group", "down"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Standard output is the secret alone; the explanation is on standard error.
+    let secret = text(&out.stdout).trim().to_string();
+    assert!(secret.len() >= 22, "{secret:?}");
+    assert!(
+        secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "{secret:?}"
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("added device kitchen"), "{err}");
+    assert!(
+        err.contains("password = ") && err.contains("PIFLEET_PASSWORD"),
+        "{err}"
+    );
+    assert!(!err.contains(&secret), "the secret is printed once: {err}");
+
+    let out = admin(&creds, &["device", "add", "garage"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let garage_secret = text(&out.stdout).trim().to_string();
+    assert_ne!(secret, garage_secret);
+
+    let file = std::fs::read_to_string(&creds).unwrap();
+    assert!(!file.contains(&secret) && !file.contains(&garage_secret));
+
+    // The list shows names and groups, never secrets or hashes.
+    let out = admin(&creds, &["device", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let list = text(&out.stdout);
+    assert!(list.contains("kitchen") && list.contains("down") && list.contains("garage"));
+    for leak in [&secret, &garage_secret, "argon2", "hash"] {
+        assert!(!list.contains(leak), "{list}");
+    }
+    let out = admin(&creds, &["device", "list", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([
+            {"name": "garage", "role": "device", "groups": []},
+            {"name": "kitchen", "role": "device", "groups": ["down"]},
+        ])
+    );
+
+    // A second add of the same name fails clearly and changes nothing.
+    let out = admin(&creds, &["device", "add", "kitchen"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("already exists") && err.contains("device remove kitchen"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(&creds).unwrap(), file);
+
+    // Groups can be shown and replaced.
+    let out = admin(&creds, &["device", "groups", "kitchen", "up", "lights"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = admin(&creds, &["device", "groups", "kitchen"]);
+    assert_eq!(text(&out.stdout).trim(), "up lights");
+
+    let out = admin(&creds, &["device", "remove", "kitchen"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = admin(&creds, &["device", "list"]);
+    let list = text(&out.stdout);
+    assert!(
+        !list.contains("kitchen") && list.contains("garage"),
+        "{list}"
+    );
+    let out = admin(&creds, &["device", "remove", "kitchen"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn controllers_and_given_secrets() {
+    let dir = TempDir::new("controllers");
+    let creds = dir.0.join("credentials.toml");
+    let mut child = broker()
+        .arg("--credentials")
+        .arg(&creds)
+        .args(["controller", "add", "laptop", "--secret-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a secret of my own\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "a given secret is not echoed");
+    let out = admin(&creds, &["controller", "list"]);
+    assert!(text(&out.stdout).contains("laptop"));
+    // Devices and controllers share one name space.
+    let out = admin(&creds, &["device", "add", "laptop"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("controller remove laptop"));
+    // A bad name is a usage error.
+    let out = admin(&creds, &["device", "add", "a/b"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("'/'"));
+}
+
+#[test]
+fn the_credentials_file_comes_from_the_config_or_is_asked_for() {
+    let dir = TempDir::new("config");
+    let out = broker().args(["device", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--credentials"));
+
+    let config = dir.0.join("broker.toml");
+    std::fs::write(&config, "[auth]\ncredentials = \"creds.toml\"\n").unwrap();
+    let out = broker()
+        .arg("--config")
+        .arg(&config)
+        .args(["device", "add", "kitchen"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Relative to the config file.
+    assert!(dir.0.join("creds.toml").exists());
+
+    // A missing file is a clear error for the commands that need one.
+    let out = admin(&dir.0.join("nope.toml"), &["device", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn tls_self_signed_creates_the_four_files() {
+    let dir = TempDir::new("tls");
+    let out_dir = dir.0.join("tls");
+    let run = |extra: &[&str]| {
+        broker()
+            .args([
+                "tls",
+                "self-signed",
+                "--host",
+                "pi.example",
+                "--host",
+                "10.1.2.3",
+            ])
+            .arg("--out")
+            .arg(&out_dir)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for f in ["ca.pem", "ca.key", "server.pem", "server.key"] {
+        assert!(out_dir.join(f).exists(), "{f}");
+    }
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("[tls]") && said.contains("server.pem"),
+        "{said}"
+    );
+    assert!(
+        said.contains("--ca-file") && said.contains("ca_file"),
+        "{said}"
+    );
+    pifleet_broker::tls::server_config(&out_dir.join("server.pem"), &out_dir.join("server.key"))
+        .unwrap();
+
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--force"));
+    let out = run(&["--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
