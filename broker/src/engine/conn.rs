@@ -15,12 +15,17 @@ use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4::{ConnAck, Connect, Packet, Publish, SubAck, SubscribeReasonCode};
 use rumqttc::mqttbytes::Error as CodecError;
 use rumqttc::{ConnectReturnCode, QoS};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::session::{self, Delivery, Inflight, Message, Outbox, Stage};
 use super::tree::{valid_filter, valid_topic};
-use super::{Engine, Who};
+use super::{Engine, Link, Who};
+use std::sync::atomic::Ordering;
 
 /// Read buffer size for a quiet connection; a busy one grows to [`READ_MAX`].
 const READ_MIN: usize = 512;
@@ -86,7 +91,7 @@ pub(super) async fn serve<R, W>(
                 return;
             }
         };
-    let who = match engine.authenticate(&connect, peer).await {
+    let who = match Box::pin(engine.authenticate(&connect, peer)).await {
         Ok(who) => who,
         Err(code) => {
             write_connack(&mut wbuf, code, false);
@@ -101,12 +106,15 @@ pub(super) async fn serve<R, W>(
     } else {
         connect.client_id.clone()
     };
+    let keep_alive = Duration::from_secs(connect.keep_alive as u64);
     let attachment = engine.attach(
         &client_id,
         connect.clean_session,
         connect.last_will.clone(),
+        keep_alive,
         conn_id,
     );
+    drop(connect);
     tracing::debug!(%peer, client = %client_id, "connected");
     write_connack(
         &mut wbuf,
@@ -120,13 +128,11 @@ pub(super) async fn serve<R, W>(
         who,
         wbuf,
         denied: 0,
+        congested: Vec::new(),
     };
     c.resend_inflight();
     c.drain();
-    let keep_alive = Duration::from_secs(connect.keep_alive as u64);
-    let end = c
-        .run(&mut r, &mut w, rbuf, &attachment.kick, keep_alive, max)
-        .await;
+    let end = c.run(&mut r, &mut w, rbuf, &attachment.link, max).await;
     let graceful = matches!(end, End::Graceful);
     match &end {
         End::Graceful | End::Closed | End::TakenOver => {
@@ -199,6 +205,8 @@ struct Conn<'a> {
     who: Who,
     wbuf: BytesMut,
     denied: u32,
+    /// Subscribers that the last publishes found congested: waited for before reading more.
+    congested: Vec<Arc<Outbox>>,
 }
 
 impl Conn<'_> {
@@ -207,27 +215,32 @@ impl Conn<'_> {
         r: &mut R,
         w: &mut W,
         mut rbuf: BytesMut,
-        kick: &tokio::sync::Notify,
-        keep_alive: Duration,
+        link: &Link,
         max: usize,
     ) -> End
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        // §3.1.2.10: the server closes a connection silent for 1.5 × keep-alive.
-        let grace = keep_alive + keep_alive / 2;
-        let mut last_heard = Instant::now();
-        let mut check_at = last_heard + grace;
+        // The wake-ups are created once and re-armed, not rebuilt per iteration: re-registering
+        // them on every packet showed up in the confirmation latency.
+        let kicked = link.kick.notified();
+        tokio::pin!(kicked);
+        let outbox = self.outbox.clone();
+        let woken = outbox.notified();
+        tokio::pin!(woken);
         let mut read_size = READ_MIN;
         loop {
-            if rbuf.capacity() - rbuf.len() < READ_MIN / 2 {
-                rbuf.reserve(read_size);
-            }
             let writing = !self.wbuf.is_empty();
             tokio::select! {
                 biased;
-                _ = kick.notified() => return End::TakenOver,
+                _ = &mut kicked => {
+                    return if link.expired.load(Ordering::Relaxed) {
+                        End::KeepAlive
+                    } else {
+                        End::TakenOver
+                    };
+                }
                 res = w.write_buf(&mut self.wbuf), if writing => match res {
                     Ok(0) => return End::Closed,
                     Ok(_) => {
@@ -236,10 +249,8 @@ impl Conn<'_> {
                             if let Err(e) = w.flush().await {
                                 return End::Io(e);
                             }
-                            // Give the buffer back rather than keep a burst's worth per client.
-                            if self.wbuf.capacity() > 4096 {
-                                self.wbuf = BytesMut::new();
-                            }
+                            // An idle client keeps no write buffer at all.
+                            self.wbuf = BytesMut::new();
                         }
                         if self.wbuf.len() < WRITE_HIGH / 2 {
                             self.drain();
@@ -247,10 +258,10 @@ impl Conn<'_> {
                     }
                     Err(e) => return End::Io(e),
                 },
-                res = r.read_buf(&mut rbuf) => match res {
+                res = read_some(r, &mut rbuf, read_size) => match res {
                     Ok(0) => return End::Closed,
                     Ok(n) => {
-                        last_heard = Instant::now();
+                        link.last_heard.store(self.engine.now_ms(), Ordering::Relaxed);
                         // A client that fills the buffer is streaming: read more at once.
                         read_size = if n >= read_size { (read_size * 2).min(READ_MAX) } else { READ_MIN };
                         loop {
@@ -266,19 +277,25 @@ impl Conn<'_> {
                                 Err(e) => return End::Protocol(format!("{e}")),
                             }
                         }
-                        if rbuf.is_empty() && rbuf.capacity() > 4 * READ_MIN {
-                            rbuf = BytesMut::new();
+                        if !self.congested.is_empty() {
+                            // Backpressure: answer what we owe, then let the slow subscribers
+                            // catch up before reading more from this publisher.
+                            if let Err(e) = w.write_all(&self.wbuf).await {
+                                return End::Io(e);
+                            }
+                            self.wbuf.clear();
+                            for o in std::mem::take(&mut self.congested) {
+                                // Boxed: its timer is needed only while waiting.
+                                Box::pin(o.wait_uncongested()).await;
+                            }
                         }
                         self.drain();
                     }
                     Err(e) => return End::Io(e),
                 },
-                _ = self.outbox.wait(), if self.wbuf.len() < WRITE_HIGH => self.drain(),
-                _ = tokio::time::sleep_until(check_at), if !keep_alive.is_zero() => {
-                    if last_heard.elapsed() >= grace {
-                        return End::KeepAlive;
-                    }
-                    check_at = last_heard + grace;
+                _ = &mut woken, if self.wbuf.len() < WRITE_HIGH => {
+                    woken.set(outbox.notified());
+                    self.drain();
                 }
             }
         }
@@ -386,13 +403,17 @@ impl Conn<'_> {
             return Ok(());
         }
         if deliver {
-            self.engine.publish(Message {
-                topic: p.topic.into_boxed_str(),
-                // A copy, so a retained message does not pin the read buffer it arrived in.
-                payload: Bytes::copy_from_slice(&p.payload),
-                qos: p.qos,
-                retain: p.retain,
-            });
+            self.engine.publish(
+                Message {
+                    topic: p.topic.into_boxed_str(),
+                    // A copy, so a retained message does not pin the read buffer it arrived in.
+                    payload: Bytes::copy_from_slice(&p.payload),
+                    qos: p.qos,
+                    retain: p.retain,
+                },
+                self.outbox.id,
+                &mut self.congested,
+            );
         }
         Ok(())
     }
@@ -439,9 +460,41 @@ impl Conn<'_> {
                 });
             }
         }
+        self.outbox.drained_to(q.pending.len());
         // A retained burst (a fleet snapshot) may have grown the queue; do not keep its size.
         if q.pending.is_empty() && q.pending.capacity() > 64 {
             q.pending = Default::default();
         }
     }
+}
+
+/// Reads once into `buf`, growing it by `size` when nearly full. While the client is quiet and
+/// nothing is buffered the buffer is released, so ten thousand idle devices hold no read buffers
+/// (it is allocated again when data arrives).
+fn read_some<'a, R: AsyncRead + Unpin>(
+    r: &'a mut R,
+    buf: &'a mut BytesMut,
+    size: usize,
+) -> impl Future<Output = std::io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if buf.capacity() - buf.len() < READ_MIN / 2 {
+            buf.reserve(size);
+        }
+        let mut rb = ReadBuf::uninit(buf.spare_capacity_mut());
+        match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
+                Poll::Pending
+            }
+        }
+    })
 }

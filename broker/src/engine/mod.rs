@@ -119,6 +119,7 @@ pub struct Engine {
     verifying: Semaphore,
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    started: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -144,15 +145,33 @@ struct SessionEntry {
 struct Attached {
     conn: u64,
     will: Option<LastWill>,
-    /// Closes the connection when another one takes its client id.
-    kick: Arc<Notify>,
+    link: Arc<Link>,
+    /// 1.5 × the client's keep-alive in milliseconds (0: no keep-alive).
+    grace_ms: u64,
 }
+
+/// What the engine and a connection task share: the way to close it (takeover, keep-alive
+/// expiry) and when it was last heard from. One sweeper task checks every connection's
+/// keep-alive a few times a second; a timer per connection would cost each of ten thousand
+/// idle devices a few hundred bytes and a timer-wheel entry re-armed on every packet.
+#[derive(Debug, Default)]
+pub(crate) struct Link {
+    pub kick: Notify,
+    /// Milliseconds since the engine started.
+    pub last_heard: AtomicU64,
+    /// Set with a kick when the keep-alive expired (rather than a takeover).
+    pub expired: std::sync::atomic::AtomicBool,
+}
+
+/// How often the sweeper checks keep-alives: a silent client is dropped between 1.5 × and
+/// 1.5 × keep-alive + this.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// What [`Engine::attach`] hands a new connection.
 pub(crate) struct Attachment {
     pub outbox: Arc<Outbox>,
     pub session_present: bool,
-    pub kick: Arc<Notify>,
+    pub link: Arc<Link>,
 }
 
 impl Engine {
@@ -167,6 +186,7 @@ impl Engine {
             verifying: Semaphore::new(cpus),
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -207,6 +227,34 @@ impl Engine {
 
     fn id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Milliseconds since the engine started (the clock of [`Link::last_heard`]).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Closes connections silent for longer than 1.5 × their keep-alive (§3.1.2.10); their
+    /// tasks then fire the last will as for any lost connection.
+    async fn sweep_keep_alives(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = self.now_ms();
+            let st = self.state();
+            for entry in st.sessions.values() {
+                if let Some(a) = &entry.attached {
+                    let heard = a.link.last_heard.load(Ordering::Relaxed);
+                    if a.grace_ms > 0
+                        && now.saturating_sub(heard) >= a.grace_ms
+                        && !a.link.expired.swap(true, Ordering::Relaxed)
+                    {
+                        a.link.kick.notify_one();
+                    }
+                }
+            }
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -309,6 +357,7 @@ impl Engine {
         client_id: &str,
         clean_session: bool,
         will: Option<LastWill>,
+        keep_alive: Duration,
         conn: u64,
     ) -> Attachment {
         let mut st = self.state();
@@ -320,12 +369,12 @@ impl Engine {
                     "client id taken over by a new connection"
                 );
                 old_will = old.will;
-                old.kick.notify_one();
+                old.link.kick.notify_one();
                 entry.outbox.set_owner(NO_OWNER);
             }
         }
         if let Some(w) = old_will {
-            st.publish(will_message(w), &self.limits);
+            st.publish(will_message(w), &self.limits, 0, &mut Vec::new());
         }
         let resume = !clean_session && st.sessions.get(client_id).is_some_and(|e| e.persistent);
         if !resume {
@@ -342,17 +391,19 @@ impl Engine {
             );
         }
         let entry = st.sessions.get_mut(client_id).expect("just ensured");
-        let kick = Arc::new(Notify::new());
+        let link = Arc::new(Link::default());
+        link.last_heard.store(self.now_ms(), Ordering::Relaxed);
         entry.attached = Some(Attached {
             conn,
             will,
-            kick: kick.clone(),
+            link: link.clone(),
+            grace_ms: keep_alive.as_millis() as u64 * 3 / 2,
         });
         entry.outbox.set_owner(conn);
         Attachment {
             outbox: entry.outbox.clone(),
             session_present: resume,
-            kick,
+            link,
         }
     }
 
@@ -373,13 +424,15 @@ impl Engine {
             st.discard(client_id);
         }
         if let (false, Some(w)) = (graceful, attached.will) {
-            st.publish(will_message(w), &self.limits);
+            st.publish(will_message(w), &self.limits, 0, &mut Vec::new());
         }
     }
 
     /// Routes a message to every matching subscription and updates the retained store.
-    pub(crate) fn publish(&self, message: Message) {
-        self.state().publish(message, &self.limits);
+    /// Subscribers (other than `from`) whose queues are congested are added to `congested`, so
+    /// the publishing connection can wait for them before reading more.
+    pub(crate) fn publish(&self, message: Message, from: u64, congested: &mut Vec<Arc<Outbox>>) {
+        self.state().publish(message, &self.limits, from, congested);
     }
 
     /// Adds (or replaces) a subscription and queues the retained messages it matches.
@@ -453,22 +506,36 @@ impl Engine {
 }
 
 impl State {
-    fn publish(&mut self, message: Message, limits: &Limits) {
+    fn publish(
+        &mut self,
+        message: Message,
+        limits: &Limits,
+        from: u64,
+        congested: &mut Vec<Arc<Outbox>>,
+    ) {
         let message = Arc::new(message);
         if message.retain {
             let keep = (!message.payload.is_empty()).then(|| message.clone());
             self.retained.set(&message.topic, keep);
         }
-        self.subscriptions.for_each_match(&message.topic, |_, sub| {
-            sub.outbox.push(
-                Delivery {
-                    message: message.clone(),
-                    qos: min_qos(message.qos, sub.qos),
-                    retain: false,
-                },
-                limits.max_queued_messages,
-            );
-        });
+        self.subscriptions
+            .for_each_match(&message.topic, |id, sub| {
+                let pushed = sub.outbox.push(
+                    Delivery {
+                        message: message.clone(),
+                        qos: min_qos(message.qos, sub.qos),
+                        retain: false,
+                    },
+                    limits.max_queued_messages,
+                );
+                // A client's own subscription never holds it back: it drains its own queue.
+                if pushed == session::Pushed::Congested
+                    && id != from
+                    && !congested.iter().any(|o| o.id == id)
+                {
+                    congested.push(sub.outbox.clone());
+                }
+            });
     }
 
     /// Forgets a session: its subscriptions and anything queued for it.
@@ -543,6 +610,7 @@ pub async fn start(config: &Config) -> Result<Running, BrokerError> {
 
 /// [`start`] with an engine built by the caller.
 pub async fn start_with(config: &Config, engine: Arc<Engine>) -> Result<Running, BrokerError> {
+    tokio::spawn(engine.clone().sweep_keep_alives());
     let mqtt = listen(&engine, "mqtt", config.mqtt.listen, Kind::Mqtt).await?;
     let websocket = match config.websocket.enabled {
         true => Some(
@@ -621,35 +689,50 @@ async fn handle(
             let (r, w) = stream.split();
             conn::serve(&engine, r, w, peer, deadline).await
         }
-        Kind::Tls => {
-            let config = engine
-                .security
-                .tls
-                .clone()
-                .expect("tls listener has a config");
-            let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            // Each handshake runs in its own task and under the connect deadline, so half-open
-            // handshakes neither block other accepts nor hold a slot for long.
-            match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    let (r, w) = tokio::io::split(tls);
-                    conn::serve(&engine, r, w, peer, deadline).await
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
+        // Boxed: their handshake state would otherwise enlarge every plain connection too.
+        Kind::Tls => Box::pin(serve_tls(&engine, stream, peer, deadline)).await,
+        Kind::WebSocket => Box::pin(serve_websocket(&engine, stream, peer, deadline)).await,
+    }
+}
+
+async fn serve_tls(
+    engine: &Arc<Engine>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+) {
+    let config = engine
+        .security
+        .tls
+        .clone()
+        .expect("tls listener has a config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    // Each handshake runs in its own task and under the connect deadline, so half-open
+    // handshakes neither block other accepts nor hold a slot for long.
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let (r, w) = tokio::io::split(tls);
+            conn::serve(engine, r, w, peer, deadline).await
         }
-        Kind::WebSocket => {
-            let ws = async_tungstenite::tokio::accept_hdr_async(stream, MqttSubprotocol);
-            match tokio::time::timeout_at(deadline, ws).await {
-                Ok(Ok(ws)) => {
-                    let (r, w) = tokio::io::split(ws_stream_tungstenite::WsStream::new(ws));
-                    conn::serve(&engine, r, w, peer, deadline).await
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, "WebSocket handshake failed: {e}"),
-                Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
-            }
+        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+async fn serve_websocket(
+    engine: &Arc<Engine>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+) {
+    let ws = async_tungstenite::tokio::accept_hdr_async(stream, MqttSubprotocol);
+    match tokio::time::timeout_at(deadline, ws).await {
+        Ok(Ok(ws)) => {
+            let (r, w) = tokio::io::split(ws_stream_tungstenite::WsStream::new(ws));
+            conn::serve(engine, r, w, peer, deadline).await
         }
+        Ok(Err(e)) => tracing::debug!(%peer, "WebSocket handshake failed: {e}"),
+        Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
     }
 }
 
@@ -670,5 +753,26 @@ impl async_tungstenite::tungstenite::handshake::server::Callback for MqttSubprot
             async_tungstenite::tungstenite::http::HeaderValue::from_static("mqtt"),
         );
         Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    /// A connection's whole state lives in its task's future; it is what ten thousand idle
+    /// devices cost. Guard its size so an innocent-looking change cannot double it.
+    #[tokio::test]
+    async fn a_connection_future_stays_small() {
+        let engine = Engine::new(Limits::default(), Security::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let admitted = engine.admit(peer.ip()).unwrap();
+        let fut = handle(engine.clone(), stream, peer, Kind::Mqtt, admitted);
+        let size = std::mem::size_of_val(&fut);
+        println!("connection future: {size} bytes");
+        assert!(size <= 2048, "connection future grew to {size} bytes");
     }
 }

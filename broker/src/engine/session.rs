@@ -7,7 +7,7 @@
 //! shared through `Arc`, so a fleet-wide command costs one pointer per device.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -99,6 +99,30 @@ pub struct Outbox {
     owner: AtomicU64,
     queue: Mutex<Queue>,
     notify: Notify,
+    /// Backpressure (see [`Pushed::Congested`]): set when the queue passes [`SOFT_LIMIT`],
+    /// cleared (and `drained` notified) when its connection has written it down to half.
+    congested: AtomicBool,
+    /// The client did not catch up within a publisher's patience: no more backpressure for it
+    /// (its queue bound applies instead) until it drains.
+    slow: AtomicBool,
+    drained: Notify,
+}
+
+/// Queue length at which publishers to this client pause (briefly) instead of racing ahead of
+/// it: with a live subscriber that is merely slower than its publishers (a controller reading a
+/// telemetry burst), nothing is lost.
+pub const SOFT_LIMIT: usize = 1024;
+
+/// How long a publisher waits for a congested subscriber before treating it as slow.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What [`Outbox::push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Queued, and the queue is past [`SOFT_LIMIT`]: the publisher should wait for it.
+    Congested,
+    Dropped,
 }
 
 /// No connection owns the outbox.
@@ -114,6 +138,9 @@ impl Outbox {
                 ..Queue::default()
             }),
             notify: Notify::new(),
+            congested: AtomicBool::new(false),
+            slow: AtomicBool::new(false),
+            drained: Notify::new(),
         })
     }
 
@@ -136,8 +163,9 @@ impl Outbox {
     }
 
     /// Queues `delivery` unless the queue is full or the session is offline and the delivery is
-    /// QoS 0; returns whether it was queued.
-    pub fn push(&self, delivery: Delivery, max_queued: usize) -> bool {
+    /// QoS 0.
+    pub fn push(&self, delivery: Delivery, max_queued: usize) -> Pushed {
+        let congested;
         {
             let mut q = self.lock();
             if (!q.online && delivery.qos == QoS::AtMostOnce) || q.pending.len() >= max_queued {
@@ -149,12 +177,59 @@ impl Outbox {
                         "a client's queue is full: dropping messages for it"
                     );
                 }
-                return false;
+                return Pushed::Dropped;
             }
             q.pending.push_back(delivery);
+            congested =
+                q.online && q.pending.len() >= SOFT_LIMIT && !self.slow.load(Ordering::Relaxed);
         }
         self.notify.notify_one();
-        true
+        if congested {
+            self.congested.store(true, Ordering::Release);
+            Pushed::Congested
+        } else {
+            Pushed::Queued
+        }
+    }
+
+    /// Called by the draining connection with the queue length left: below half the soft limit
+    /// the client has caught up, and waiting publishers may go on.
+    pub fn drained_to(&self, pending: usize) {
+        if pending <= SOFT_LIMIT / 2
+            && (self.congested.load(Ordering::Acquire) || self.slow.load(Ordering::Relaxed))
+        {
+            self.congested.store(false, Ordering::Release);
+            self.slow.store(false, Ordering::Relaxed);
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Waits (up to [`PATIENCE`]) until this client has caught up. Returns false, and stops
+    /// applying backpressure for this client, if it did not.
+    pub async fn wait_uncongested(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if !self.congested.load(Ordering::Acquire) || !self.lock().online {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                self.slow.store(true, Ordering::Relaxed);
+                self.congested.store(false, Ordering::Release);
+                tracing::warn!(
+                    session = self.id,
+                    "a subscriber is not keeping up; its queue bound applies from now on"
+                );
+                return false;
+            }
+        }
+    }
+
+    /// The outbox's wake-up future (see [`Outbox::wait`]), for callers that keep it pinned.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
     }
 
     /// Waits until something was queued or the owner changed.
@@ -294,11 +369,46 @@ mod test {
             qos,
             retain: false,
         };
-        assert!(!o.push(d(QoS::AtMostOnce), 10));
-        assert!(o.push(d(QoS::AtLeastOnce), 10));
+        assert_eq!(o.push(d(QoS::AtMostOnce), 10), Pushed::Dropped);
+        assert_eq!(o.push(d(QoS::AtLeastOnce), 10), Pushed::Queued);
         o.set_owner(5);
-        assert!(o.push(d(QoS::AtMostOnce), 2));
-        assert!(!o.push(d(QoS::AtMostOnce), 2));
+        assert_eq!(o.push(d(QoS::AtMostOnce), 2), Pushed::Queued);
+        assert_eq!(o.push(d(QoS::AtMostOnce), 2), Pushed::Dropped);
         assert_eq!(o.lock().dropped, 2);
+    }
+
+    #[tokio::test]
+    async fn a_congested_queue_holds_publishers_until_it_drains_or_patience_runs_out() {
+        let o = Outbox::new(1, 7);
+        let m = Arc::new(Message {
+            topic: "t".into(),
+            payload: Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+        });
+        let d = || Delivery {
+            message: m.clone(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+        };
+        for _ in 0..SOFT_LIMIT - 1 {
+            assert_eq!(o.push(d(), usize::MAX), Pushed::Queued);
+        }
+        assert_eq!(o.push(d(), usize::MAX), Pushed::Congested);
+        // Drained by "its connection" shortly: the waiter goes on, not slow.
+        let o2 = o.clone();
+        let drainer = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            o2.lock().pending.clear();
+            o2.drained_to(0);
+        });
+        assert!(o.wait_uncongested().await);
+        drainer.await.unwrap();
+        // Nobody drains: after PATIENCE the client counts as slow and pushes stop congesting.
+        for _ in 0..SOFT_LIMIT {
+            o.push(d(), usize::MAX);
+        }
+        assert!(!o.wait_uncongested().await);
+        assert_eq!(o.push(d(), usize::MAX), Pushed::Queued);
     }
 }
