@@ -7,7 +7,133 @@
 //! kitchen's retained messages. (rumqttd 0.20 scans every retained message on each SUBSCRIBE and
 //! every filter on each new topic, which made a fleet's join quadratic.)
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
+
+/// A map that stays a tight vector while small: most trie nodes have one to five children and
+/// most subscription leaves one subscriber, where a hash table would spend ~300 bytes on empty
+/// buckets. That is several megabytes across a fleet of ten thousand devices.
+#[derive(Debug)]
+enum SmallMap<K, V> {
+    Few(Vec<(K, V)>),
+    Many(HashMap<K, V>),
+}
+
+/// Beyond this many entries a node switches to a hash table (`pifleet/dev` has one child per
+/// device; `pifleet/all/cmnd` one subscriber per device).
+const SPILL: usize = 8;
+
+impl<K, V> Default for SmallMap<K, V> {
+    fn default() -> Self {
+        SmallMap::Few(Vec::new())
+    }
+}
+
+impl<K: Eq + Hash, V> SmallMap<K, V> {
+    fn get<Q: ?Sized + Eq + Hash>(&self, k: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
+        match self {
+            SmallMap::Few(v) => v.iter().find(|(key, _)| key.borrow() == k).map(|(_, v)| v),
+            SmallMap::Many(m) => m.get(k),
+        }
+    }
+
+    fn get_mut<Q: ?Sized + Eq + Hash>(&mut self, k: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+    {
+        match self {
+            SmallMap::Few(v) => v
+                .iter_mut()
+                .find(|(key, _)| key.borrow() == k)
+                .map(|(_, v)| v),
+            SmallMap::Many(m) => m.get_mut(k),
+        }
+    }
+
+    fn insert(&mut self, k: K, value: V) -> Option<V> {
+        match self {
+            SmallMap::Few(v) => {
+                if let Some(slot) = v.iter_mut().find(|(key, _)| *key == k) {
+                    return Some(std::mem::replace(&mut slot.1, value));
+                }
+                if v.len() < SPILL {
+                    v.reserve_exact(1);
+                    v.push((k, value));
+                } else {
+                    let mut m: HashMap<K, V> = std::mem::take(v).into_iter().collect();
+                    m.insert(k, value);
+                    *self = SmallMap::Many(m);
+                }
+                None
+            }
+            SmallMap::Many(m) => m.insert(k, value),
+        }
+    }
+
+    fn get_or_default(&mut self, k: K) -> &mut V
+    where
+        V: Default,
+    {
+        if let SmallMap::Few(v) = self {
+            if v.len() >= SPILL && !v.iter().any(|(key, _)| *key == k) {
+                *self = SmallMap::Many(std::mem::take(v).into_iter().collect());
+            }
+        }
+        match self {
+            SmallMap::Few(v) => {
+                let i = match v.iter().position(|(key, _)| *key == k) {
+                    Some(i) => i,
+                    None => {
+                        v.reserve_exact(1);
+                        v.push((k, V::default()));
+                        v.len() - 1
+                    }
+                };
+                &mut v[i].1
+            }
+            SmallMap::Many(m) => m.entry(k).or_default(),
+        }
+    }
+
+    fn remove<Q: ?Sized + Eq + Hash>(&mut self, k: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        match self {
+            SmallMap::Few(v) => {
+                let i = v.iter().position(|(key, _)| key.borrow() == k)?;
+                let (_, value) = v.swap_remove(i);
+                v.shrink_to_fit();
+                Some(value)
+            }
+            SmallMap::Many(m) => {
+                let value = m.remove(k);
+                if m.is_empty() {
+                    *self = SmallMap::default();
+                }
+                value
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            SmallMap::Few(v) => v.is_empty(),
+            SmallMap::Many(m) => m.is_empty(),
+        }
+    }
+
+    fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+        match self {
+            SmallMap::Few(v) => v.iter().for_each(|(k, v)| f(k, v)),
+            SmallMap::Many(m) => m.iter().for_each(|(k, v)| f(k, v)),
+        }
+    }
+}
 
 /// A topic name a client may publish to: not empty, no wildcards, no NUL (MQTT 3.1.1 §4.7).
 pub fn valid_topic(topic: &str) -> bool {
@@ -61,15 +187,15 @@ pub struct FilterTree<V> {
 
 #[derive(Debug)]
 struct FilterNode<V> {
-    children: HashMap<Box<str>, FilterNode<V>>,
-    subscribers: HashMap<u64, V>,
+    children: SmallMap<Box<str>, FilterNode<V>>,
+    subscribers: SmallMap<u64, V>,
 }
 
 impl<V> Default for FilterNode<V> {
     fn default() -> Self {
         FilterNode {
-            children: HashMap::new(),
-            subscribers: HashMap::new(),
+            children: SmallMap::default(),
+            subscribers: SmallMap::default(),
         }
     }
 }
@@ -88,7 +214,7 @@ impl<V> FilterTree<V> {
     pub fn insert(&mut self, filter: &str, key: u64, value: V) -> Option<V> {
         let mut node = &mut self.root;
         for level in filter.split('/') {
-            node = node.children.entry(level.into()).or_default();
+            node = node.children.get_or_default(level.into());
         }
         let old = node.subscribers.insert(key, value);
         if old.is_none() {
@@ -132,17 +258,11 @@ impl<V> FilterTree<V> {
             let dollar = root && levels.first().is_some_and(|l| l.starts_with('$'));
             if !dollar {
                 if let Some(hash) = node.children.get("#") {
-                    for (k, v) in &hash.subscribers {
-                        visit(*k, v);
-                    }
+                    hash.subscribers.for_each(|k, v| visit(*k, v));
                 }
             }
             match levels.split_first() {
-                None => {
-                    for (k, v) in &node.subscribers {
-                        visit(*k, v);
-                    }
-                }
+                None => node.subscribers.for_each(|k, v| visit(*k, v)),
                 Some((first, rest)) => {
                     if !dollar {
                         if let Some(plus) = node.children.get("+") {
@@ -192,14 +312,14 @@ pub struct RetainTree<M> {
 
 #[derive(Debug)]
 struct RetainNode<M> {
-    children: HashMap<Box<str>, RetainNode<M>>,
+    children: SmallMap<Box<str>, RetainNode<M>>,
     message: Option<M>,
 }
 
 impl<M> Default for RetainNode<M> {
     fn default() -> Self {
         RetainNode {
-            children: HashMap::new(),
+            children: SmallMap::default(),
             message: None,
         }
     }
@@ -236,7 +356,7 @@ impl<M: Clone> RetainTree<M> {
             Some(m) => {
                 let mut node = &mut self.root;
                 for level in topic.split('/') {
-                    node = node.children.entry(level.into()).or_default();
+                    node = node.children.get_or_default(level.into());
                 }
                 if node.message.replace(m).is_none() {
                     self.len += 1;
@@ -260,9 +380,7 @@ impl<M: Clone> RetainTree<M> {
             if let Some(m) = &node.message {
                 out.push(m.clone());
             }
-            for child in node.children.values() {
-                all(child, limit, out);
-            }
+            node.children.for_each(|_, child| all(child, limit, out));
         }
         fn go<M: Clone>(
             node: &RetainNode<M>,
@@ -287,18 +405,18 @@ impl<M: Clone> RetainTree<M> {
                             out.push(m.clone());
                         }
                     }
-                    for (name, child) in &node.children {
+                    node.children.for_each(|name, child| {
                         if !(root && name.starts_with('$')) {
                             all(child, limit, out);
                         }
-                    }
+                    });
                 }
                 Some((&"+", rest)) => {
-                    for (name, child) in &node.children {
+                    node.children.for_each(|name, child| {
                         if !(root && name.starts_with('$')) {
                             go(child, rest, false, limit, out);
                         }
-                    }
+                    });
                 }
                 Some((first, rest)) => {
                     if let Some(child) = node.children.get(*first) {
@@ -380,6 +498,29 @@ mod test {
         }
         for (i, f) in filters.iter().enumerate() {
             assert_eq!(tree.remove(f, i as u64), Some(*f));
+        }
+        assert!(tree.is_empty() && tree.root.children.is_empty());
+    }
+
+    /// Past SPILL entries a node becomes a hash table, and shrinks back when emptied.
+    #[test]
+    fn wide_nodes_spill_into_hash_tables_and_back() {
+        let mut tree = FilterTree::default();
+        for i in 0..50u64 {
+            tree.insert(&format!("dev/d{i}/cmnd"), i, i);
+            tree.insert("all/cmnd", i, i);
+        }
+        for i in 0..50u64 {
+            let mut got = Vec::new();
+            tree.for_each_match(&format!("dev/d{i}/cmnd"), |k, _| got.push(k));
+            assert_eq!(got, [i]);
+        }
+        let mut n = 0;
+        tree.for_each_match("all/cmnd", |_, _| n += 1);
+        assert_eq!(n, 50);
+        for i in 0..50u64 {
+            assert_eq!(tree.remove(&format!("dev/d{i}/cmnd"), i), Some(i));
+            assert_eq!(tree.remove("all/cmnd", i), Some(i));
         }
         assert!(tree.is_empty() && tree.root.children.is_empty());
     }
