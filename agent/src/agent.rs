@@ -685,8 +685,9 @@ impl Agent {
     }
 
     /// The agent watches its own presence because a broker may publish its last will while it
-    /// is connected: rumqttd fires the *new* connection's will when a reconnect takes over a
-    /// half-dead old one (e.g. after a network partition). Seeing ourselves "offline" while
+    /// is connected: some brokers (rumqttd 0.20) fire the *new* connection's will when a
+    /// reconnect takes over a half-dead old one (e.g. after a network partition), and any broker
+    /// fires the old connection's will around the takeover. Seeing ourselves "offline" while
     /// connected, we say "online" again. The retained offline of a previous run, delivered at
     /// subscribe time, is corrected the same way.
     fn on_own_status(&mut self, client: &AsyncClient, payload: &[u8]) {

@@ -117,9 +117,9 @@ impl Session {
         let marker = self.client_id.clone();
         let mut subs: Vec<_> = filters
             .into_iter()
-            // QoS 0: rumqttd delivers at most as many retained messages to a QoS 1 subscription
-            // as the connection has free in-flight slots (100, shared by all filters) and drops
-            // the rest; for QoS 0 the limit is the broker's configurable forward batch.
+            // QoS 0: some brokers (rumqttd 0.20) deliver at most as many retained messages to a
+            // QoS 1 subscription as the connection has free in-flight slots (100, shared by all
+            // filters) and drop the rest; a snapshot needs no acknowledgements anyway.
             .map(|f| SubscribeFilter::new(f, QoS::AtMostOnce))
             .collect();
         subs.push(SubscribeFilter::new(sync.clone(), QoS::AtMostOnce));

@@ -173,7 +173,7 @@ impl Topics {
         }
     }
 
-    /// Everything devices report, as one filter per kind. Brokers may cap how many retained
+    /// Everything devices report, as one filter per kind. Some brokers cap how many retained
     /// messages one subscription delivers (rumqttd 0.20: 100), so a fleet snapshot asks for each
     /// kind separately rather than through one `dev/+/#`.
     pub fn fleet_filters(&self, device: Option<&Name>) -> Vec<String> {
