@@ -259,7 +259,6 @@ impl Agent {
     /// Starts (or restarts) an agent whose config and state live in `dir`. Unless `extra`
     /// declares its own, the agent has an LED `led` on pin 17 and a button `button` on pin 27.
     pub fn start_in(dir: TempDir, broker_url: &str, device: &str, extra: &str) -> Agent {
-        let config = dir.path().join("agent.toml");
         let state = dir.path().join("state.json");
         let mut extra = extra.to_string();
         if !extra.contains("[[output]]") {
@@ -270,16 +269,20 @@ impl Agent {
                 "\n[[input]]\nname = \"button\"\npin = 27\npull = \"up\"\nactive_low = true\n",
             );
         }
-        std::fs::write(
-            &config,
-            format!(
-                "device = {device:?}\nbroker = {broker_url:?}\ngpio = \"sim\"\nkeep_alive_secs = 2\n\
-                 reconnect_max_secs = 0.5\nstate_file = {state:?}\n{extra}\n"
-            ),
-        )
-        .unwrap();
+        let config = format!(
+            "device = {device:?}\nbroker = {broker_url:?}\ngpio = \"sim\"\nkeep_alive_secs = 2\n\
+             reconnect_max_secs = 0.5\nstate_file = {state:?}\n{extra}\n"
+        );
+        Agent::start_config(dir, device, &config)
+    }
+
+    /// Starts an agent with exactly `config` as its config file (written to `dir/agent.toml`),
+    /// for tests that need settings the minimal config of [`Agent::start_in`] fixes.
+    pub fn start_config(dir: TempDir, device: &str, config: &str) -> Agent {
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, config).unwrap();
         let mut cmd = Command::new(bin("pifleet-agent"));
-        cmd.arg("--config").arg(&config);
+        cmd.arg("--config").arg(&path);
         let proc = Proc::spawn(device, cmd);
         Agent {
             proc,
@@ -306,13 +309,19 @@ pub fn output_logged(label: &str, cmd: &mut Command) -> Output {
 
 /// Runs `pifleet` with `args` against `broker_url` and returns its output.
 pub fn cli(broker_url: &str, args: &[&str]) -> Output {
-    output_logged(
-        &format!("pifleet {}", args.join(" ")),
-        Command::new(bin("pifleet"))
-            .args(args)
-            .env("PIFLEET_BROKER", broker_url)
-            .env_remove("PIFLEET_PREFIX"),
-    )
+    cli_env(broker_url, args, &[])
+}
+
+/// [`cli`] with extra environment variables, e.g. `("PIFLEET_PASSWORD", secret)`.
+pub fn cli_env(broker_url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin("pifleet"));
+    cmd.args(args)
+        .env("PIFLEET_BROKER", broker_url)
+        .env_remove("PIFLEET_PREFIX");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    output_logged(&format!("pifleet {}", args.join(" ")), &mut cmd)
 }
 
 /// `pifleet status --json`, decoded with the documented types.
