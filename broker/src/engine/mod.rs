@@ -760,6 +760,28 @@ impl async_tungstenite::tungstenite::handshake::server::Callback for MqttSubprot
 mod test {
     use super::*;
 
+    #[test]
+    fn connection_limits_count_per_ip_and_in_all() {
+        let limits = Limits {
+            max_connections: 3,
+            max_connections_per_ip: 2,
+            ..Limits::default()
+        };
+        let engine = Engine::new(limits, Security::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = engine.admit(a).unwrap();
+        let _second = engine.admit(a).unwrap();
+        assert!(engine.admit(a).is_none(), "third from one address");
+        let _other = engine.admit(b).unwrap();
+        assert!(engine.admit(b).is_none(), "fourth in all");
+        drop(first);
+        assert!(
+            engine.admit(a).is_some(),
+            "a closed connection frees its slot"
+        );
+    }
+
     /// A connection's whole state lives in its task's future; it is what ten thousand idle
     /// devices cost. Guard its size so an innocent-looking change cannot double it.
     #[tokio::test]
