@@ -19,7 +19,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::session::{self, Delivery, Inflight, Message, Outbox, Stage};
@@ -181,10 +181,7 @@ async fn read_connect<R: AsyncRead + Unpin>(
             }
             Err(e) => return Err(ConnectError::Codec(e)),
         }
-        if rbuf.capacity() - rbuf.len() < 64 {
-            rbuf.reserve(READ_MIN);
-        }
-        match r.read_buf(rbuf).await {
+        match read_some(r, rbuf, READ_MIN).await {
             Ok(0) => return Err(ConnectError::Io(std::io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => {}
             Err(e) => return Err(ConnectError::Io(e)),

@@ -34,7 +34,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::acl::Acl;
 use crate::config::{Config, Limits};
 use crate::credentials::{Credentials, Identity, Role};
-use session::{Delivery, Message, Outbox, NO_OWNER};
+use session::{Delivery, Message, Outbox};
 use tree::{FilterTree, RetainTree};
 
 #[derive(Debug, thiserror::Error)]
@@ -370,7 +370,6 @@ impl Engine {
                 );
                 old_will = old.will;
                 old.link.kick.notify_one();
-                entry.outbox.set_owner(NO_OWNER);
             }
         }
         if let Some(w) = old_will {
@@ -379,7 +378,7 @@ impl Engine {
         let resume = !clean_session && st.sessions.get(client_id).is_some_and(|e| e.persistent);
         if !resume {
             st.discard(client_id);
-            let outbox = Outbox::new(self.id(), NO_OWNER);
+            let outbox = Outbox::new(self.id());
             st.sessions.insert(
                 client_id.into(),
                 SessionEntry {
@@ -399,7 +398,7 @@ impl Engine {
             link: link.clone(),
             grace_ms: keep_alive.as_millis() as u64 * 3 / 2,
         });
-        entry.outbox.set_owner(conn);
+        entry.outbox.set_online(true);
         Attachment {
             outbox: entry.outbox.clone(),
             session_present: resume,
@@ -419,7 +418,7 @@ impl Engine {
         }
         let attached = entry.attached.take().expect("checked");
         let persistent = entry.persistent;
-        entry.outbox.set_owner(NO_OWNER);
+        entry.outbox.set_online(false);
         if !persistent {
             st.discard(client_id);
         }
@@ -496,12 +495,6 @@ impl Engine {
             engine: self.clone(),
             ip,
         })
-    }
-
-    /// Numbers for the benchmark and tests: (sessions, subscriptions, retained messages).
-    pub fn counts(&self) -> (usize, usize, usize) {
-        let st = self.state();
-        (st.sessions.len(), st.subscriptions.len(), st.retained.len())
     }
 }
 

@@ -7,7 +7,7 @@
 //! shared through `Arc`, so a fleet-wide command costs one pointer per device.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -94,9 +94,6 @@ impl Queue {
 pub struct Outbox {
     /// Unique per session, the key of its subscriptions in the filter tree.
     pub id: u64,
-    /// The connection allowed to drain this outbox; a connection that sees another value has
-    /// been taken over (or its session discarded) and closes.
-    owner: AtomicU64,
     queue: Mutex<Queue>,
     notify: Notify,
     /// Backpressure (see [`Pushed::Congested`]): set when the queue passes [`SOFT_LIMIT`],
@@ -125,18 +122,12 @@ pub enum Pushed {
     Dropped,
 }
 
-/// No connection owns the outbox.
-pub const NO_OWNER: u64 = 0;
-
 impl Outbox {
-    pub fn new(id: u64, owner: u64) -> Arc<Outbox> {
+    /// A new session's outbox, offline until a connection attaches ([`Outbox::set_online`]).
+    pub fn new(id: u64) -> Arc<Outbox> {
         Arc::new(Outbox {
             id,
-            owner: AtomicU64::new(owner),
-            queue: Mutex::new(Queue {
-                online: owner != NO_OWNER,
-                ..Queue::default()
-            }),
+            queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
             congested: AtomicBool::new(false),
             slow: AtomicBool::new(false),
@@ -150,16 +141,10 @@ impl Outbox {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn owner(&self) -> u64 {
-        self.owner.load(Ordering::Acquire)
-    }
-
-    /// Hands the outbox to connection `conn` (or to nobody) and wakes the previous owner so it
-    /// notices.
-    pub fn set_owner(&self, conn: u64) {
-        self.owner.store(conn, Ordering::Release);
-        self.lock().online = conn != NO_OWNER;
-        self.notify.notify_one();
+    /// Whether a connection is attached (which decides what [`Outbox::push`] keeps). Closing
+    /// a connection that loses its session is the engine's [`Link`](super::Link)'s job.
+    pub fn set_online(&self, online: bool) {
+        self.lock().online = online;
     }
 
     /// Queues `delivery` unless the queue is full or the session is offline and the delivery is
@@ -227,19 +212,9 @@ impl Outbox {
         }
     }
 
-    /// The outbox's wake-up future (see [`Outbox::wait`]), for callers that keep it pinned.
+    /// Resolves when something was queued; the connection keeps it pinned and re-arms it.
     pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.notify.notified()
-    }
-
-    /// Waits until something was queued or the owner changed.
-    pub async fn wait(&self) {
-        self.notify.notified().await
-    }
-
-    /// Wakes the owner without queueing anything.
-    pub fn wake(&self) {
-        self.notify.notify_one();
     }
 }
 
@@ -357,7 +332,7 @@ mod test {
 
     #[test]
     fn offline_sessions_keep_only_qos1_and_full_queues_drop() {
-        let o = Outbox::new(1, NO_OWNER);
+        let o = Outbox::new(1);
         let m = Arc::new(Message {
             topic: "t".into(),
             payload: Bytes::new(),
@@ -371,7 +346,7 @@ mod test {
         };
         assert_eq!(o.push(d(QoS::AtMostOnce), 10), Pushed::Dropped);
         assert_eq!(o.push(d(QoS::AtLeastOnce), 10), Pushed::Queued);
-        o.set_owner(5);
+        o.set_online(true);
         assert_eq!(o.push(d(QoS::AtMostOnce), 2), Pushed::Queued);
         assert_eq!(o.push(d(QoS::AtMostOnce), 2), Pushed::Dropped);
         assert_eq!(o.lock().dropped, 2);
@@ -379,7 +354,8 @@ mod test {
 
     #[tokio::test]
     async fn a_congested_queue_holds_publishers_until_it_drains_or_patience_runs_out() {
-        let o = Outbox::new(1, 7);
+        let o = Outbox::new(1);
+        o.set_online(true);
         let m = Arc::new(Message {
             topic: "t".into(),
             payload: Bytes::new(),
