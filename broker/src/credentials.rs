@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -199,10 +199,6 @@ pub struct Credentials {
     /// User name -> keyed digest of the password that last verified for it. At most one entry
     /// per known identity, so it cannot grow beyond the file.
     cache: Mutex<HashMap<String, CtOutput<Blake2bMac512>>>,
-    /// Bounds concurrent argon2 computations (each takes [`ARGON2_M_KIB`] of memory): a
-    /// reconnect storm on a blocking pool of hundreds of threads must not allocate gigabytes on
-    /// a Pi. Waiting threads queue here instead.
-    hashing: HashGate,
 }
 
 impl fmt::Debug for Credentials {
@@ -250,7 +246,6 @@ impl Credentials {
             entries: BTreeMap::new(),
             cache_key,
             cache: Mutex::new(HashMap::new()),
-            hashing: HashGate::new(),
         }
     }
 
@@ -420,12 +415,12 @@ impl Credentials {
 
     /// Checks a CONNECT's user name and password. Blocking (one argon2 hash, or microseconds
     /// when this password verified for this user before in this process): call it from
-    /// `spawn_blocking`.
+    /// `spawn_blocking`, and bound how many run at once (each hash takes [`ARGON2_M_KIB`] of
+    /// memory; the engine allows one per core, so a reconnect storm cannot allocate gigabytes).
     ///
     /// An unknown user costs one hash too, so response times do not reveal which names exist.
     pub fn verify(&self, username: &str, password: &[u8]) -> Result<Identity, AuthError> {
         let Some(entry) = self.entries.get(username) else {
-            let _permit = self.hashing.enter();
             let dummy = PasswordHash::new(dummy_hash()).expect("our own hash parses");
             let _ = Argon2::default().verify_password(password, &dummy);
             return Err(AuthError::UnknownUser);
@@ -434,11 +429,8 @@ impl Credentials {
         if self.cache.lock().expect("cache lock").get(username) == Some(&digest) {
             return Ok(identity(username, entry));
         }
-        let ok = {
-            let _permit = self.hashing.enter();
-            let hash = PasswordHash::new(&entry.hash).expect("hashes are checked at load");
-            Argon2::default().verify_password(password, &hash).is_ok()
-        };
+        let hash = PasswordHash::new(&entry.hash).expect("hashes are checked at load");
+        let ok = Argon2::default().verify_password(password, &hash).is_ok();
         if !ok {
             return Err(AuthError::BadPassword);
         }
@@ -545,41 +537,6 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| {
         hash_secret(generate_secret().as_bytes()).expect("hashing a generated secret")
     })
-}
-
-/// A counting semaphore for blocking threads.
-struct HashGate {
-    busy: Mutex<usize>,
-    free: Condvar,
-    limit: usize,
-}
-
-struct HashPermit<'a>(&'a HashGate);
-
-impl HashGate {
-    fn new() -> HashGate {
-        HashGate {
-            busy: Mutex::new(0),
-            free: Condvar::new(),
-            limit: std::thread::available_parallelism().map_or(2, |n| n.get()),
-        }
-    }
-
-    fn enter(&self) -> HashPermit<'_> {
-        let mut busy = self.busy.lock().expect("gate lock");
-        while *busy >= self.limit {
-            busy = self.free.wait(busy).expect("gate lock");
-        }
-        *busy += 1;
-        HashPermit(self)
-    }
-}
-
-impl Drop for HashPermit<'_> {
-    fn drop(&mut self) {
-        *self.0.busy.lock().expect("gate lock") -= 1;
-        self.0.free.notify_one();
-    }
 }
 
 /// Writes `contents` to `path` through a temporary file in the same directory and a rename,

@@ -114,7 +114,8 @@ pub struct Engine {
     /// Identities of clients inside this process (legacy relay, demo fleet): name → (secret,
     /// identity). They never touch the credentials file.
     internal: Mutex<HashMap<String, (String, Identity)>>,
-    /// Password hashing is deliberately slow and memory-hungry: at most this many at once, so a
+    /// Password hashing is deliberately slow and memory-hungry: at most one per core at once
+    /// (the only bound on it; waiting here parks a task, not a blocking-pool thread), so a
     /// reconnect storm or a password-guessing flood cannot exhaust the box.
     verifying: Semaphore,
     connections: AtomicUsize,
