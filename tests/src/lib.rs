@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use pifleet_proto::report::{DeviceStatus, FleetStatus};
+use pifleet_proto::report::{DeviceStatus, FleetStatus, Outcome, SwitchReport};
 
 /// Path of a workspace binary.
 pub fn bin(name: &str) -> PathBuf {
@@ -442,4 +442,13 @@ pub fn legacy_client(addr: &str, args: &[&str]) -> Option<Vec<String>> {
             .map(str::to_string)
             .collect(),
     )
+}
+
+/// What a switch report says about `device` (panics, naming the report, if it is missing).
+pub fn outcome(r: &SwitchReport, device: &str) -> Outcome {
+    r.results
+        .iter()
+        .find(|x| x.device == device)
+        .unwrap_or_else(|| panic!("{device} missing from {r:?}"))
+        .outcome
 }

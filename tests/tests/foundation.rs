@@ -14,14 +14,6 @@ fn switch(broker: &str, args: &[&str]) -> (SwitchReport, Option<i32>) {
     (report, out.status.code())
 }
 
-fn outcome(r: &SwitchReport, device: &str) -> Outcome {
-    r.results
-        .iter()
-        .find(|x| x.device == device)
-        .unwrap_or_else(|| panic!("{device} missing from {r:?}"))
-        .outcome
-}
-
 #[test]
 fn switch_all_then_a_group_and_status_shows_what_agents_report() {
     let broker = Broker::start();

@@ -138,14 +138,6 @@ impl Controller {
     }
 }
 
-fn outcome(r: &SwitchReport, device: &str) -> Outcome {
-    r.results
-        .iter()
-        .find(|x| x.device == device)
-        .unwrap_or_else(|| panic!("{device} missing from {r:?}"))
-        .outcome
-}
-
 /// `password = "..."` (and more) for an agent's config.
 fn agent_login(secret: &str) -> String {
     format!("password = {secret:?}\n")
