@@ -110,7 +110,39 @@ pub struct Limits {
     pub max_queued_messages: usize,
     /// QoS 1/2 messages sent to one client and not yet acknowledged.
     pub max_inflight: u16,
+    /// Longest topic name or filter, in bytes (MQTT allows 65,535). Longer: a PUBLISH or a
+    /// last will closes the connection, a SUBSCRIBE filter is refused (0x80).
+    pub max_topic_len: usize,
+    /// Most levels (`/`-separated parts) in a topic name or filter, treated like
+    /// `max_topic_len`. The topic trees have a node per level, so this bounds their depth.
+    pub max_topic_levels: usize,
+    /// Subscriptions one session may hold; filters beyond it are refused (0x80).
+    pub max_subscriptions_per_client: usize,
+    /// Bytes queued for one client (topic + payload + overhead per message), beside
+    /// `max_queued_messages`: whichever bites first drops the message.
+    pub max_queued_bytes: usize,
+    /// Bytes queued for all clients together. Each online client may always queue
+    /// [`QUEUE_RESERVE`] bytes; beyond that only while the total is under this.
+    pub max_queued_bytes_total: usize,
+    /// Retained messages stored in all; a retained message on a new topic beyond it is
+    /// delivered but not stored.
+    pub max_retained_messages: usize,
+    /// Bytes of retained messages stored in all (topic + payload + a node's cost per level).
+    pub max_retained_bytes: usize,
+    /// Sessions (connected, or offline persistent ones) in all; a new one beyond it gets
+    /// CONNACK 3 "server unavailable".
+    pub max_sessions: usize,
+    /// Sessions one identity (a controller's `name`, `name:…` client ids) may hold; a new one
+    /// beyond it replaces the identity's oldest offline session, or gets CONNACK 3.
+    pub max_sessions_per_identity: usize,
+    /// An offline persistent session (`clean_session = false`) is forgotten after this long.
+    pub session_expiry_secs: u64,
 }
+
+/// Bytes every connected client may queue whatever the total (see
+/// [`Limits::max_queued_bytes_total`]), so a few clients that stop reading cannot starve the
+/// rest of the fleet.
+pub const QUEUE_RESERVE: usize = 64 * 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -122,6 +154,16 @@ impl Default for Limits {
             max_retained_per_subscription: 100_000,
             max_queued_messages: 10_000,
             max_inflight: 100,
+            max_topic_len: 1024,
+            max_topic_levels: 32,
+            max_subscriptions_per_client: 100,
+            max_queued_bytes: 4 * 1024 * 1024,
+            max_queued_bytes_total: 64 * 1024 * 1024,
+            max_retained_messages: 100_000,
+            max_retained_bytes: 64 * 1024 * 1024,
+            max_sessions: 50_000,
+            max_sessions_per_identity: 64,
+            session_expiry_secs: 86_400,
         }
     }
 }
@@ -201,6 +243,35 @@ impl Config {
         }
         if self.limits.max_queued_messages == 0 || self.limits.max_inflight == 0 {
             return bad("limits.max_queued_messages and limits.max_inflight must be at least 1");
+        }
+        let l = &self.limits;
+        if l.max_topic_len < 64 || l.max_topic_len > 65_535 {
+            return bad("limits.max_topic_len must be between 64 and 65535 bytes");
+        }
+        if l.max_topic_levels < 8 || l.max_topic_levels > 1024 {
+            return bad("limits.max_topic_levels must be between 8 and 1024");
+        }
+        for (v, name) in [
+            (l.max_subscriptions_per_client, "max_subscriptions_per_client"),
+            (l.max_retained_messages, "max_retained_messages"),
+            (l.max_sessions, "max_sessions"),
+            (l.max_sessions_per_identity, "max_sessions_per_identity"),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("limits.{name} must be at least 1")));
+            }
+        }
+        for (v, name) in [
+            (l.max_queued_bytes, "max_queued_bytes"),
+            (l.max_queued_bytes_total, "max_queued_bytes_total"),
+            (l.max_retained_bytes, "max_retained_bytes"),
+        ] {
+            if v < l.max_packet_size {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.{name} must be at least limits.max_packet_size ({} bytes)",
+                    l.max_packet_size
+                )));
+            }
         }
         for l in &self.legacy {
             l.validate().map_err(ConfigError::Invalid)?;

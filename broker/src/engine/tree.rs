@@ -135,6 +135,29 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
     }
 }
 
+/// How long and how deep a topic name or filter may be (`[limits] max_topic_len` and
+/// `max_topic_levels`). Checked where packets are decoded, so the trees, whose depth is the
+/// number of levels, never see anything deeper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicBounds {
+    pub max_len: usize,
+    pub max_levels: usize,
+}
+
+impl TopicBounds {
+    pub fn from_limits(limits: &crate::config::Limits) -> TopicBounds {
+        TopicBounds {
+            max_len: limits.max_topic_len,
+            max_levels: limits.max_topic_levels,
+        }
+    }
+
+    /// Whether `s` (a topic name or filter) is within both bounds.
+    pub fn allows(&self, s: &str) -> bool {
+        s.len() <= self.max_len && s.bytes().filter(|&b| b == b'/').count() < self.max_levels
+    }
+}
+
 /// A topic name a client may publish to: not empty, no wildcards, no NUL (MQTT 3.1.1 §4.7).
 pub fn valid_topic(topic: &str) -> bool {
     !topic.is_empty() && !topic.contains(['+', '#', '\0'])
