@@ -252,13 +252,18 @@ impl Config {
             return bad("limits.max_topic_levels must be between 8 and 1024");
         }
         for (v, name) in [
-            (l.max_subscriptions_per_client, "max_subscriptions_per_client"),
+            (
+                l.max_subscriptions_per_client,
+                "max_subscriptions_per_client",
+            ),
             (l.max_retained_messages, "max_retained_messages"),
             (l.max_sessions, "max_sessions"),
             (l.max_sessions_per_identity, "max_sessions_per_identity"),
         ] {
             if v == 0 {
-                return Err(ConfigError::Invalid(format!("limits.{name} must be at least 1")));
+                return Err(ConfigError::Invalid(format!(
+                    "limits.{name} must be at least 1"
+                )));
             }
         }
         for (v, name) in [

@@ -213,6 +213,26 @@ impl Topics {
         subs
     }
 
+    /// Whether `topic` lies in a command space: `<prefix>/dev/<d>/cmnd`,
+    /// `<prefix>/group/<g>/cmnd`, `<prefix>/all/cmnd`, or anything below one of them (whatever
+    /// the names). Commands are never retained: a stored command would be executed again on every
+    /// reconnect, so a broker refuses to store one.
+    pub fn is_command_space(&self, topic: &str) -> bool {
+        let Some(rest) = topic
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return false;
+        };
+        let mut levels = rest.split('/');
+        let cmnd = match levels.next() {
+            Some("all") => levels.next(),
+            Some("dev" | "group") => levels.nth(1),
+            _ => None,
+        };
+        cmnd == Some("cmnd")
+    }
+
     /// Parses a topic under this prefix; `None` for anything that is not a pifleet topic
     /// (a different prefix, an unknown shape, or a level that is not a valid name).
     pub fn parse(&self, topic: &str) -> Option<Topic> {
@@ -248,6 +268,30 @@ mod test {
 
     fn n(s: &str) -> Name {
         Name::new(s).unwrap()
+    }
+
+    #[test]
+    fn command_spaces_are_recognised_whatever_the_names() {
+        let t = Topics::new("home/fleet").unwrap();
+        for yes in [
+            "home/fleet/all/cmnd",
+            "home/fleet/dev/kitchen/cmnd",
+            "home/fleet/dev/not a name/cmnd",
+            "home/fleet/group/g/cmnd",
+            "home/fleet/dev/kitchen/cmnd/led",
+        ] {
+            assert!(t.is_command_space(yes), "{yes}");
+        }
+        for no in [
+            "home/fleet/dev/kitchen/status",
+            "home/fleet/dev/cmnd",
+            "home/fleet/all",
+            "home/fleetx/all/cmnd",
+            "other/all/cmnd",
+            "home/fleet/dev/kitchen/out/cmnd",
+        ] {
+            assert!(!t.is_command_space(no), "{no}");
+        }
     }
 
     #[test]

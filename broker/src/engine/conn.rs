@@ -22,9 +22,10 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
-use super::session::{self, Delivery, Inflight, Message, Outbox, Stage};
+use super::counters::bump;
+use super::session::{self, Message, Outbox, Stage};
 use super::tree::{valid_filter, valid_topic};
-use super::{Engine, Link, Who};
+use super::{Engine, Link, SubscribeRefused, Who};
 use std::sync::atomic::Ordering;
 
 /// Read buffer size for a quiet connection; a busy one grows to [`READ_MAX`].
@@ -107,13 +108,22 @@ pub(super) async fn serve<R, W>(
         connect.client_id.clone()
     };
     let keep_alive = Duration::from_secs(connect.keep_alive as u64);
-    let attachment = engine.attach(
+    let attachment = match engine.attach(
         &client_id,
         connect.clean_session,
         connect.last_will.clone(),
         keep_alive,
         conn_id,
-    );
+        &who,
+    ) {
+        Ok(a) => a,
+        Err(code) => {
+            write_connack(&mut wbuf, code, false);
+            let _ = w.write_all(&wbuf).await;
+            let _ = w.shutdown().await;
+            return;
+        }
+    };
     drop(connect);
     tracing::debug!(%peer, client = %client_id, "connected");
     write_connack(
@@ -124,6 +134,7 @@ pub(super) async fn serve<R, W>(
     let mut c = Conn {
         engine,
         outbox: attachment.outbox,
+        conn_id,
         client_id,
         who,
         wbuf,
@@ -131,7 +142,6 @@ pub(super) async fn serve<R, W>(
         congested: Vec::new(),
     };
     c.resend_inflight();
-    c.drain();
     let end = c.run(&mut r, &mut w, rbuf, &attachment.link, max).await;
     let graceful = matches!(end, End::Graceful);
     match &end {
@@ -198,6 +208,8 @@ fn write_connack(buf: &mut BytesMut, code: ConnectReturnCode, session_present: b
 struct Conn<'a> {
     engine: &'a Arc<Engine>,
     outbox: Arc<Outbox>,
+    /// This connection's id: the owner of the session while attached.
+    conn_id: u64,
     client_id: String,
     who: Who,
     wbuf: BytesMut,
@@ -227,6 +239,11 @@ impl Conn<'_> {
         let woken = outbox.notified();
         tokio::pin!(woken);
         let mut read_size = READ_MIN;
+        // Packets that arrived in the same read as the CONNECT (legal in 3.1.1) are handled
+        // now, not when more bytes happen to arrive.
+        if let Err(end) = self.process(w, &mut rbuf, link, max).await {
+            return end;
+        }
         loop {
             let writing = !self.wbuf.is_empty();
             tokio::select! {
@@ -250,7 +267,9 @@ impl Conn<'_> {
                             self.wbuf = BytesMut::new();
                         }
                         if self.wbuf.len() < WRITE_HIGH / 2 {
-                            self.drain();
+                            if let Err(end) = self.drain() {
+                                return end;
+                            }
                         }
                     }
                     Err(e) => return End::Io(e),
@@ -261,40 +280,70 @@ impl Conn<'_> {
                         link.last_heard.store(self.engine.now_ms(), Ordering::Relaxed);
                         // A client that fills the buffer is streaming: read more at once.
                         read_size = if n >= read_size { (read_size * 2).min(READ_MAX) } else { READ_MIN };
-                        loop {
-                            match Packet::read(&mut rbuf, max) {
-                                Ok(packet) => {
-                                    if let Err(end) = self.handle(packet) {
-                                        // Say what is already queued (e.g. SUBACK) before closing.
-                                        let _ = w.write_all(&self.wbuf).await;
-                                        return end;
-                                    }
-                                }
-                                Err(CodecError::InsufficientBytes(_)) => break,
-                                Err(e) => return End::Protocol(format!("{e}")),
-                            }
+                        if let Err(end) = self.process(w, &mut rbuf, link, max).await {
+                            return end;
                         }
-                        if !self.congested.is_empty() {
-                            // Backpressure: answer what we owe, then let the slow subscribers
-                            // catch up before reading more from this publisher.
-                            if let Err(e) = w.write_all(&self.wbuf).await {
-                                return End::Io(e);
-                            }
-                            self.wbuf.clear();
-                            for o in std::mem::take(&mut self.congested) {
-                                // Boxed: its timer is needed only while waiting.
-                                Box::pin(o.wait_uncongested()).await;
-                            }
-                        }
-                        self.drain();
                     }
                     Err(e) => return End::Io(e),
                 },
                 _ = &mut woken, if self.wbuf.len() < WRITE_HIGH => {
                     woken.set(outbox.notified());
-                    self.drain();
+                    if let Err(end) = self.drain() {
+                        return end;
+                    }
                 }
             }
+        }
+    }
+
+    /// Handles every complete packet in `rbuf`, then applies backpressure and moves queued
+    /// messages into the write buffer.
+    async fn process<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        rbuf: &mut BytesMut,
+        link: &Link,
+        max: usize,
+    ) -> Result<(), End> {
+        loop {
+            // A connection that lost its session stops before the next buffered packet.
+            if link.taken_over.load(Ordering::Acquire) {
+                return Err(End::TakenOver);
+            }
+            match Packet::read(rbuf, max) {
+                Ok(packet) => {
+                    if let Err(end) = self.handle(packet) {
+                        // Say what is already queued (e.g. SUBACK) before closing.
+                        let _ = w.write_all(&self.wbuf).await;
+                        return Err(end);
+                    }
+                }
+                Err(CodecError::InsufficientBytes(_)) => break,
+                Err(e) => return Err(End::Protocol(format!("{e}"))),
+            }
+        }
+        if !self.congested.is_empty() {
+            // Backpressure: answer what we owe, then let the slow subscribers catch up before
+            // reading more from this publisher.
+            if let Err(e) = w.write_all(&self.wbuf).await {
+                return Err(End::Io(e));
+            }
+            self.wbuf.clear();
+            for o in std::mem::take(&mut self.congested) {
+                // Boxed: its timer is needed only while waiting.
+                Box::pin(o.wait_uncongested()).await;
+            }
+        }
+        self.drain()
+    }
+
+    /// The session's queue, if this connection still owns it.
+    fn owned_queue(&self) -> Result<std::sync::MutexGuard<'_, session::Queue>, End> {
+        let q = self.outbox.lock();
+        if q.owner() == self.conn_id {
+            Ok(q)
+        } else {
+            Err(End::TakenOver)
         }
     }
 
@@ -302,51 +351,34 @@ impl Conn<'_> {
         match packet {
             Packet::Publish(p) => self.on_publish(p)?,
             Packet::PubAck(a) => {
-                self.outbox.lock().ack(a.pkid, Stage::Published);
+                self.owned_queue()?.on_puback(a.pkid);
             }
             Packet::PubRec(a) => {
-                let mut q = self.outbox.lock();
-                if let Some(mut i) = q.ack(a.pkid, Stage::Published) {
-                    i.stage = Stage::Released;
-                    q.inflight.push_back(i);
-                }
-                drop(q);
+                self.owned_queue()?.on_pubrec(a.pkid);
                 // Answer PUBREC with PUBREL even for an unknown id, so the client can finish.
                 session::encode_ack(&mut self.wbuf, session::PUBREL, a.pkid);
             }
             Packet::PubComp(a) => {
-                self.outbox.lock().ack(a.pkid, Stage::Released);
+                self.owned_queue()?.on_pubcomp(a.pkid);
             }
             Packet::PubRel(a) => {
-                self.outbox.lock().incoming_qos2.retain(|id| *id != a.pkid);
+                self.owned_queue()?.on_pubrel(a.pkid);
                 session::encode_ack(&mut self.wbuf, session::PUBCOMP, a.pkid);
             }
             Packet::Subscribe(s) => {
                 let mut codes = Vec::with_capacity(s.filters.len());
                 for f in &s.filters {
-                    if !valid_filter(&f.path) {
-                        codes.push(SubscribeReasonCode::Failure);
-                    } else if !self.engine.may_subscribe(&self.who, &f.path) {
-                        tracing::warn!(client = %self.client_id, filter = %f.path, "subscription denied");
-                        codes.push(SubscribeReasonCode::Failure);
-                    } else {
-                        codes.push(SubscribeReasonCode::Success(f.qos));
-                    }
+                    codes.push(self.subscribe(&f.path, f.qos)?);
                 }
-                // SUBACK first, then the retained messages (which go through the outbox).
-                SubAck::new(s.pkid, codes.clone())
+                // SUBACK goes into the write buffer before the retained messages, which wait
+                // in the outbox until the next drain.
+                SubAck::new(s.pkid, codes)
                     .write(&mut self.wbuf)
                     .expect("SUBACK encodes");
-                for (f, code) in s.filters.iter().zip(codes) {
-                    if let SubscribeReasonCode::Success(qos) = code {
-                        self.engine
-                            .subscribe(&self.client_id, &self.outbox, &f.path, qos);
-                    }
-                }
             }
             Packet::Unsubscribe(u) => {
                 for f in &u.topics {
-                    self.engine.unsubscribe(&self.client_id, &self.outbox, f);
+                    self.engine.unsubscribe(&self.client_id, self.conn_id, f);
                 }
                 session::encode_ack(&mut self.wbuf, session::UNSUBACK, u.pkid);
             }
@@ -362,9 +394,41 @@ impl Conn<'_> {
         Ok(())
     }
 
+    /// One SUBSCRIBE filter: its return code.
+    fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<SubscribeReasonCode, End> {
+        if !valid_filter(filter) {
+            return Ok(SubscribeReasonCode::Failure);
+        }
+        if !self.engine.bounds.allows(filter) {
+            if bump(&self.engine.counters.topics_refused) {
+                tracing::warn!(client = %self.client_id, bytes = filter.len(), "subscription refused: filter longer or deeper than limits.max_topic_len/max_topic_levels");
+            }
+            return Ok(SubscribeReasonCode::Failure);
+        }
+        if !self.engine.may_subscribe(&self.who, filter) {
+            tracing::warn!(client = %self.client_id, %filter, "subscription denied");
+            return Ok(SubscribeReasonCode::Failure);
+        }
+        match self
+            .engine
+            .subscribe(&self.client_id, self.conn_id, filter, qos)
+        {
+            Ok(()) => Ok(SubscribeReasonCode::Success(qos)),
+            Err(SubscribeRefused::TooMany) => Ok(SubscribeReasonCode::Failure),
+            Err(SubscribeRefused::NotOwner) => Err(End::TakenOver),
+        }
+    }
+
     fn on_publish(&mut self, p: Publish) -> Result<(), End> {
         if !valid_topic(&p.topic) {
             return Err(End::Protocol(format!("invalid topic name {:?}", p.topic)));
+        }
+        if !self.engine.bounds.allows(&p.topic) {
+            bump(&self.engine.counters.topics_refused);
+            return Err(End::Protocol(format!(
+                "topic of {} bytes is longer or deeper than limits.max_topic_len/max_topic_levels",
+                p.topic.len()
+            )));
         }
         let allowed = self.engine.may_publish(&self.who, &p.topic);
         if !allowed {
@@ -380,14 +444,8 @@ impl Conn<'_> {
             QoS::ExactlyOnce => {
                 session::encode_ack(&mut self.wbuf, session::PUBREC, p.pkid);
                 // A retransmitted QoS 2 PUBLISH (same id, not yet released) is not delivered
-                // twice (§4.3.3, method A).
-                let mut q = self.outbox.lock();
-                if q.incoming_qos2.contains(&p.pkid) {
-                    false
-                } else {
-                    q.incoming_qos2.push(p.pkid);
-                    true
-                }
+                // twice.
+                self.owned_queue()?.on_incoming_qos2(p.pkid)
             }
         };
         if !allowed {
@@ -418,7 +476,7 @@ impl Conn<'_> {
     /// After a persistent session resumes: what was in flight goes out again, marked DUP.
     fn resend_inflight(&mut self) {
         let q = self.outbox.lock();
-        for i in &q.inflight {
+        for i in q.inflight() {
             match i.stage {
                 Stage::Published => session::encode_publish(
                     &mut self.wbuf,
@@ -433,35 +491,33 @@ impl Conn<'_> {
         }
     }
 
-    /// Moves queued messages into the write buffer, QoS 1/2 ones as far as in-flight slots allow.
-    fn drain(&mut self) {
+    /// Moves queued messages into the write buffer, QoS 1/2 ones as far as in-flight slots
+    /// allow. Fails once another connection owns the session.
+    fn drain(&mut self) -> Result<(), End> {
         let max_inflight = self.engine.limits.max_inflight as usize;
+        // Locked through the field, not `owned_queue`, so the write buffer stays writable.
         let mut q = self.outbox.lock();
+        if q.owner() != self.conn_id {
+            return Err(End::TakenOver);
+        }
         while self.wbuf.len() < WRITE_HIGH {
-            let Some(front) = q.pending.front() else {
+            let Some((d, pkid)) = q.next_to_send(max_inflight) else {
                 break;
             };
-            if front.qos != QoS::AtMostOnce && q.inflight.len() >= max_inflight {
-                break;
-            }
-            let d: Delivery = q.pending.pop_front().expect("front exists");
-            if d.qos == QoS::AtMostOnce {
-                session::encode_publish(&mut self.wbuf, &d.message, d.qos, d.retain, false, 0);
-            } else {
-                let pkid = q.next_pkid();
-                session::encode_publish(&mut self.wbuf, &d.message, d.qos, d.retain, false, pkid);
-                q.inflight.push_back(Inflight {
-                    pkid,
-                    delivery: d,
-                    stage: Stage::Published,
-                });
-            }
+            session::encode_publish(
+                &mut self.wbuf,
+                &d.message,
+                d.qos,
+                d.retain,
+                false,
+                pkid.unwrap_or(0),
+            );
         }
-        self.outbox.drained_to(q.pending.len());
-        // A retained burst (a fleet snapshot) may have grown the queue; do not keep its size.
-        if q.pending.is_empty() && q.pending.capacity() > 64 {
-            q.pending = Default::default();
-        }
+        let left = q.pending_len();
+        q.shrink_if_empty();
+        drop(q);
+        self.outbox.drained_to(left);
+        Ok(())
     }
 }
 

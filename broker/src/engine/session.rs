@@ -5,14 +5,28 @@
 //! Memory is the point of this module's shape: an idle session is a few hundred bytes (empty
 //! queues do not allocate), and a message delivered to ten thousand devices is stored once and
 //! shared through `Arc`, so a fleet-wide command costs one pointer per device.
+//!
+//! Every queue is bounded three ways, because a client that stops reading must not be able to
+//! make the broker hold more than it was sent ([`Budget`]): in messages, in bytes per client, and
+//! in bytes across all clients (each connected client keeps a small reserve of its own, so a few
+//! stalled clients cannot starve the fleet). Retained messages answering a SUBSCRIBE are queued
+//! as weak references: the retained store already holds them, so a fleet snapshot costs a
+//! pointer per message, and one replaced meanwhile is simply skipped (its successor was
+//! delivered live).
+//!
+//! Only the connection that owns the session ([`Queue::owner`]) may take messages out or
+//! acknowledge them: after a takeover, a connection still draining its buffered packets can
+//! neither steal the new connection's messages nor strand them in flight.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rumqttc::QoS;
 use tokio::sync::Notify;
+
+use crate::config::{Limits, QUEUE_RESERVE};
 
 /// A published message as the engine stores it: once, shared by every queue and the retained
 /// tree.
@@ -24,6 +38,21 @@ pub struct Message {
     pub retain: bool,
 }
 
+/// What a message is charged in the queue bounds beyond its topic and payload: its shared
+/// allocation, and a queue slot.
+pub const MESSAGE_OVERHEAD: usize = 64;
+
+/// What one queued retained reference is charged: a slot, plus the allocation header it keeps
+/// alive should the message be replaced before it is sent.
+pub const RETAINED_REF_COST: usize = 96;
+
+impl Message {
+    /// Bytes this message is charged in queue and store bounds.
+    pub fn cost(&self) -> usize {
+        self.topic.len() + self.payload.len() + MESSAGE_OVERHEAD
+    }
+}
+
 /// One message queued for one client, at the QoS of the subscription that matched.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -31,6 +60,22 @@ pub struct Delivery {
     pub qos: QoS,
     /// Set for retained messages sent because of a new subscription (§3.3.1.3).
     pub retain: bool,
+}
+
+/// A queue entry: a live delivery, or a retained message answering a SUBSCRIBE.
+#[derive(Debug)]
+enum Pending {
+    Live(Delivery),
+    Retained(Weak<Message>, QoS),
+}
+
+impl Pending {
+    fn cost(&self) -> usize {
+        match self {
+            Pending::Live(d) => d.message.cost(),
+            Pending::Retained(..) => RETAINED_REF_COST,
+        }
+    }
 }
 
 /// Where an outgoing QoS 1/2 message stands.
@@ -47,23 +92,176 @@ pub struct Inflight {
     pub pkid: u16,
     pub delivery: Delivery,
     pub stage: Stage,
+    /// Bytes charged to the queue for it (released on acknowledgement).
+    charged: usize,
 }
 
-/// The mutable part of a session, behind the outbox's lock.
-#[derive(Debug, Default)]
+/// The bounds every queue of one engine shares, and the running total they cap.
+#[derive(Debug)]
+pub struct Budget {
+    max_messages: usize,
+    max_bytes: usize,
+    max_total: usize,
+    max_retained: usize,
+    total: AtomicUsize,
+    /// Messages dropped by any queue because a bound bit (a metric).
+    pub dropped: AtomicU64,
+}
+
+impl Budget {
+    pub fn new(limits: &Limits) -> Arc<Budget> {
+        Arc::new(Budget {
+            max_messages: limits.max_queued_messages,
+            max_bytes: limits.max_queued_bytes,
+            max_total: limits.max_queued_bytes_total,
+            max_retained: limits.max_retained_per_subscription,
+            total: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes queued across all clients now.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Charges `cost` to a queue holding `held` bytes, if the bounds allow it.
+    fn charge(&self, held: usize, cost: usize, online: bool) -> bool {
+        if held + cost > self.max_bytes {
+            return false;
+        }
+        let reserve = if online { QUEUE_RESERVE } else { 0 };
+        let prev = self.total.fetch_add(cost, Ordering::Relaxed);
+        if held + cost > reserve && prev + cost > self.max_total {
+            self.total.fetch_sub(cost, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, cost: usize) {
+        self.total.fetch_sub(cost, Ordering::Relaxed);
+    }
+}
+
+/// Why [`Queue`] refused to take a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The session is offline and the message is QoS 0 (not kept, as in mosquitto).
+    Offline,
+    /// A bound bit: counted and logged.
+    Full,
+}
+
+/// The mutable part of a session, behind the outbox's lock. Its fields are private: every
+/// change goes through a method that keeps the byte accounting and the ownership rule.
+#[derive(Debug)]
 pub struct Queue {
-    pub pending: VecDeque<Delivery>,
-    pub inflight: VecDeque<Inflight>,
+    pending: VecDeque<Pending>,
+    inflight: VecDeque<Inflight>,
     /// QoS 2 packet ids received from the client and not yet released (PUBREL).
-    pub incoming_qos2: Vec<u16>,
+    incoming_qos2: Vec<u16>,
     next_pkid: u16,
+    /// Live messages in `pending` (retained references are bounded separately).
+    live: usize,
+    /// Retained references in `pending`.
+    retained: usize,
+    /// Bytes charged for `pending` and `inflight`.
+    bytes: usize,
     /// Messages dropped because the queue was full, since the session began.
-    pub dropped: u64,
-    /// Whether a connection is attached; offline sessions only queue QoS 1/2 (as mosquitto).
-    pub online: bool,
+    dropped: u64,
+    /// The connection attached to this session (0: offline). Offline sessions only queue
+    /// QoS 1/2.
+    owner: u64,
+    budget: Arc<Budget>,
 }
 
 impl Queue {
+    fn new(budget: Arc<Budget>) -> Queue {
+        Queue {
+            pending: VecDeque::new(),
+            inflight: VecDeque::new(),
+            incoming_qos2: Vec::new(),
+            next_pkid: 0,
+            live: 0,
+            retained: 0,
+            bytes: 0,
+            dropped: 0,
+            owner: 0,
+            budget,
+        }
+    }
+
+    /// The connection attached to this session, 0 when offline.
+    pub fn owner(&self) -> u64 {
+        self.owner
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.owner != 0
+    }
+
+    /// Queued messages (live and retained references).
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Bytes charged to this queue now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Messages dropped for this session because a bound bit.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    fn refuse(&mut self) -> Refused {
+        self.dropped += 1;
+        self.budget.dropped.fetch_add(1, Ordering::Relaxed);
+        Refused::Full
+    }
+
+    fn push_live(&mut self, delivery: Delivery) -> Result<(), Refused> {
+        if !self.is_online() && delivery.qos == QoS::AtMostOnce {
+            return Err(Refused::Offline);
+        }
+        let cost = delivery.message.cost();
+        if self.live >= self.budget.max_messages
+            || !self.budget.charge(self.bytes, cost, self.is_online())
+        {
+            return Err(self.refuse());
+        }
+        self.bytes += cost;
+        self.live += 1;
+        self.pending.push_back(Pending::Live(delivery));
+        Ok(())
+    }
+
+    fn push_retained(&mut self, message: &Arc<Message>, qos: QoS) -> Result<(), Refused> {
+        if self.retained >= self.budget.max_retained
+            || !self
+                .budget
+                .charge(self.bytes, RETAINED_REF_COST, self.is_online())
+        {
+            return Err(self.refuse());
+        }
+        self.bytes += RETAINED_REF_COST;
+        self.retained += 1;
+        self.pending
+            .push_back(Pending::Retained(Arc::downgrade(message), qos));
+        Ok(())
+    }
+
+    fn uncharge(&mut self, cost: usize) {
+        self.bytes -= cost;
+        self.budget.release(cost);
+    }
+
     /// A packet id not in flight. At most `max_inflight` (≤ 65535) are in flight, so one is
     /// always free.
     pub fn next_pkid(&mut self) -> u16 {
@@ -79,13 +277,150 @@ impl Queue {
         }
     }
 
-    /// Removes the in-flight message `pkid` if it is at `stage`.
-    pub fn ack(&mut self, pkid: u16, stage: Stage) -> Option<Inflight> {
+    /// The next message to write, and its packet id if it is QoS 1/2 (then it is in flight
+    /// until acknowledged). `None` when nothing is queued, or the next message needs an
+    /// in-flight slot and all `max_inflight` are taken. Retained references whose message was
+    /// replaced meanwhile are skipped.
+    pub fn next_to_send(&mut self, max_inflight: usize) -> Option<(Delivery, Option<u16>)> {
+        loop {
+            let needs_slot = match self.pending.front()? {
+                Pending::Live(d) => d.qos != QoS::AtMostOnce,
+                Pending::Retained(_, qos) => *qos != QoS::AtMostOnce,
+            };
+            if needs_slot && self.inflight.len() >= max_inflight {
+                return None;
+            }
+            let entry = self.pending.pop_front().expect("front exists");
+            let cost = entry.cost();
+            let delivery = match entry {
+                Pending::Live(d) => {
+                    self.live -= 1;
+                    d
+                }
+                Pending::Retained(weak, qos) => {
+                    self.retained -= 1;
+                    self.uncharge(cost);
+                    let Some(message) = weak.upgrade() else {
+                        continue;
+                    };
+                    let qos = min_qos(message.qos, qos);
+                    Delivery {
+                        message,
+                        qos,
+                        retain: true,
+                    }
+                }
+            };
+            // A live message's charge (its retained reference's was released above).
+            let charge = if delivery.retain { 0 } else { cost };
+            if delivery.qos == QoS::AtMostOnce {
+                self.uncharge(charge);
+                return Some((delivery, None));
+            }
+            let pkid = self.next_pkid();
+            // A live message stays charged while in flight; a retained one is held by the
+            // store anyway and is bounded by `max_inflight`.
+            self.inflight.push_back(Inflight {
+                pkid,
+                delivery: delivery.clone(),
+                stage: Stage::Published,
+                charged: charge,
+            });
+            return Some((delivery, Some(pkid)));
+        }
+    }
+
+    fn take_inflight(&mut self, pkid: u16, stage: Stage) -> Option<Inflight> {
         let i = self
             .inflight
             .iter()
             .position(|i| i.pkid == pkid && i.stage == stage)?;
         self.inflight.remove(i)
+    }
+
+    /// PUBACK: the QoS 1 message `pkid` arrived. False for an id not in flight.
+    pub fn on_puback(&mut self, pkid: u16) -> bool {
+        match self.take_inflight(pkid, Stage::Published) {
+            Some(i) => {
+                self.uncharge(i.charged);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBREC: the QoS 2 message `pkid` arrived; it now waits for PUBCOMP (and the caller
+    /// answers PUBREL whatever this returns, so the client can finish). False for an id not in
+    /// flight.
+    pub fn on_pubrec(&mut self, pkid: u16) -> bool {
+        match self.take_inflight(pkid, Stage::Published) {
+            Some(mut i) => {
+                // Only the packet id matters from here on (§4.3.3): release the message.
+                self.uncharge(i.charged);
+                i.charged = 0;
+                i.stage = Stage::Released;
+                self.inflight.push_back(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBCOMP: the QoS 2 exchange `pkid` is over.
+    pub fn on_pubcomp(&mut self, pkid: u16) -> bool {
+        self.take_inflight(pkid, Stage::Released).is_some()
+    }
+
+    /// An incoming QoS 2 PUBLISH `pkid`: true if it is new and must be delivered, false for a
+    /// retransmission of one not yet released (§4.3.3, method B: the id is stored until PUBREL).
+    pub fn on_incoming_qos2(&mut self, pkid: u16) -> bool {
+        if self.incoming_qos2.contains(&pkid) {
+            return false;
+        }
+        self.incoming_qos2.push(pkid);
+        true
+    }
+
+    /// PUBREL for the incoming QoS 2 message `pkid`: its id may be reused.
+    pub fn on_pubrel(&mut self, pkid: u16) {
+        self.incoming_qos2.retain(|id| *id != pkid);
+    }
+
+    /// What is in flight, oldest first: re-sent (PUBLISH with DUP, or PUBREL) when a persistent
+    /// session resumes.
+    pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
+        self.inflight.iter()
+    }
+
+    /// Gives back the memory a burst (a fleet snapshot) left in an emptied queue.
+    pub fn shrink_if_empty(&mut self) {
+        if self.pending.is_empty() && self.pending.capacity() > 64 {
+            self.pending = VecDeque::new();
+        }
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
+/// The lower of two QoS levels (rumqttc's `QoS` is not `Ord`).
+pub fn min_qos(a: QoS, b: QoS) -> QoS {
+    if (a as u8) <= (b as u8) {
+        a
+    } else {
+        b
+    }
+}
+
+/// The higher of two QoS levels.
+pub fn max_qos(a: QoS, b: QoS) -> QoS {
+    if (a as u8) >= (b as u8) {
+        a
+    } else {
+        b
     }
 }
 
@@ -123,11 +458,11 @@ pub enum Pushed {
 }
 
 impl Outbox {
-    /// A new session's outbox, offline until a connection attaches ([`Outbox::set_online`]).
-    pub fn new(id: u64) -> Arc<Outbox> {
+    /// A new session's outbox, offline until a connection claims it ([`Outbox::claim`]).
+    pub fn new(id: u64, budget: Arc<Budget>) -> Arc<Outbox> {
         Arc::new(Outbox {
             id,
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue::new(budget)),
             notify: Notify::new(),
             congested: AtomicBool::new(false),
             slow: AtomicBool::new(false),
@@ -141,32 +476,45 @@ impl Outbox {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a connection is attached (which decides what [`Outbox::push`] keeps). Closing
-    /// a connection that loses its session is the engine's [`Link`](super::Link)'s job.
-    pub fn set_online(&self, online: bool) {
-        self.lock().online = online;
+    /// Connection `conn` owns the session from now on (a takeover moves ownership, and the old
+    /// connection's later calls are refused).
+    pub fn claim(&self, conn: u64) {
+        self.lock().owner = conn;
+        // Publishers waiting for the previous connection need not wait for this one.
+        self.drained_to(0);
     }
 
-    /// Queues `delivery` unless the queue is full or the session is offline and the delivery is
+    /// Connection `conn` ended; the session is offline unless another connection owns it.
+    pub fn release(&self, conn: u64) {
+        let mut q = self.lock();
+        if q.owner == conn {
+            q.owner = 0;
+        }
+    }
+
+    /// Queues `delivery` unless a bound says no or the session is offline and the delivery is
     /// QoS 0.
-    pub fn push(&self, delivery: Delivery, max_queued: usize) -> Pushed {
+    pub fn push(&self, delivery: Delivery) -> Pushed {
         let congested;
         {
             let mut q = self.lock();
-            if (!q.online && delivery.qos == QoS::AtMostOnce) || q.pending.len() >= max_queued {
-                q.dropped += 1;
-                if q.dropped.is_power_of_two() {
-                    tracing::warn!(
-                        session = self.id,
-                        dropped = q.dropped,
-                        "a client's queue is full: dropping messages for it"
-                    );
+            match q.push_live(delivery) {
+                Ok(()) => {}
+                Err(Refused::Offline) => return Pushed::Dropped,
+                Err(Refused::Full) => {
+                    if q.dropped.is_power_of_two() {
+                        tracing::warn!(
+                            session = self.id,
+                            dropped = q.dropped,
+                            queued = q.pending.len(),
+                            bytes = q.bytes,
+                            "a client's queue is full: dropping messages for it"
+                        );
+                    }
+                    return Pushed::Dropped;
                 }
-                return Pushed::Dropped;
             }
-            q.pending.push_back(delivery);
-            congested =
-                q.online && q.pending.len() >= SOFT_LIMIT && !self.slow.load(Ordering::Relaxed);
+            congested = q.is_online() && q.live >= SOFT_LIMIT && !self.slow.load(Ordering::Relaxed);
         }
         self.notify.notify_one();
         if congested {
@@ -175,6 +523,33 @@ impl Outbox {
         } else {
             Pushed::Queued
         }
+    }
+
+    /// Queues retained messages answering a SUBSCRIBE at the subscription's `qos`. Returns how
+    /// many a bound refused.
+    pub fn push_retained<'m>(
+        &self,
+        messages: impl IntoIterator<Item = &'m Arc<Message>>,
+        qos: QoS,
+    ) -> usize {
+        let mut refused = 0;
+        {
+            let mut q = self.lock();
+            for m in messages {
+                if q.push_retained(m, qos).is_err() {
+                    refused += 1;
+                }
+            }
+            if refused > 0 {
+                tracing::warn!(
+                    session = self.id,
+                    refused,
+                    "retained messages for a new subscription exceed the client's queue bounds: not sent"
+                );
+            }
+        }
+        self.notify.notify_one();
+        refused
     }
 
     /// Called by the draining connection with the queue length left: below half the soft limit
@@ -197,7 +572,7 @@ impl Outbox {
             let drained = self.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            if !self.congested.load(Ordering::Acquire) || !self.lock().online {
+            if !self.congested.load(Ordering::Acquire) || !self.lock().is_online() {
                 return true;
             }
             if tokio::time::timeout_at(deadline, drained).await.is_err() {
@@ -276,6 +651,39 @@ mod test {
     use super::*;
     use rumqttc::mqttbytes::v4::Packet;
 
+    fn limits(max_messages: usize, max_bytes: usize, max_total: usize) -> Limits {
+        Limits {
+            max_queued_messages: max_messages,
+            max_queued_bytes: max_bytes,
+            max_queued_bytes_total: max_total,
+            max_retained_per_subscription: 100,
+            ..Limits::default()
+        }
+    }
+
+    fn message(topic: &str, payload_len: usize, qos: QoS) -> Arc<Message> {
+        Arc::new(Message {
+            topic: topic.into(),
+            payload: Bytes::from(vec![b'x'; payload_len]),
+            qos,
+            retain: false,
+        })
+    }
+
+    fn live(m: &Arc<Message>, qos: QoS) -> Delivery {
+        Delivery {
+            message: m.clone(),
+            qos,
+            retain: false,
+        }
+    }
+
+    fn online_outbox(budget: &Arc<Budget>) -> Arc<Outbox> {
+        let o = Outbox::new(1, budget.clone());
+        o.claim(7);
+        o
+    }
+
     #[test]
     fn encoded_publish_reads_back() {
         let m = Message {
@@ -306,85 +714,207 @@ mod test {
 
     #[test]
     fn packet_ids_skip_those_in_flight_and_zero() {
-        let mut q = Queue::default();
-        let m = Arc::new(Message {
-            topic: "t".into(),
-            payload: Bytes::new(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-        });
-        q.next_pkid = 65534;
-        let a = q.next_pkid();
-        q.inflight.push_back(Inflight {
-            pkid: 1,
-            delivery: Delivery {
-                message: m,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-            },
-            stage: Stage::Published,
-        });
-        assert_eq!(a, 65535);
-        assert_eq!(q.next_pkid(), 2);
-        assert!(q.ack(1, Stage::Released).is_none());
-        assert!(q.ack(1, Stage::Published).is_some());
+        let budget = Budget::new(&Limits::default());
+        let o = online_outbox(&budget);
+        let m = message("t", 0, QoS::AtLeastOnce);
+        let mut q = o.lock();
+        q.next_pkid = 65533;
+        q.push_live(live(&m, QoS::AtLeastOnce)).unwrap();
+        assert_eq!(q.next_to_send(10).unwrap().1, Some(65534));
+        q.next_pkid = 65533;
+        assert_eq!(q.next_pkid(), 65535, "65534 is in flight");
+        assert_eq!(q.next_pkid(), 1, "0 is never used");
     }
 
     #[test]
     fn offline_sessions_keep_only_qos1_and_full_queues_drop() {
-        let o = Outbox::new(1);
-        let m = Arc::new(Message {
-            topic: "t".into(),
-            payload: Bytes::new(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-        });
-        let d = |qos| Delivery {
-            message: m.clone(),
-            qos,
-            retain: false,
-        };
-        assert_eq!(o.push(d(QoS::AtMostOnce), 10), Pushed::Dropped);
-        assert_eq!(o.push(d(QoS::AtLeastOnce), 10), Pushed::Queued);
-        o.set_online(true);
-        assert_eq!(o.push(d(QoS::AtMostOnce), 2), Pushed::Queued);
-        assert_eq!(o.push(d(QoS::AtMostOnce), 2), Pushed::Dropped);
-        assert_eq!(o.lock().dropped, 2);
+        let budget = Budget::new(&limits(2, 1 << 20, 1 << 20));
+        let o = Outbox::new(1, budget.clone());
+        let m = message("t", 0, QoS::AtLeastOnce);
+        assert_eq!(o.push(live(&m, QoS::AtMostOnce)), Pushed::Dropped);
+        assert_eq!(o.push(live(&m, QoS::AtLeastOnce)), Pushed::Queued);
+        o.claim(3);
+        assert_eq!(o.push(live(&m, QoS::AtMostOnce)), Pushed::Queued);
+        assert_eq!(o.push(live(&m, QoS::AtMostOnce)), Pushed::Dropped);
+        assert_eq!(
+            o.lock().dropped(),
+            1,
+            "offline QoS 0 is not counted as a drop"
+        );
+        assert_eq!(budget.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_queue_refuses_messages_beyond_its_byte_bound() {
+        let budget = Budget::new(&limits(1000, 10_000, 1 << 30));
+        let o = online_outbox(&budget);
+        let big = message("t", 3000, QoS::AtMostOnce);
+        for _ in 0..3 {
+            assert_eq!(o.push(live(&big, QoS::AtMostOnce)), Pushed::Queued);
+        }
+        assert_eq!(o.push(live(&big, QoS::AtMostOnce)), Pushed::Dropped);
+        assert_eq!(o.lock().bytes(), 3 * big.cost());
+        assert_eq!(budget.total(), 3 * big.cost());
+        // Sending one makes room for one.
+        o.lock().next_to_send(10).unwrap();
+        assert_eq!(o.push(live(&big, QoS::AtMostOnce)), Pushed::Queued);
+    }
+
+    #[test]
+    fn the_total_bound_spares_each_online_clients_reserve() {
+        let budget = Budget::new(&limits(100_000, 1 << 30, QUEUE_RESERVE + 1000));
+        let hog = online_outbox(&budget);
+        let m = message("t", 936, QoS::AtMostOnce); // 1000 bytes charged
+        while hog.push(live(&m, QoS::AtMostOnce)) == Pushed::Queued {}
+        let hogged = hog.lock().bytes();
+        assert!(hogged <= QUEUE_RESERVE + 1000, "{hogged}");
+        // Another client still gets its reserve although the total is spent...
+        let other = online_outbox(&budget);
+        for _ in 0..QUEUE_RESERVE / 1000 {
+            assert_eq!(other.push(live(&m, QoS::AtMostOnce)), Pushed::Queued);
+        }
+        // ...but no more than that.
+        assert_eq!(other.push(live(&m, QoS::AtMostOnce)), Pushed::Dropped);
+        // An offline session has no reserve.
+        let offline = Outbox::new(9, budget.clone());
+        assert_eq!(offline.push(live(&m, QoS::AtLeastOnce)), Pushed::Dropped);
+        // Dropping a session gives its bytes back.
+        drop(hog);
+        assert_eq!(offline.push(live(&m, QoS::AtLeastOnce)), Pushed::Queued);
+    }
+
+    #[test]
+    fn a_retained_reference_whose_message_was_replaced_is_skipped() {
+        let budget = Budget::new(&Limits::default());
+        let o = online_outbox(&budget);
+        let old = message("a", 10, QoS::AtLeastOnce);
+        let kept = message("b", 10, QoS::AtLeastOnce);
+        assert_eq!(o.push_retained([&old, &kept], QoS::AtMostOnce), 0);
+        assert_eq!(o.lock().bytes(), 2 * RETAINED_REF_COST);
+        drop(old); // the store replaced it; its successor went out live
+        let mut q = o.lock();
+        let (d, pkid) = q.next_to_send(10).unwrap();
+        assert_eq!(&*d.message.topic, "b");
+        assert!(d.retain && d.qos == QoS::AtMostOnce && pkid.is_none());
+        assert!(q.next_to_send(10).is_none());
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn retained_references_are_bounded_per_client() {
+        let budget = Budget::new(&limits(10, 1 << 20, 1 << 30)); // 100 retained refs
+        let o = online_outbox(&budget);
+        let msgs: Vec<_> = (0..150)
+            .map(|i| message(&format!("t/{i}"), 1, QoS::AtMostOnce))
+            .collect();
+        assert_eq!(o.push_retained(&msgs, QoS::AtMostOnce), 50);
+        assert_eq!(o.lock().pending_len(), 100);
+        // Live traffic has its own count.
+        assert_eq!(o.push(live(&msgs[0], QoS::AtMostOnce)), Pushed::Queued);
+    }
+
+    #[test]
+    fn puback_releases_the_message_and_its_bytes() {
+        let budget = Budget::new(&Limits::default());
+        let o = online_outbox(&budget);
+        let m = message("t", 100, QoS::AtLeastOnce);
+        let mut q = o.lock();
+        q.push_live(live(&m, QoS::AtLeastOnce)).unwrap();
+        let (_, pkid) = q.next_to_send(10).unwrap();
+        let pkid = pkid.unwrap();
+        assert_eq!(q.inflight_len(), 1);
+        assert_eq!(q.bytes(), m.cost(), "in flight stays charged");
+        assert!(!q.on_puback(pkid.wrapping_add(1)), "unknown id");
+        assert!(q.on_puback(pkid));
+        assert!(!q.on_puback(pkid), "acknowledged once");
+        assert_eq!((q.inflight_len(), q.bytes(), budget.total()), (0, 0, 0));
+    }
+
+    #[test]
+    fn pubrec_moves_a_qos2_message_to_released_and_pubcomp_ends_it() {
+        let budget = Budget::new(&Limits::default());
+        let o = online_outbox(&budget);
+        let m = message("t", 100, QoS::ExactlyOnce);
+        let mut q = o.lock();
+        q.push_live(live(&m, QoS::ExactlyOnce)).unwrap();
+        let pkid = q.next_to_send(10).unwrap().1.unwrap();
+        assert!(!q.on_pubcomp(pkid), "PUBCOMP before PUBREC is ignored");
+        assert!(q.on_pubrec(pkid));
+        assert_eq!(q.bytes(), 0, "only the id is kept once received");
+        assert_eq!(q.inflight().next().unwrap().stage, Stage::Released);
+        assert!(
+            !q.on_pubrec(pkid),
+            "a second PUBREC finds nothing published"
+        );
+        assert!(q.on_pubcomp(pkid));
+        assert_eq!(q.inflight_len(), 0);
+    }
+
+    #[test]
+    fn a_duplicate_incoming_qos2_publish_is_delivered_once_until_released() {
+        let budget = Budget::new(&Limits::default());
+        let o = online_outbox(&budget);
+        let mut q = o.lock();
+        assert!(q.on_incoming_qos2(5));
+        assert!(!q.on_incoming_qos2(5), "retransmission");
+        assert!(q.on_incoming_qos2(6));
+        q.on_pubrel(5);
+        assert!(q.on_incoming_qos2(5), "a released id starts a new message");
+    }
+
+    #[test]
+    fn a_full_inflight_window_holds_the_queue_in_order() {
+        let budget = Budget::new(&Limits::default());
+        let o = online_outbox(&budget);
+        let m1 = message("one", 0, QoS::AtLeastOnce);
+        let m0 = message("zero", 0, QoS::AtMostOnce);
+        let mut q = o.lock();
+        q.push_live(live(&m1, QoS::AtLeastOnce)).unwrap();
+        q.push_live(live(&m1, QoS::AtLeastOnce)).unwrap();
+        q.push_live(live(&m0, QoS::AtMostOnce)).unwrap();
+        let first = q.next_to_send(1).unwrap().1.unwrap();
+        assert!(q.next_to_send(1).is_none(), "window of one is full");
+        q.on_puback(first);
+        assert!(q.next_to_send(1).unwrap().1.is_some());
+        q.on_puback(first.wrapping_add(1));
+        assert_eq!(&*q.next_to_send(1).unwrap().0.message.topic, "zero");
+    }
+
+    #[test]
+    fn only_the_owner_holds_the_session_online() {
+        let budget = Budget::new(&Limits::default());
+        let o = Outbox::new(1, budget);
+        o.claim(1);
+        o.claim(2); // takeover
+        o.release(1); // the old connection ending does not take the new one offline
+        assert_eq!(o.lock().owner(), 2);
+        o.release(2);
+        assert!(!o.lock().is_online());
     }
 
     #[tokio::test]
     async fn a_congested_queue_holds_publishers_until_it_drains_or_patience_runs_out() {
-        let o = Outbox::new(1);
-        o.set_online(true);
-        let m = Arc::new(Message {
-            topic: "t".into(),
-            payload: Bytes::new(),
-            qos: QoS::AtMostOnce,
-            retain: false,
-        });
-        let d = || Delivery {
-            message: m.clone(),
-            qos: QoS::AtMostOnce,
-            retain: false,
-        };
+        let budget = Budget::new(&limits(usize::MAX, usize::MAX / 4, usize::MAX / 4));
+        let o = online_outbox(&budget);
+        let m = message("t", 0, QoS::AtMostOnce);
         for _ in 0..SOFT_LIMIT - 1 {
-            assert_eq!(o.push(d(), usize::MAX), Pushed::Queued);
+            assert_eq!(o.push(live(&m, QoS::AtMostOnce)), Pushed::Queued);
         }
-        assert_eq!(o.push(d(), usize::MAX), Pushed::Congested);
+        assert_eq!(o.push(live(&m, QoS::AtMostOnce)), Pushed::Congested);
         // Drained by "its connection" shortly: the waiter goes on, not slow.
         let o2 = o.clone();
         let drainer = tokio::spawn(async move {
             tokio::task::yield_now().await;
-            o2.lock().pending.clear();
+            while o2.lock().next_to_send(10).is_some() {}
             o2.drained_to(0);
         });
         assert!(o.wait_uncongested().await);
         drainer.await.unwrap();
         // Nobody drains: after PATIENCE the client counts as slow and pushes stop congesting.
         for _ in 0..SOFT_LIMIT {
-            o.push(d(), usize::MAX);
+            o.push(live(&m, QoS::AtMostOnce));
         }
         assert!(!o.wait_uncongested().await);
-        assert_eq!(o.push(d(), usize::MAX), Pushed::Queued);
+        assert_eq!(o.push(live(&m, QoS::AtMostOnce)), Pushed::Queued);
     }
 }

@@ -127,7 +127,7 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
         }
     }
 
-    fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+    fn for_each<'a>(&'a self, mut f: impl FnMut(&'a K, &'a V)) {
         match self {
             SmallMap::Few(v) => v.iter().for_each(|(k, v)| f(k, v)),
             SmallMap::Many(m) => m.iter().for_each(|(k, v)| f(k, v)),
@@ -202,6 +202,10 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 }
 
 /// Subscriptions: filter → (subscriber key → value).
+///
+/// Every walk is iterative (an explicit stack, never one call per level), and dropping the tree
+/// takes it apart the same way, so no filter, however deep, can exhaust the stack. The engine
+/// also bounds depth where packets are decoded ([`TopicBounds`]); the trees do not rely on it.
 #[derive(Debug)]
 pub struct FilterTree<V> {
     root: FilterNode<V>,
@@ -232,6 +236,56 @@ impl<V> Default for FilterTree<V> {
     }
 }
 
+impl<K, V> SmallMap<K, V> {
+    /// Takes every value out, leaving the map empty.
+    fn drain_values(&mut self) -> Vec<V> {
+        match std::mem::take(self) {
+            SmallMap::Few(v) => v.into_iter().map(|(_, v)| v).collect(),
+            SmallMap::Many(m) => m.into_values().collect(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            SmallMap::Few(v) => v.len(),
+            SmallMap::Many(m) => m.len(),
+        }
+    }
+}
+
+impl<V> Drop for FilterTree<V> {
+    fn drop(&mut self) {
+        // Nodes own their children, so the derived drop would recurse once per level.
+        let mut stack = self.root.children.drain_values();
+        while let Some(mut node) = stack.pop() {
+            stack.extend(node.children.drain_values());
+        }
+    }
+}
+
+/// Where a removal may cut a path: the deepest node along `levels` that must stay (because it
+/// is the root, holds a value, or has another child), as an index into `levels`. Everything
+/// below it exists only for the removed entry. `keep(node)` says whether a node holds a value;
+/// `child(node, level)` walks one step.
+fn prune_point<'n, N>(
+    root: &'n N,
+    levels: &[&str],
+    keep: impl Fn(&N) -> bool,
+    children: impl Fn(&N) -> usize,
+    child: impl Fn(&'n N, &str) -> Option<&'n N>,
+) -> Option<usize> {
+    let mut node = root;
+    let mut cut = 0;
+    for (i, level) in levels.iter().enumerate() {
+        // `node` is at depth i; the child at levels[i] may be cut if nothing else hangs here.
+        if i > 0 && (keep(node) || children(node) > 1) {
+            cut = i;
+        }
+        node = child(node, level)?;
+    }
+    (!keep(node) && children(node) == 0).then_some(cut)
+}
+
 impl<V> FilterTree<V> {
     /// Adds or replaces `key`'s subscription to `filter`; returns the value it replaced.
     pub fn insert(&mut self, filter: &str, key: u64, value: V) -> Option<V> {
@@ -248,72 +302,81 @@ impl<V> FilterTree<V> {
 
     /// Removes `key`'s subscription to `filter`, pruning nodes left empty.
     pub fn remove(&mut self, filter: &str, key: u64) -> Option<V> {
-        fn go<V>(node: &mut FilterNode<V>, levels: &[&str], key: u64) -> Option<V> {
-            match levels.split_first() {
-                None => node.subscribers.remove(&key),
-                Some((first, rest)) => {
-                    let child = node.children.get_mut(*first)?;
-                    let removed = go(child, rest, key);
-                    if child.subscribers.is_empty() && child.children.is_empty() {
-                        node.children.remove(*first);
-                    }
-                    removed
+        let levels: Vec<&str> = filter.split('/').collect();
+        let mut node = &mut self.root;
+        for level in &levels {
+            node = node.children.get_mut(*level)?;
+        }
+        let removed = node.subscribers.remove(&key)?;
+        self.len -= 1;
+        let cut = prune_point(
+            &self.root,
+            &levels,
+            |n| !n.subscribers.is_empty(),
+            |n| n.children.len(),
+            |n, l| n.children.get(l),
+        );
+        if let Some(cut) = cut {
+            let mut node = &mut self.root;
+            for level in &levels[..cut] {
+                node = node.children.get_mut(*level).expect("path exists");
+            }
+            // What hangs below is a chain with nothing in it; take it apart without recursion.
+            if let Some(mut chain) = node.children.remove(levels[cut]) {
+                let mut stack = chain.children.drain_values();
+                while let Some(mut n) = stack.pop() {
+                    stack.extend(n.children.drain_values());
                 }
             }
         }
-        let levels: Vec<&str> = filter.split('/').collect();
-        let removed = go(&mut self.root, &levels, key);
-        if removed.is_some() {
-            self.len -= 1;
-        }
-        removed
+        Some(removed)
     }
 
     /// Calls `visit` once per subscription whose filter matches `topic`.
-    pub fn for_each_match(&self, topic: &str, mut visit: impl FnMut(u64, &V)) {
-        fn go<V>(
-            node: &FilterNode<V>,
-            levels: &[&str],
-            root: bool,
-            visit: &mut impl FnMut(u64, &V),
-        ) {
-            // `$SYS/...` and friends are not matched by a leading wildcard (§4.7.2).
-            let dollar = root && levels.first().is_some_and(|l| l.starts_with('$'));
-            if !dollar {
+    pub fn for_each_match<'a>(&'a self, topic: &str, mut visit: impl FnMut(u64, &'a V)) {
+        // Topics are short; a fixed array keeps the hot path free of allocation.
+        let mut buf = [""; 32];
+        let mut n = 0;
+        let mut deep = Vec::new();
+        for level in topic.split('/') {
+            if n < buf.len() {
+                buf[n] = level;
+            } else {
+                if deep.is_empty() {
+                    deep.extend_from_slice(&buf);
+                }
+                deep.push(level);
+            }
+            n += 1;
+        }
+        let levels: &[&str] = if deep.is_empty() { &buf[..n] } else { &deep };
+        // `$SYS/...` and friends are not matched by a leading wildcard (§4.7.2).
+        let dollar = levels[0].starts_with('$');
+        // (node, number of levels it has consumed)
+        let mut stack: Vec<(&FilterNode<V>, usize)> = Vec::with_capacity(8);
+        stack.push((&self.root, 0));
+        while let Some((node, depth)) = stack.pop() {
+            let wild_ok = !(dollar && depth == 0);
+            if wild_ok {
                 if let Some(hash) = node.children.get("#") {
                     hash.subscribers.for_each(|k, v| visit(*k, v));
                 }
             }
-            match levels.split_first() {
-                None => node.subscribers.for_each(|k, v| visit(*k, v)),
-                Some((first, rest)) => {
-                    if !dollar {
-                        if let Some(plus) = node.children.get("+") {
-                            go(plus, rest, false, visit);
-                        }
-                    }
-                    if *first != "+" && *first != "#" {
-                        if let Some(child) = node.children.get(*first) {
-                            go(child, rest, false, visit);
-                        }
-                    }
+            let Some(level) = levels.get(depth) else {
+                node.subscribers.for_each(|k, v| visit(*k, v));
+                continue;
+            };
+            if wild_ok {
+                if let Some(plus) = node.children.get("+") {
+                    stack.push((plus, depth + 1));
+                }
+            }
+            if *level != "+" && *level != "#" {
+                if let Some(child) = node.children.get(*level) {
+                    stack.push((child, depth + 1));
                 }
             }
         }
-        // Topics are short; a fixed array keeps the hot path free of allocation.
-        let mut buf = [""; 32];
-        let mut n = 0;
-        for level in topic.split('/') {
-            if n == buf.len() {
-                // Deeper than any fleet topic: fall back to a vector.
-                let levels: Vec<&str> = topic.split('/').collect();
-                go(&self.root, &levels, true, &mut visit);
-                return;
-            }
-            buf[n] = level;
-            n += 1;
-        }
-        go(&self.root, &buf[..n], true, &mut visit);
     }
 
     /// Number of subscriptions.
@@ -326,7 +389,7 @@ impl<V> FilterTree<V> {
     }
 }
 
-/// Retained messages by topic.
+/// Retained messages by topic, walked iteratively like [`FilterTree`].
 #[derive(Debug)]
 pub struct RetainTree<M> {
     root: RetainNode<M>,
@@ -357,71 +420,98 @@ impl<M> Default for RetainTree<M> {
     }
 }
 
-impl<M: Clone> RetainTree<M> {
-    /// Stores `message` as `topic`'s retained message, or clears it with `None`.
-    pub fn set(&mut self, topic: &str, message: Option<M>) {
-        fn clear<M>(node: &mut RetainNode<M>, levels: &[&str]) -> bool {
-            match levels.split_first() {
-                None => node.message.take().is_some(),
-                Some((first, rest)) => {
-                    let Some(child) = node.children.get_mut(*first) else {
-                        return false;
-                    };
-                    let cleared = clear(child, rest);
-                    if child.message.is_none() && child.children.is_empty() {
-                        node.children.remove(*first);
-                    }
-                    cleared
-                }
-            }
+impl<M> Drop for RetainTree<M> {
+    fn drop(&mut self) {
+        let mut stack = self.root.children.drain_values();
+        while let Some(mut node) = stack.pop() {
+            stack.extend(node.children.drain_values());
         }
+    }
+}
+
+impl<M: Clone> RetainTree<M> {
+    /// Stores `message` as `topic`'s retained message, or clears it with `None`. Returns the
+    /// message it replaced or cleared.
+    pub fn set(&mut self, topic: &str, message: Option<M>) -> Option<M> {
         match message {
             Some(m) => {
                 let mut node = &mut self.root;
                 for level in topic.split('/') {
                     node = node.children.get_or_default(level.into());
                 }
-                if node.message.replace(m).is_none() {
+                let old = node.message.replace(m);
+                if old.is_none() {
                     self.len += 1;
                 }
+                old
             }
             None => {
                 let levels: Vec<&str> = topic.split('/').collect();
-                if clear(&mut self.root, &levels) {
-                    self.len -= 1;
+                let mut node = &mut self.root;
+                for level in &levels {
+                    node = node.children.get_mut(*level)?;
                 }
+                let old = node.message.take()?;
+                self.len -= 1;
+                let cut = prune_point(
+                    &self.root,
+                    &levels,
+                    |n| n.message.is_some(),
+                    |n| n.children.len(),
+                    |n, l| n.children.get(l),
+                );
+                if let Some(cut) = cut {
+                    let mut node = &mut self.root;
+                    for level in &levels[..cut] {
+                        node = node.children.get_mut(*level).expect("path exists");
+                    }
+                    if let Some(mut chain) = node.children.remove(levels[cut]) {
+                        let mut stack = chain.children.drain_values();
+                        while let Some(mut n) = stack.pop() {
+                            stack.extend(n.children.drain_values());
+                        }
+                    }
+                }
+                Some(old)
             }
         }
     }
 
+    /// `topic`'s retained message.
+    pub fn get(&self, topic: &str) -> Option<&M> {
+        let mut node = &self.root;
+        for level in topic.split('/') {
+            node = node.children.get(level)?;
+        }
+        node.message.as_ref()
+    }
+
     /// The retained messages matching `filter`, at most `limit` of them.
     pub fn matching(&self, filter: &str, limit: usize, out: &mut Vec<M>) {
-        fn all<M: Clone>(node: &RetainNode<M>, limit: usize, out: &mut Vec<M>) {
-            if out.len() >= limit {
-                return;
+        let start = out.len();
+        let levels: Vec<&str> = filter.split('/').collect();
+        // (node, levels consumed); `None` as the depth means "everything below, the node too".
+        let mut stack: Vec<(&RetainNode<M>, Option<usize>)> = vec![(&self.root, Some(0))];
+        let full = |out: &Vec<M>| out.len() - start >= limit;
+        while let Some((node, depth)) = stack.pop() {
+            if full(out) {
+                break;
             }
-            if let Some(m) = &node.message {
-                out.push(m.clone());
-            }
-            node.children.for_each(|_, child| all(child, limit, out));
-        }
-        fn go<M: Clone>(
-            node: &RetainNode<M>,
-            levels: &[&str],
-            root: bool,
-            limit: usize,
-            out: &mut Vec<M>,
-        ) {
-            if out.len() >= limit {
-                return;
-            }
-            match levels.split_first() {
+            let root = std::ptr::eq(node, &self.root);
+            let Some(depth) = depth else {
+                if let Some(m) = &node.message {
+                    out.push(m.clone());
+                }
+                node.children.for_each(|_, child| stack.push((child, None)));
+                continue;
+            };
+            match levels.get(depth).copied() {
                 None => {
                     if let Some(m) = &node.message {
                         out.push(m.clone());
                     }
                 }
-                Some((&"#", _)) => {
+                Some("#") => {
                     // `a/#` matches `a` itself too (§4.7.1.2).
                     if !root {
                         if let Some(m) = &node.message {
@@ -430,27 +520,25 @@ impl<M: Clone> RetainTree<M> {
                     }
                     node.children.for_each(|name, child| {
                         if !(root && name.starts_with('$')) {
-                            all(child, limit, out);
+                            stack.push((child, None));
                         }
                     });
                 }
-                Some((&"+", rest)) => {
+                Some("+") => {
                     node.children.for_each(|name, child| {
                         if !(root && name.starts_with('$')) {
-                            go(child, rest, false, limit, out);
+                            stack.push((child, Some(depth + 1)));
                         }
                     });
                 }
-                Some((first, rest)) => {
-                    if let Some(child) = node.children.get(*first) {
-                        go(child, rest, false, limit, out);
+                Some(level) => {
+                    if let Some(child) = node.children.get(level) {
+                        stack.push((child, Some(depth + 1)));
                     }
                 }
             }
         }
-        let levels: Vec<&str> = filter.split('/').collect();
-        go(&self.root, &levels, true, limit, out);
-        out.truncate(limit);
+        out.truncate(start + limit);
     }
 
     pub fn len(&self) -> usize {
@@ -546,6 +634,68 @@ mod test {
             assert_eq!(tree.remove("all/cmnd", i), Some(i));
         }
         assert!(tree.is_empty() && tree.root.children.is_empty());
+    }
+
+    /// Far deeper than any bound the engine enforces: nothing recurses per level, so inserting,
+    /// matching, removing and dropping such trees cannot exhaust the stack.
+    #[test]
+    fn walks_and_drops_are_iterative_however_deep_the_topic() {
+        let deep = vec!["a"; 200_000].join("/");
+        let mut filters = FilterTree::default();
+        filters.insert(&deep, 1, ());
+        filters.insert(&format!("{deep}/#"), 2, ());
+        filters.insert("a/#", 3, ());
+        let mut hits = Vec::new();
+        filters.for_each_match(&deep, |k, _| hits.push(k));
+        hits.sort();
+        assert_eq!(hits, [1, 2, 3]);
+        assert_eq!(filters.remove(&deep, 1), Some(()));
+        assert_eq!(filters.remove(&format!("{deep}/#"), 2), Some(()));
+        assert_eq!(filters.len(), 1);
+        filters.insert(&deep, 4, ());
+        drop(filters);
+
+        let mut retained = RetainTree::default();
+        retained.set(&deep, Some(1));
+        retained.set("a", Some(2));
+        let mut got = Vec::new();
+        retained.matching("a/#", 10, &mut got);
+        got.sort();
+        assert_eq!(got, [1, 2]);
+        assert_eq!(retained.get(&deep), Some(&1));
+        assert_eq!(retained.set(&deep, None), Some(1));
+        assert_eq!(retained.len(), 1);
+        assert!(retained.root.children.len() == 1);
+        retained.set(&deep, Some(3));
+        drop(retained);
+    }
+
+    /// Removing one entry prunes exactly the nodes that only it needed.
+    #[test]
+    fn removal_prunes_only_what_nothing_else_needs() {
+        let mut t = FilterTree::default();
+        t.insert("a/b/c/d", 1, ());
+        t.insert("a/b", 2, ());
+        t.insert("a/x/y", 3, ());
+        t.remove("a/b/c/d", 1);
+        let mut hits = Vec::new();
+        t.for_each_match("a/b", |k, _| hits.push(k));
+        t.for_each_match("a/x/y", |k, _| hits.push(k));
+        assert_eq!(hits, [2, 3]);
+        let b = t.root.children.get("a").unwrap().children.get("b").unwrap();
+        assert!(b.children.is_empty(), "c/d pruned");
+        t.remove("a/b", 2);
+        t.remove("a/x/y", 3);
+        assert!(t.root.children.is_empty());
+
+        let mut r = RetainTree::default();
+        r.set("a/b/c", Some(1));
+        r.set("a", Some(2));
+        assert_eq!(r.set("a/b/c", None), Some(1));
+        assert!(r.root.children.get("a").unwrap().children.is_empty());
+        assert_eq!(r.set("a/b/c", None), None);
+        assert_eq!(r.set("a", None), Some(2));
+        assert!(r.root.children.is_empty() && r.is_empty());
     }
 
     #[test]

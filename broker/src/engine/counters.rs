@@ -1,0 +1,65 @@
+//! Counters of the times a bound bit or the engine refused something, so an operator can see
+//! an attack or a misconfigured client without reading every log line (each bite is also
+//! logged, at powers of two so a flood cannot flood the log).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// One counter per kind of refusal.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// PUBLISH topics and last wills beyond `max_topic_len`/`max_topic_levels` (connection
+    /// closed), and SUBSCRIBE filters beyond them (refused).
+    pub topics_refused: AtomicU64,
+    /// Filters refused because the session holds `max_subscriptions_per_client`.
+    pub subscriptions_refused: AtomicU64,
+    /// Retained messages not stored because of `max_retained_messages`/`max_retained_bytes`.
+    pub retained_refused: AtomicU64,
+    /// Retained PUBLISHes to a command topic, delivered but never stored.
+    pub retained_commands_refused: AtomicU64,
+    /// New sessions refused with CONNACK 3 (`max_sessions`, `max_sessions_per_identity`).
+    pub sessions_refused: AtomicU64,
+    /// Offline sessions replaced by a newer one of the same identity.
+    pub sessions_evicted: AtomicU64,
+    /// Offline sessions forgotten after `session_expiry_secs`.
+    pub sessions_expired: AtomicU64,
+    /// Persistent sessions of another identity that were not resumed.
+    pub sessions_not_resumed: AtomicU64,
+}
+
+/// The counters at one moment, with the queue drops (counted by the queues themselves).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CounterSnapshot {
+    pub topics_refused: u64,
+    pub subscriptions_refused: u64,
+    pub retained_refused: u64,
+    pub retained_commands_refused: u64,
+    pub sessions_refused: u64,
+    pub sessions_evicted: u64,
+    pub sessions_expired: u64,
+    pub sessions_not_resumed: u64,
+    pub queue_dropped: u64,
+}
+
+/// Adds one to `counter` and says whether this bite should be logged (the 1st, 2nd, 4th, …).
+pub fn bump(counter: &AtomicU64) -> bool {
+    (counter.fetch_add(1, Ordering::Relaxed) + 1).is_power_of_two()
+}
+
+impl Counters {
+    pub fn snapshot(&self, queue_dropped: u64) -> CounterSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterSnapshot {
+            topics_refused: get(&self.topics_refused),
+            subscriptions_refused: get(&self.subscriptions_refused),
+            retained_refused: get(&self.retained_refused),
+            retained_commands_refused: get(&self.retained_commands_refused),
+            sessions_refused: get(&self.sessions_refused),
+            sessions_evicted: get(&self.sessions_evicted),
+            sessions_expired: get(&self.sessions_expired),
+            sessions_not_resumed: get(&self.sessions_not_resumed),
+            queue_dropped,
+        }
+    }
+}
