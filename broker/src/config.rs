@@ -157,7 +157,7 @@ impl Default for Limits {
             max_topic_len: 1024,
             max_topic_levels: 32,
             max_subscriptions_per_client: 100,
-            max_queued_bytes: 4 * 1024 * 1024,
+            max_queued_bytes: 16 * 1024 * 1024,
             max_queued_bytes_total: 64 * 1024 * 1024,
             max_retained_messages: 100_000,
             max_retained_bytes: 64 * 1024 * 1024,
