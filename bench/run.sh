@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The fleet benchmark, pifleet-broker and mosquitto side by side, on loopback.
+# The fleet benchmark, pifleet-broker, mosquitto and stock rumqttd 0.20 side by side, on loopback.
 #
 #   bench/run.sh                      the full run recorded in docs/performance.md
 #   bench/run.sh --fanout 100 --commands 500 --telemetry 20000 --rounds 3    a quick one
+#   NO_RUMQTTD=1 bench/run.sh         without the rumqttd column (its build takes minutes)
 #
-# Installs mosquitto (Debian package) if missing, builds release binaries, starts both brokers
-# on free loopback ports (mosquitto with set_tcp_nodelay true, as pifleet's clients use), runs
-# pifleet-bench against both, and stops them. Extra arguments go to pifleet-bench.
+# Installs mosquitto (Debian package) if missing, builds release binaries (and
+# bench/rumqttd-host, rumqttd with its stock configuration), starts the brokers on free loopback
+# ports (mosquitto with set_tcp_nodelay true, as pifleet's clients use), runs pifleet-bench
+# against each, and stops them. Extra arguments go to pifleet-bench. A fleet that has not joined
+# within --join-timeout (120 s here) is reported as such: rumqttd 0.20 joins 1,000 devices but
+# not 10,000 in that time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +19,9 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
 fi
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 cargo build --release --bins
+if [ -z "${NO_RUMQTTD:-}" ]; then
+  (cd bench/rumqttd-host && cargo build --release -q)
+fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -49,8 +56,19 @@ pids+=($!)
 mosq_pid=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$mport") 2>/dev/null && break; sleep 0.1; done
 
+targets=(--target "pifleet-broker=mqtt://$pifleet_addr@$broker_pid" --target "mosquitto=mqtt://127.0.0.1:$mport@$mosq_pid")
+if [ -z "${NO_RUMQTTD:-}" ]; then
+  rport=$(free_port)
+  bench/rumqttd-host/target/release/rumqttd-host "127.0.0.1:$rport" >"$work/rumqttd.out" 2>&1 &
+  pids+=($!)
+  rumqttd_pid=$!
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$rport") 2>/dev/null && break; sleep 0.1; done
+  targets+=(--target "rumqttd=mqtt://127.0.0.1:$rport@$rumqttd_pid")
+  echo "rumqttd 0.20 (stock configuration) at 127.0.0.1:$rport (pid $rumqttd_pid)"
+fi
+
 echo "pifleet-broker $(target/release/pifleet-broker --version | cut -d' ' -f2) at $pifleet_addr (pid $broker_pid); $("$MOSQUITTO" -h 2>/dev/null | head -1) at 127.0.0.1:$mport (pid $mosq_pid)"
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
-target/release/pifleet-bench \
-  --target "pifleet-broker=mqtt://$pifleet_addr@$broker_pid" \
-  --target "mosquitto=mqtt://127.0.0.1:$mport@$mosq_pid" "$@"
+echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+case " $* " in *" --join-timeout"*) join=() ;; *) join=(--join-timeout 120) ;; esac
+target/release/pifleet-bench "${join[@]}" "${targets[@]}" "$@"
