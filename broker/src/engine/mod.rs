@@ -719,7 +719,11 @@ async fn serve_websocket(
     peer: SocketAddr,
     deadline: tokio::time::Instant,
 ) {
-    let ws = async_tungstenite::tokio::accept_hdr_async(stream, MqttSubprotocol);
+    let ws = async_tungstenite::tokio::accept_hdr_async_with_config(
+        stream,
+        MqttSubprotocol,
+        Some(websocket_config(&engine.limits)),
+    );
     match tokio::time::timeout_at(deadline, ws).await {
         Ok(Ok(ws)) => {
             let (r, w) = tokio::io::split(ws_stream_tungstenite::WsStream::new(ws));
@@ -728,6 +732,23 @@ async fn serve_websocket(
         Ok(Err(e)) => tracing::debug!(%peer, "WebSocket handshake failed: {e}"),
         Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
     }
+}
+
+/// tungstenite's defaults (16 MiB frames, 64 MiB messages, 128 KiB read buffer allocated up
+/// front) would let a client that never sends CONNECT make the broker buffer megabytes: an
+/// announced frame is read whole before any MQTT parsing starts. An MQTT packet is at most
+/// `max_packet_size` plus its fixed header (a type byte and up to 4 length bytes), and clients
+/// send one packet per message, so a larger frame or message closes the connection as soon as
+/// its header says so.
+fn websocket_config(limits: &Limits) -> async_tungstenite::tungstenite::protocol::WebSocketConfig {
+    let max = limits.max_packet_size + 5;
+    async_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_frame_size(Some(max))
+        .max_message_size(Some(max))
+        // Grows while a client streams; small for the many that are idle.
+        .read_buffer_size(4 * 1024)
+        // The connection flushes whenever its own write buffer drains: no second buffer here.
+        .write_buffer_size(0)
 }
 
 /// Answers the WebSocket handshake with the `mqtt` subprotocol, which MQTT clients require.
