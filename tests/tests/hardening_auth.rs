@@ -350,3 +350,109 @@ fn twenty_websocket_clients_streaming_unfinished_frames_do_not_grow_the_broker()
     );
     drop(sockets);
 }
+
+// ---------------------------------------------------------------------------------------------
+// (4) A wrong-password flood does not hold up a login the broker verified before.
+
+#[test]
+fn a_flood_of_wrong_passwords_does_not_delay_a_cached_login() {
+    const FLOOD: usize = 100;
+    let creds = Creds::new();
+    let ops = creds.add(&["controller", "add", "ops"]);
+    let broker = creds.broker();
+    let addr = broker.mqtt.clone();
+    // The first login hashes and is remembered.
+    let mut s = raw::open(&addr);
+    assert_eq!(
+        raw::connack(&mut s, &raw::connect("ops", Some(("ops", &ops)), None)),
+        0
+    );
+    drop(s);
+
+    let rt = rt();
+    let (sent, mut all_sent) = tokio::sync::mpsc::channel::<()>(FLOOD);
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|i| {
+            let connect = raw::connect(
+                &format!("ops:guess{i}"),
+                Some(("ops", "not-the-password-1234")),
+                None,
+            );
+            let (addr, sent) = (addr.clone(), sent.clone());
+            rt.spawn(async move { raw::connack_async(&addr, connect, Some(sent)).await })
+        })
+        .collect();
+    drop(sent);
+    // Every guess is on its way (written to its socket) before the real login starts.
+    rt.block_on(async { while all_sent.recv().await.is_some() {} });
+    let started = Instant::now();
+    let mut s = raw::open(&addr);
+    // Long enough for the old behaviour to show as a time rather than a read error.
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let code = raw::connack(&mut s, &raw::connect("ops", Some(("ops", &ops)), None));
+    let took = started.elapsed();
+    eprintln!("cached login during a flood of {FLOOD} wrong passwords: CONNACK {code} in {took:?}");
+    assert_eq!(code, 0);
+    assert!(
+        took < Duration::from_millis(500),
+        "a cached login took {took:?} behind {FLOOD} wrong passwords"
+    );
+    drop(s);
+    let out = cli_as(&broker.url(), "ops", &ops, &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "pifleet status as ops");
+    let _: FleetStatus = serde_json::from_slice(&out.stdout).unwrap();
+    let codes: Vec<Option<u8>> = rt.block_on(async {
+        let mut codes = Vec::new();
+        for f in flood {
+            codes.push(f.await.unwrap());
+        }
+        codes
+    });
+    assert!(
+        codes.iter().all(|c| *c == Some(4)),
+        "every guess gets CONNACK 4: {codes:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// (8) Failed-login bursts leave the broker's memory where it was.
+
+#[test]
+fn a_burst_of_failed_logins_leaves_the_broker_small() {
+    const BURST: usize = 300;
+    let creds = Creds::new();
+    creds.add(&["controller", "add", "ops"]);
+    let broker = creds.broker();
+    let addr = broker.mqtt.clone();
+    let before = rss_kib(&broker);
+    let started = Instant::now();
+    let codes: Vec<Option<u8>> = rt().block_on(async {
+        let tasks: Vec<_> = (0..BURST)
+            .map(|i| {
+                let addr = addr.clone();
+                let user = if i % 2 == 0 { "ops" } else { "nobody" };
+                let connect = raw::connect(
+                    &format!("guess{i}"),
+                    Some((user, "not-the-password-1234")),
+                    None,
+                );
+                tokio::spawn(async move { raw::connack_async(&addr, connect, None).await })
+            })
+            .collect();
+        let mut codes = Vec::new();
+        for t in tasks {
+            codes.push(t.await.unwrap());
+        }
+        codes
+    });
+    let took = started.elapsed();
+    assert!(codes.iter().all(|c| *c == Some(4)), "{codes:?}");
+    let after = rss_kib(&broker);
+    eprintln!(
+        "broker VmRSS: {before} KiB before, {after} KiB after {BURST} failed logins ({took:?})"
+    );
+    assert!(
+        after < 60 * 1024,
+        "RSS grew from {before} KiB to {after} KiB after {BURST} failed logins"
+    );
+}

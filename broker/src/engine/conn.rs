@@ -22,6 +22,7 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
+use super::auth::Refused;
 use super::session::{self, Delivery, Inflight, Message, Outbox, Stage};
 use super::tree::{valid_filter, valid_topic};
 use super::{Engine, Link, Who};
@@ -91,14 +92,15 @@ pub(super) async fn serve<R, W>(
                 return;
             }
         };
-    let who = match Box::pin(engine.authenticate(&connect, peer)).await {
+    let who = match Box::pin(engine.authenticate(&connect, peer, deadline)).await {
         Ok(who) => who,
-        Err(code) => {
+        Err(Refused::Connack(code)) => {
             write_connack(&mut wbuf, code, false);
             let _ = w.write_all(&wbuf).await;
             let _ = w.shutdown().await;
             return;
         }
+        Err(Refused::Close) => return,
     };
     let conn_id = engine.id();
     let client_id = if connect.client_id.is_empty() {
