@@ -456,3 +456,62 @@ fn a_burst_of_failed_logins_leaves_the_broker_small() {
         "RSS grew from {before} KiB to {after} KiB after {BURST} failed logins"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// (12) A last will's topic is a topic name.
+
+#[test]
+fn a_will_on_a_topic_that_is_no_topic_name_closes_the_connection_without_connack() {
+    let broker = Broker::start();
+    let long = "a".repeat(1025);
+    let deep = vec!["a"; 40].join("/");
+    let rt = rt();
+    rt.block_on(async {
+        let (watcher, mut ev) = client(&broker.mqtt, "will-watcher").await;
+        watcher.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = ev.poll().await.unwrap() {
+                break;
+            }
+        }
+        for topic in ["a/+", "#", "a\0b", "", long.as_str(), deep.as_str()] {
+            let mut s = raw::open(&broker.mqtt);
+            s.write_all(&raw::connect("will-bad", None, Some(topic)))
+                .unwrap();
+            let got = raw::until_closed(&mut s);
+            assert_eq!(
+                got,
+                Some(Vec::new()),
+                "will topic {:?}: closed without any answer",
+                &topic[..topic.len().min(20)]
+            );
+        }
+        // The broker keeps serving, and nobody's will was published: the first message the
+        // watcher sees is this one.
+        let (c, ev2) = client(&broker.mqtt, "will-after").await;
+        let driver = tokio::spawn(async move {
+            let mut ev2 = ev2;
+            while ev2.poll().await.is_ok() {}
+        });
+        c.publish("marker", QoS::AtLeastOnce, false, "m")
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Event::Incoming(Packet::Publish(p)) = ev.poll().await.unwrap() {
+                    return p;
+                }
+            }
+        })
+        .await
+        .expect("the marker");
+        assert_eq!(first.topic, "marker", "a will was published: {first:?}");
+        driver.abort();
+    });
+    assert!(broker
+        .proc
+        .stderr
+        .since(0)
+        .iter()
+        .any(|l| l.contains("INFO") && l.contains("will") && l.contains("127.0.0.1")));
+}

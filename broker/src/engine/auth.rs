@@ -1,5 +1,5 @@
 //! Deciding whether a CONNECT may proceed: the checks every client passes (protocol level,
-//! client id), then the login (an in-process identity, the verified-password
+//! client id, last will topic), then the login (an in-process identity, the verified-password
 //! cache, or an argon2 hash on a verifier thread) and the identity's client id rule.
 //!
 //! Hashing is deliberately slow (~8 ms) and memory-hungry (m = 8 MiB), so it runs on a fixed set
@@ -24,6 +24,7 @@ use rumqttc::{ConnectReturnCode, Protocol};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::tree::{valid_topic, TopicBounds};
 use super::{lock, Engine, Who};
 use crate::credentials::{AuthError, Credentials, Identity, Memory, Role};
 
@@ -58,6 +59,18 @@ impl Engine {
         if connect.client_id.is_empty() && !connect.clean_session {
             // §3.1.3.1: an empty id is only allowed for a clean session.
             return Err(Refused::Connack(ConnectReturnCode::BadClientId));
+        }
+        if let Some(will) = &connect.last_will {
+            // §3.1.2.5: the will topic is a topic name, so §4.7 applies (no wildcards, no NUL,
+            // not empty); the bounds keep it out of the topic trees like any PUBLISH's.
+            if !valid_topic(&will.topic)
+                || !TopicBounds::from_limits(&self.limits).allows(&will.topic)
+            {
+                let topic: String = will.topic.chars().take(64).collect();
+                tracing::info!(%peer, client = %connect.client_id, ?topic, len = will.topic.len(),
+                    "closed: the last will's topic is not a valid topic name (MQTT 3.1.1 §3.1.2.5, §4.7)");
+                return Err(Refused::Close);
+            }
         }
         let Some(credentials) = &self.security.credentials else {
             return Ok(Who::Anonymous);
