@@ -515,3 +515,57 @@ fn a_will_on_a_topic_that_is_no_topic_name_closes_the_connection_without_connack
         .iter()
         .any(|l| l.contains("INFO") && l.contains("will") && l.contains("127.0.0.1")));
 }
+
+// ---------------------------------------------------------------------------------------------
+// (10) A controller's client ids cannot collide with a device's.
+
+#[test]
+fn a_controller_cannot_use_a_device_name_as_client_id_but_name_colon_anything_works() {
+    let creds = Creds::new();
+    let device = creds.add(&["device", "add", "ops-pi"]);
+    let ops = creds.add(&["controller", "add", "ops"]);
+    let broker = creds.broker();
+    let addr = broker.mqtt.clone();
+
+    let mut pi = raw::open(&addr);
+    assert_eq!(
+        raw::connack(
+            &mut pi,
+            &raw::connect("ops-pi", Some(("ops-pi", &device)), None)
+        ),
+        0
+    );
+    let mut s = raw::open(&addr);
+    assert_eq!(
+        raw::connack(&mut s, &raw::connect("ops-pi", Some(("ops", &ops)), None)),
+        2,
+        "controller ops must not take device ops-pi's client id"
+    );
+    assert!(raw::answers_ping(&mut pi), "the device stays connected");
+    for id in ["ops:x", "ops"] {
+        let mut s = raw::open(&addr);
+        assert_eq!(
+            raw::connack(&mut s, &raw::connect(id, Some(("ops", &ops)), None)),
+            0,
+            "{id}"
+        );
+    }
+    drop(pi);
+
+    // The CLI logged in as ops, end to end, with a real agent ops-pi.
+    let url = broker.url();
+    let _agent = Agent::start(&url, "ops-pi", &format!("password = {device:?}\n"));
+    wait_until("ops-pi is online", Duration::from_secs(15), || {
+        let out = cli_as(&url, "ops", &ops, &["status", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "pifleet status as ops");
+        let status: FleetStatus = serde_json::from_slice(&out.stdout).unwrap();
+        status
+            .devices
+            .iter()
+            .any(|d| d.device == "ops-pi" && d.online)
+    });
+    let out = cli_as(&url, "ops", &ops, &["on", "ops-pi", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "pifleet on as ops");
+    let report: SwitchReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outcome(&report, "ops-pi"), Outcome::Confirmed);
+}

@@ -121,8 +121,10 @@ impl Engine {
 }
 
 /// Whether `identity` may connect with client id `id`. A device's is its name, so one device
-/// cannot take over another's session; a controller may add a suffix, so several CLIs can run
-/// at once.
+/// cannot take over another's session. A controller's is its name or `name:<anything>`, so
+/// several CLIs can run at once: names allow only letters, digits, `-`, `_` and `.`, so `ops:…`
+/// can only be controller ops's and never a device's name (a `name-<anything>` rule let
+/// controller ops take device `ops-pi`'s session).
 pub(crate) fn client_id_allowed(identity: &Identity, id: &str) -> bool {
     match identity.role {
         Role::Device => id == identity.name,
@@ -130,7 +132,7 @@ pub(crate) fn client_id_allowed(identity: &Identity, id: &str) -> bool {
             id == identity.name
                 || id
                     .strip_prefix(identity.name.as_str())
-                    .is_some_and(|rest| rest.starts_with('-'))
+                    .is_some_and(|rest| rest.starts_with(':'))
         }
     }
 }
@@ -228,6 +230,48 @@ fn verifier(jobs: &Mutex<mpsc::Receiver<Job>>) {
         }));
         if let Ok(verdict) = verdict {
             let _ = job.reply.send(verdict);
+        }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn identity(name: &str, role: Role) -> Identity {
+        Identity {
+            name: name.into(),
+            role,
+            groups: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_device_connects_only_as_itself() {
+        let pi = identity("ops-pi", Role::Device);
+        assert!(client_id_allowed(&pi, "ops-pi"));
+        for id in ["ops", "ops-pi:x", "ops-pi-2", "", "OPS-PI"] {
+            assert!(!client_id_allowed(&pi, id), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn a_controller_connects_as_its_name_or_name_colon_anything_never_as_a_device_name() {
+        let ops = identity("ops", Role::Controller);
+        for id in ["ops", "ops:", "ops:1f3a", "ops:a:b"] {
+            assert!(client_id_allowed(&ops, id), "{id:?}");
+        }
+        // `ops-pi` and `ops.pi` are valid device names.
+        for id in [
+            "ops-pi",
+            "ops.pi",
+            "ops_pi",
+            "opsx",
+            "op",
+            ":ops",
+            "other:ops",
+        ] {
+            assert!(!client_id_allowed(&ops, id), "{id:?}");
         }
     }
 }
