@@ -569,3 +569,27 @@ fn a_controller_cannot_use_a_device_name_as_client_id_but_name_colon_anything_wo
     let report: SwitchReport = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(outcome(&report, "ops-pi"), Outcome::Confirmed);
 }
+
+// ---------------------------------------------------------------------------------------------
+// (13) MQTT 3.1 and 5 get "unacceptable protocol version".
+
+#[test]
+fn mqtt5_and_mqtt31_connects_get_connack_1_then_eof() {
+    let broker = Broker::start();
+    // MQTT 5: level 5, then properties (session expiry interval 60 s, receive maximum 10).
+    let mut v5 = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 30];
+    v5.extend_from_slice(&[8, 0x11, 0, 0, 0, 60, 0x21, 0, 10]);
+    raw::push_str(&mut v5, "v5-client");
+    // MQTT 3.1: protocol name "MQIsdp", level 3.
+    let mut v31 = vec![0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 30];
+    raw::push_str(&mut v31, "v31-client");
+    for (what, body) in [("MQTT 5", v5), ("MQTT 3.1", v31)] {
+        let mut s = raw::open(&broker.mqtt);
+        s.write_all(&raw::frame(0x10, &body)).unwrap();
+        assert_eq!(
+            raw::until_closed(&mut s),
+            Some(vec![0x20, 0x02, 0x00, 0x01]),
+            "{what}: CONNACK 1, then EOF"
+        );
+    }
+}
