@@ -414,6 +414,56 @@ fn a_flood_of_wrong_passwords_does_not_delay_a_cached_login() {
     );
 }
 
+/// Waiting for a verifier counts against the connect deadline: with 1 s and more wrong
+/// passwords than two cores hash in a second, the logins still queued at the deadline are
+/// closed without CONNACK (and never hashed) instead of holding their connections for a minute.
+#[test]
+fn logins_still_waiting_for_a_verifier_at_the_connect_deadline_are_closed() {
+    const FLOOD: usize = 400;
+    let creds = Creds::new();
+    creds.add(&["controller", "add", "ops"]);
+    let config = creds.path.with_file_name("broker.toml");
+    std::fs::write(&config, "[limits]\nconnect_timeout_ms = 1000\n").unwrap();
+    let broker = Broker::start_with(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--credentials",
+        creds.path.to_str().unwrap(),
+        "--mqtt",
+        "127.0.0.1:0",
+        "--no-ws",
+    ]);
+    let addr = broker.mqtt.clone();
+    let started = Instant::now();
+    let codes: Vec<Option<u8>> = rt().block_on(async {
+        let tasks: Vec<_> = (0..FLOOD)
+            .map(|i| {
+                let connect = raw::connect(
+                    &format!("ops:guess{i}"),
+                    Some(("ops", "not-the-password-1234")),
+                    None,
+                );
+                let addr = addr.clone();
+                tokio::spawn(async move { raw::connack_async(&addr, connect, None).await })
+            })
+            .collect();
+        let mut codes = Vec::new();
+        for t in tasks {
+            codes.push(t.await.unwrap());
+        }
+        codes
+    });
+    let took = started.elapsed();
+    let closed = codes.iter().filter(|c| c.is_none()).count();
+    eprintln!("{FLOOD} wrong passwords, 1 s connect limit: {closed} closed unanswered, all done in {took:?}");
+    assert!(
+        codes.iter().all(|c| matches!(c, None | Some(4))),
+        "{codes:?}"
+    );
+    assert!(closed > 0, "every login waited for its hash ({took:?})");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // (8) Failed-login bursts leave the broker's memory where it was.
 
