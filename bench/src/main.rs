@@ -193,7 +193,7 @@ impl Fleet {
         join: Duration,
     ) -> (Fleet, usize) {
         let mut watcher =
-            Controller::connect(url, &format!("bench-watch-{}", CommandId::generate())).await;
+            Controller::connect(url, &format!("bench-watch:{}", CommandId::generate())).await;
         watcher.subscribe(vec![topics.status_filter(None)]).await;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -311,7 +311,7 @@ async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results
     {
         let (fleet, _) = Fleet::start(&t.url, "lat", 1, &topics, Duration::from_secs(60)).await;
         let mut c =
-            Controller::connect(&t.url, &format!("bench-ctl-{}", CommandId::generate())).await;
+            Controller::connect(&t.url, &format!("bench-ctl:{}", CommandId::generate())).await;
         c.subscribe(vec![topics.output_filter(None)]).await;
         let target = Target::Device(Name::new("lat-0").unwrap());
         let mut lat = Vec::with_capacity(args.commands);
@@ -335,7 +335,7 @@ async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results
     // Telemetry: two publishers, QoS 0, 64-byte payloads, one subscriber counting.
     {
         let mut sub =
-            Controller::connect(&t.url, &format!("bench-tele-sub-{}", CommandId::generate())).await;
+            Controller::connect(&t.url, &format!("bench-tele-sub:{}", CommandId::generate())).await;
         sub.subscribe(vec![topics.sensor_filter(None)]).await;
         let payload = vec![b'x'; 64];
         let per = args.telemetry;
@@ -343,7 +343,7 @@ async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results
         for k in 0..2 {
             let (client, mut ev) = pifleet_proto::mqtt::client(
                 &t.url,
-                &format!("bench-tele-pub{k}-{}", CommandId::generate()),
+                &format!("bench-tele-pub{k}:{}", CommandId::generate()),
                 &pifleet_proto::mqtt::Security::default(),
                 Duration::from_secs(60),
                 Duration::from_secs(10),
@@ -427,7 +427,7 @@ async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results
         }
         r.add(joined_row, format!("{took:.1} s"));
         let mut c =
-            Controller::connect(&t.url, &format!("bench-fan-{}", CommandId::generate())).await;
+            Controller::connect(&t.url, &format!("bench-fan:{}", CommandId::generate())).await;
         c.subscribe(vec![topics.output_filter(None)]).await;
         let mut times = Vec::new();
         let mut worst_missing = 0;

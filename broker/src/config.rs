@@ -98,9 +98,10 @@ pub struct Limits {
     /// Open connections from one IP address (0: no limit). A whole home fleet behind one NAT
     /// router shares an address, so this is generous; it stops one host exhausting the rest.
     pub max_connections_per_ip: usize,
-    /// Largest MQTT packet accepted, in bytes; a larger one closes that connection.
+    /// Largest MQTT packet accepted, in bytes; a larger one closes that connection. Over
+    /// WebSocket it bounds frames and messages too (plus 5 bytes of MQTT fixed header).
     pub max_packet_size: usize,
-    /// TLS/WebSocket handshake plus CONNECT must complete within this time.
+    /// TLS/WebSocket handshake, CONNECT and the password check must complete within this time.
     pub connect_timeout_ms: u64,
     /// Retained messages one SUBSCRIBE delivers at most (`pifleet status` subscribes to every
     /// device's presence at once, so this bounds the fleet size it can list).

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use blake2::digest::{CtOutput, KeyInit, Mac};
 use blake2::Blake2bMac512;
@@ -187,8 +187,8 @@ const FILE_HEADER: &str = "\
 
 /// The identities the broker accepts, loaded from one credentials file.
 ///
-/// `Send + Sync`: the engine shares one `Arc<Credentials>` and calls [`verify`](Self::verify)
-/// from blocking threads. Changes (`add`, `remove`, ...) need `&mut` and are meant for the
+/// `Send + Sync`: the engine shares one `Arc<Credentials>`, asks [`cached`](Self::cached) on its
+/// async tasks and calls [`verify_with`](Self::verify_with) from its verifier threads. Changes (`add`, `remove`, ...) need `&mut` and are meant for the
 /// admin commands, which then [`save`](Self::save).
 pub struct Credentials {
     path: PathBuf,
@@ -414,31 +414,49 @@ impl Credentials {
     }
 
     /// Checks a CONNECT's user name and password. Blocking (one argon2 hash, or microseconds
-    /// when this password verified for this user before in this process): call it from
-    /// `spawn_blocking`, and bound how many run at once (each hash takes [`ARGON2_M_KIB`] of
-    /// memory; the engine allows one per core, so a reconnect storm cannot allocate gigabytes).
+    /// when this password verified for this user before in this process). The broker calls
+    /// [`verify_with`](Self::verify_with) on its verifier threads instead; this allocates the
+    /// hash's memory afresh and suits tools and tests.
     ///
     /// An unknown user costs one hash too, so response times do not reveal which names exist.
     pub fn verify(&self, username: &str, password: &[u8]) -> Result<Identity, AuthError> {
+        self.verify_with(username, password, &mut Memory::default())
+    }
+
+    /// [`verify`](Self::verify) hashing in `memory`, which the caller keeps from one check to
+    /// the next: each hash needs [`ARGON2_M_KIB`] of it, and allocating that per login let
+    /// glibc's per-thread arenas keep hundreds of MB after a burst of failed logins.
+    pub fn verify_with(
+        &self,
+        username: &str,
+        password: &[u8],
+        memory: &mut Memory,
+    ) -> Result<Identity, AuthError> {
         let Some(entry) = self.entries.get(username) else {
-            let dummy = PasswordHash::new(dummy_hash()).expect("our own hash parses");
-            let _ = Argon2::default().verify_password(password, &dummy);
+            let _ = password_matches(password, dummy_hash(), memory);
             return Err(AuthError::UnknownUser);
         };
-        let digest = self.digest(password);
-        if self.cache.lock().expect("cache lock").get(username) == Some(&digest) {
-            return Ok(identity(username, entry));
+        if let Some(identity) = self.cached(username, password) {
+            return Ok(identity);
         }
-        let hash = PasswordHash::new(&entry.hash).expect("hashes are checked at load");
-        let ok = Argon2::default().verify_password(password, &hash).is_ok();
-        if !ok {
+        if !password_matches(password, &entry.hash, memory) {
             return Err(AuthError::BadPassword);
         }
         self.cache
             .lock()
             .expect("cache lock")
-            .insert(username.to_string(), digest);
+            .insert(username.to_string(), self.digest(password));
         Ok(identity(username, entry))
+    }
+
+    /// The identity, if this password verified for this user before in this process: a keyed
+    /// digest and a map lookup (about a microsecond), no hashing, so the engine asks this
+    /// before queueing a login for a verifier thread. `None` says nothing about the password.
+    pub fn cached(&self, username: &str, password: &[u8]) -> Option<Identity> {
+        let entry = self.entries.get(username)?;
+        let digest = self.digest(password);
+        let hit = self.cache.lock().expect("cache lock").get(username) == Some(&digest);
+        hit.then(|| identity(username, entry))
     }
 
     fn digest(&self, password: &[u8]) -> CtOutput<Blake2bMac512> {
@@ -528,6 +546,52 @@ pub fn hash_secret(secret: &[u8]) -> Result<String, CredentialsError> {
         .hash_password(secret, &salt)
         .map(|h| h.to_string())
         .map_err(|e| CredentialsError::Hash(e.to_string()))
+}
+
+/// Working memory for argon2, reused from one verification to the next (see
+/// [`Credentials::verify_with`]). Allocated on first use and grown to the largest `m` met, so
+/// it holds [`ARGON2_M_KIB`] for the hashes `add` writes.
+#[derive(Default)]
+pub struct Memory(Vec<argon2::Block>);
+
+impl Memory {
+    fn blocks(&mut self, count: usize) -> &mut [argon2::Block] {
+        if self.0.len() < count {
+            self.0.resize(count, argon2::Block::default());
+        }
+        &mut self.0[..count]
+    }
+}
+
+/// Whether `password` hashes to the PHC string `phc` (algorithm, version, parameters and salt
+/// taken from it), computed in `memory` rather than in a fresh allocation. The comparison is
+/// constant-time (`password_hash::Output`'s `PartialEq`).
+fn password_matches(password: &[u8], phc: &str, memory: &mut Memory) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) =
+        (Algorithm::try_from(hash.algorithm), Params::try_from(&hash))
+    else {
+        return false;
+    };
+    let Ok(version) = hash.version.map(Version::try_from).transpose() else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let mut out = [0u8; argon2::password_hash::Output::MAX_LENGTH];
+    let out = &mut out[..expected.len()];
+    let blocks = memory.blocks(params.block_count());
+    Argon2::new(algorithm, version.unwrap_or_default(), params)
+        .hash_password_into_with_memory(password, salt, out, blocks)
+        .is_ok()
+        && argon2::password_hash::Output::new(out).is_ok_and(|o| o == expected)
 }
 
 /// A hash of a random secret nobody knows, verified against for unknown users so that they
@@ -826,6 +890,40 @@ pub(crate) mod test {
             })
             .collect();
         assert!(threads.into_iter().all(|t| t.join().unwrap()));
+    }
+
+    #[test]
+    fn hashing_in_reused_memory_agrees_with_argon2s_own_verification() {
+        use argon2::password_hash::PasswordVerifier;
+        let hash = hash_secret(b"correct horse battery").unwrap();
+        let parsed = PasswordHash::new(&hash).unwrap();
+        let mut memory = Memory::default();
+        for (password, right) in [
+            (&b"correct horse battery"[..], true),
+            (b"correct horse batterz", false),
+            (b"", false),
+        ] {
+            assert_eq!(
+                Argon2::default().verify_password(password, &parsed).is_ok(),
+                right
+            );
+            assert_eq!(password_matches(password, &hash, &mut memory), right);
+        }
+        // One block per KiB of m, allocated once and kept.
+        assert_eq!(memory.0.len(), ARGON2_M_KIB as usize);
+        assert!(!password_matches(b"x", "not a PHC string", &mut memory));
+    }
+
+    #[test]
+    fn the_cache_answers_only_for_a_password_that_verified() {
+        let mut c = Credentials::empty(Path::new("unused.toml"));
+        let s = c.add("kitchen", Role::Device, vec![], None).unwrap();
+        assert_eq!(c.cached("kitchen", s.as_bytes()), None, "not verified yet");
+        let mut memory = Memory::default();
+        let kitchen = c.verify_with("kitchen", s.as_bytes(), &mut memory).unwrap();
+        assert_eq!(c.cached("kitchen", s.as_bytes()), Some(kitchen));
+        assert_eq!(c.cached("kitchen", b"not the secret"), None);
+        assert_eq!(c.cached("garage", s.as_bytes()), None);
     }
 
     /// `cargo test -p pifleet-broker --release --lib -- --ignored --nocapture hash_cost`

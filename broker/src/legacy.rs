@@ -66,7 +66,8 @@ impl Relay {
         const NAME: &str = "pifleet-broker-legacy";
         let security = running.engine.login_for(NAME, Role::Controller, Vec::new());
         let who = pifleet_proto::mqtt::Who::new("controller", &security);
-        let client_id = format!("{NAME}-{}", CommandId::generate());
+        // A controller's client id: its name, `:`, anything (see engine/auth.rs).
+        let client_id = format!("{NAME}:{}", CommandId::generate());
         let (client, mut eventloop) = pifleet_proto::mqtt::client(
             &url,
             &client_id,

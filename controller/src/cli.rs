@@ -39,7 +39,7 @@ pub struct Global {
     )]
     pub broker: BrokerUrl,
     /// Log in as NAME; the password comes from PIFLEET_PASSWORD or --password-file. The MQTT
-    /// client id becomes NAME-<random>, so several commands can run at once under one name.
+    /// client id becomes NAME:<random>, so several commands can run at once under one name.
     #[arg(long, env = "PIFLEET_USER", value_name = "NAME", global = true)]
     pub user: Option<String>,
     /// File holding the password for --user (trailing newline ignored); beats PIFLEET_PASSWORD.

@@ -15,13 +15,14 @@ use tokio::sync::mpsc;
 
 use crate::error::CliError;
 
-/// The MQTT client id for one CLI session. Logged in, it is `NAME-<random>`: a pifleet broker
-/// with authentication accepts a controller whose client id is its name or starts with `NAME-`,
-/// and the random part lets `pifleet watch` and `pifleet on` run at once under one name without
+/// The MQTT client id for one CLI session: `NAME:<random>` (`pifleet-cli:<random>` when not
+/// logged in). A pifleet broker with authentication accepts a controller whose client id is its
+/// name or starts with `NAME:`; `:` is not allowed in names, so the id can never be a device's.
+/// The random part lets `pifleet watch` and `pifleet on` run at once under one name without
 /// taking over each other's session (MQTT drops the older client with the same id).
 pub fn client_id(security: &Security) -> String {
     let name = security.user().unwrap_or("pifleet-cli");
-    format!("{name}-{}", CommandId::generate())
+    format!("{name}:{}", CommandId::generate())
 }
 
 pub struct Session {
@@ -196,10 +197,10 @@ mod test {
         };
         let (a, b) = (client_id(&alice), client_id(&alice));
         assert!(
-            a.starts_with("alice-") && b.starts_with("alice-"),
+            a.starts_with("alice:") && b.starts_with("alice:"),
             "{a} {b}"
         );
         assert_ne!(a, b);
-        assert!(client_id(&Security::default()).starts_with("pifleet-cli-"));
+        assert!(client_id(&Security::default()).starts_with("pifleet-cli:"));
     }
 }

@@ -215,7 +215,7 @@ struct Watcher {
 
 impl Watcher {
     fn start(rt: &tokio::runtime::Runtime, addr: &str, login: (&str, &str), filter: &str) -> Self {
-        let id = format!("{}-watcher", login.0);
+        let id = format!("{}:watcher", login.0);
         let (c, mut ev) = mqtt(addr, &id, Some(login));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = {
@@ -491,7 +491,7 @@ fn bad_logins_get_connack_4_or_5_and_the_cli_exits_4_with_a_sentence() {
             "wrong password"
         );
         assert_eq!(
-            connack_code(&addr, "ops-x", Some(("ops", &a_secret))).await,
+            connack_code(&addr, "ops:x", Some(("ops", &a_secret))).await,
             4,
             "another identity's password"
         );

@@ -22,6 +22,7 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
+use super::auth::Refused;
 use super::counters::bump;
 use super::session::{self, Message, Outbox, Stage};
 use super::tree::{valid_filter, valid_topic};
@@ -92,14 +93,15 @@ pub(super) async fn serve<R, W>(
                 return;
             }
         };
-    let who = match Box::pin(engine.authenticate(&connect, peer)).await {
+    let who = match Box::pin(engine.authenticate(&connect, peer, deadline)).await {
         Ok(who) => who,
-        Err(code) => {
+        Err(Refused::Connack(code)) => {
             write_connack(&mut wbuf, code, false);
             let _ = w.write_all(&wbuf).await;
             let _ = w.shutdown().await;
             return;
         }
+        Err(Refused::Close) => return,
     };
     let conn_id = engine.id();
     let client_id = if connect.client_id.is_empty() {
@@ -182,6 +184,9 @@ async fn read_connect<R: AsyncRead + Unpin>(
     max: usize,
 ) -> Result<Connect, ConnectError> {
     loop {
+        if unsupported_version(rbuf) {
+            return Err(ConnectError::Version);
+        }
         match Packet::read(rbuf, max) {
             Ok(Packet::Connect(c)) => return Ok(c),
             Ok(_) => return Err(ConnectError::NotConnect),
@@ -196,6 +201,26 @@ async fn read_connect<R: AsyncRead + Unpin>(
             Ok(_) => {}
             Err(e) => return Err(ConnectError::Io(e)),
         }
+    }
+}
+
+/// Whether `buf` starts a CONNECT of a protocol other than MQTT 3.1.1: MQTT 3.1 (`MQIsdp`,
+/// level 3) or MQTT 5 (`MQTT`, level 5), which §3.1.2.2 says to answer with CONNACK 1. Decided
+/// from the protocol name and level alone, because the v4 codec cannot parse the rest of an
+/// MQTT 5 CONNECT (its properties) and would fail on it before looking at the level.
+fn unsupported_version(buf: &[u8]) -> bool {
+    if buf.first() != Some(&0x10) {
+        return false;
+    }
+    // Skip the remaining length (1 to 4 bytes, high bit: more follow).
+    let Some(len_bytes) = buf[1..].iter().take(4).position(|b| b & 0x80 == 0) else {
+        return false;
+    };
+    let header = &buf[2 + len_bytes..];
+    match header {
+        [0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, ..] => true,
+        [0, 4, b'M', b'Q', b'T', b'T', level, ..] => *level != 4,
+        _ => false,
     }
 }
 

@@ -16,6 +16,7 @@
 //! matching outbox, so confirmation latency is one hop through this process and a fleet-wide
 //! command costs a pointer per device.
 
+mod auth;
 mod conn;
 pub mod counters;
 pub mod session;
@@ -27,10 +28,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rumqttc::mqttbytes::v4::{Connect, LastWill};
-use rumqttc::{ConnectReturnCode, Protocol, QoS};
+use rumqttc::mqttbytes::v4::LastWill;
+use rumqttc::{ConnectReturnCode, QoS};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 use crate::acl::Acl;
 use crate::config::{Config, Limits};
@@ -121,10 +122,9 @@ pub struct Engine {
     /// Identities of clients inside this process (legacy relay, demo fleet): name → (secret,
     /// identity). They never touch the credentials file.
     internal: Mutex<HashMap<String, (String, Identity)>>,
-    /// Password hashing is deliberately slow and memory-hungry: at most one per core at once
-    /// (the only bound on it; waiting here parks a task, not a blocking-pool thread), so a
-    /// reconnect storm or a password-guessing flood cannot exhaust the box.
-    verifying: Semaphore,
+    /// Password hashing is deliberately slow and memory-hungry: it runs on one thread per core
+    /// (see [`auth`]), so a reconnect storm or a password-guessing flood cannot exhaust the box.
+    verifiers: auth::Verifiers,
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     started: std::time::Instant,
@@ -252,7 +252,7 @@ impl Engine {
             next_id: AtomicU64::new(1),
             security,
             internal: Mutex::new(HashMap::new()),
-            verifying: Semaphore::new(cpus),
+            verifiers: auth::Verifiers::new(cpus),
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             started: std::time::Instant::now(),
@@ -376,81 +376,6 @@ impl Engine {
 
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
-    }
-
-    /// Decides whether a CONNECT may proceed. Returns the client's identity or the CONNACK code
-    /// that refuses it.
-    pub(crate) async fn authenticate(
-        &self,
-        connect: &Connect,
-        peer: SocketAddr,
-    ) -> Result<Who, ConnectReturnCode> {
-        if connect.protocol != Protocol::V4 {
-            return Err(ConnectReturnCode::RefusedProtocolVersion);
-        }
-        if connect.client_id.len() > 256 || connect.client_id.chars().any(char::is_control) {
-            return Err(ConnectReturnCode::BadClientId);
-        }
-        if connect.client_id.is_empty() && !connect.clean_session {
-            // §3.1.3.1: an empty id is only allowed for a clean session.
-            return Err(ConnectReturnCode::BadClientId);
-        }
-        let Some(credentials) = &self.security.credentials else {
-            return Ok(Who::Anonymous);
-        };
-        let Some(login) = &connect.login else {
-            tracing::warn!(%peer, client = %connect.client_id, "refused: no user name and password");
-            return Err(ConnectReturnCode::NotAuthorized);
-        };
-        let internal = lock(&self.internal)
-            .get(&login.username)
-            .filter(|(secret, _)| constant_time_eq(secret.as_bytes(), login.password.as_bytes()))
-            .map(|(_, identity)| identity.clone());
-        let identity = match internal {
-            Some(i) => i,
-            None => {
-                let _slot = self.verifying.acquire().await.expect("never closed");
-                let creds = credentials.clone();
-                let (user, password) = (login.username.clone(), login.password.clone());
-                let verdict =
-                    tokio::task::spawn_blocking(move || creds.verify(&user, password.as_bytes()))
-                        .await
-                        .expect("verify does not panic");
-                match verdict {
-                    Ok(i) => i,
-                    Err(e) => {
-                        tracing::warn!(%peer, user = %login.username, "refused: {e:?}");
-                        // A pause before the refusal slows down password guessing.
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        return Err(ConnectReturnCode::BadUserNamePassword);
-                    }
-                }
-            }
-        };
-        // A device's client id is its name, so one device cannot take over another's session;
-        // a controller may add a suffix, so several CLIs can run at once.
-        let id = connect.client_id.as_str();
-        let id_ok = match identity.role {
-            Role::Device => id == identity.name,
-            Role::Controller => {
-                id == identity.name
-                    || id
-                        .strip_prefix(identity.name.as_str())
-                        .is_some_and(|rest| rest.starts_with('-'))
-            }
-        };
-        if !id_ok {
-            tracing::warn!(%peer, user = %identity.name, client = %id, "refused: client id does not match the identity");
-            return Err(ConnectReturnCode::BadClientId);
-        }
-        let who = Who::Identity(identity);
-        if let Some(will) = &connect.last_will {
-            if !self.may_publish(&who, &will.topic) {
-                tracing::warn!(%peer, client = %id, topic = %will.topic, "refused: last will on a topic it may not publish to");
-                return Err(ConnectReturnCode::NotAuthorized);
-            }
-        }
-        Ok(who)
     }
 
     pub(crate) fn may_publish(&self, who: &Who, topic: &str) -> bool {
@@ -848,10 +773,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// A connection counted against the limits; uncounted on drop.
 struct Admitted {
     engine: Arc<Engine>,
@@ -1004,7 +925,11 @@ async fn serve_websocket(
     peer: SocketAddr,
     deadline: tokio::time::Instant,
 ) {
-    let ws = async_tungstenite::tokio::accept_hdr_async(stream, MqttSubprotocol);
+    let ws = async_tungstenite::tokio::accept_hdr_async_with_config(
+        stream,
+        MqttSubprotocol,
+        Some(websocket_config(&engine.limits)),
+    );
     match tokio::time::timeout_at(deadline, ws).await {
         Ok(Ok(ws)) => {
             let (r, w) = tokio::io::split(ws_stream_tungstenite::WsStream::new(ws));
@@ -1013,6 +938,23 @@ async fn serve_websocket(
         Ok(Err(e)) => tracing::debug!(%peer, "WebSocket handshake failed: {e}"),
         Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
     }
+}
+
+/// tungstenite's defaults (16 MiB frames, 64 MiB messages, 128 KiB read buffer allocated up
+/// front) would let a client that never sends CONNECT make the broker buffer megabytes: an
+/// announced frame is read whole before any MQTT parsing starts. An MQTT packet is at most
+/// `max_packet_size` plus its fixed header (a type byte and up to 4 length bytes), and clients
+/// send one packet per message, so a larger frame or message closes the connection as soon as
+/// its header says so.
+fn websocket_config(limits: &Limits) -> async_tungstenite::tungstenite::protocol::WebSocketConfig {
+    let max = limits.max_packet_size + 5;
+    async_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_frame_size(Some(max))
+        .max_message_size(Some(max))
+        // Grows while a client streams; small for the many that are idle.
+        .read_buffer_size(4 * 1024)
+        // The connection flushes whenever its own write buffer drains: no second buffer here.
+        .write_buffer_size(0)
 }
 
 /// Answers the WebSocket handshake with the `mqtt` subprotocol, which MQTT clients require.
