@@ -7,7 +7,7 @@
 //! the common conversation (CONNECT, SUBSCRIBE, PUBLISH, read until a marker).
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -258,6 +258,22 @@ pub fn read_packet(r: &mut impl Read) -> io::Result<Option<Packet>> {
     }))
 }
 
+/// A PUBLISH as a subscriber saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub retain: bool,
+}
+
+impl Received {
+    /// The payload as text (tests publish text).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.payload).into_owned()
+    }
+}
+
 /// A TCP connection to `addr` with [`READ_TIMEOUT`] on reads.
 pub fn open(addr: &str) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
@@ -296,7 +312,9 @@ pub fn closed(s: &mut TcpStream) -> bool {
 /// One raw client conversation. Packets read while waiting for something else (a PUBLISH
 /// before the SUBACK it was waiting for) are kept and returned by the next [`Client::read`].
 pub struct Client {
+    /// The socket, for writes and socket options (reads go through a buffer of their own).
     pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
     /// What the client is called in assertion messages.
     pub label: String,
     pending: VecDeque<Packet>,
@@ -326,8 +344,10 @@ impl Client {
 
     /// A TCP connection with nothing sent yet.
     pub fn open(addr: &str, label: &str) -> Client {
+        let stream = open(addr);
         Client {
-            stream: open(addr),
+            reader: BufReader::with_capacity(64 * 1024, stream.try_clone().expect("clone socket")),
+            stream,
             label: label.to_string(),
             pending: VecDeque::new(),
         }
@@ -354,23 +374,30 @@ impl Client {
         if let Some(p) = self.pending.pop_front() {
             return Ok(Some(p));
         }
-        read_packet(&mut self.stream)
+        read_packet(&mut self.reader)
     }
 
     /// Reads until `want` picks a packet out; the packets before it are kept for later reads.
     pub fn read_until<T>(&mut self, what: &str, mut want: impl FnMut(&Packet) -> Option<T>) -> T {
-        let mut skipped = VecDeque::new();
+        if let Some((i, t)) = self
+            .pending
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| want(p).map(|t| (i, t)))
+        {
+            self.pending.remove(i);
+            return t;
+        }
         loop {
-            let p = match read_packet(&mut self.stream) {
+            let p = match read_packet(&mut self.reader) {
                 Ok(Some(p)) => p,
                 Ok(None) => panic!("{}: closed while waiting for {what}", self.label),
                 Err(e) => panic!("{}: no {what}: {e}", self.label),
             };
             if let Some(t) = want(&p) {
-                self.pending.extend(skipped);
                 return t;
             }
-            skipped.push_back(p);
+            self.pending.push_back(p);
         }
     }
 
@@ -399,7 +426,7 @@ impl Client {
         self.send(&PINGREQ);
         let mut got: Vec<Packet> = self.pending.drain(..).collect();
         loop {
-            match read_packet(&mut self.stream) {
+            match read_packet(&mut self.reader) {
                 Ok(Some(Packet::PingResp)) => return got,
                 Ok(Some(p)) => got.push(p),
                 Ok(None) => panic!("{}: closed while waiting for PINGRESP", self.label),
@@ -408,11 +435,8 @@ impl Client {
         }
     }
 
-    /// Every PUBLISH (topic, payload, retain flag) that arrives before one on `marker`, which
-    /// the caller has subscribed to and publishes (or has published) after what it wants to see.
-    /// QoS 1 deliveries are acknowledged.
-    pub fn publishes_until(&mut self, marker: &str) -> Vec<(String, Vec<u8>, bool)> {
-        let mut got = Vec::new();
+    /// The next PUBLISH (acknowledged if QoS 1); other packets before it are skipped.
+    pub fn next_publish(&mut self) -> Received {
         loop {
             if let Packet::Publish {
                 topic,
@@ -426,11 +450,26 @@ impl Client {
                 if qos == 1 {
                     self.send(&puback_packet(pkid));
                 }
-                if topic == marker {
-                    return got;
-                }
-                got.push((topic, payload, retain));
+                return Received {
+                    topic,
+                    payload,
+                    qos,
+                    retain,
+                };
             }
+        }
+    }
+
+    /// Every PUBLISH that arrives before one on `marker`, which the caller has subscribed to
+    /// and publishes (or has published) after what it wants to see.
+    pub fn publishes_until(&mut self, marker: &str) -> Vec<Received> {
+        let mut got = Vec::new();
+        loop {
+            let p = self.next_publish();
+            if p.topic == marker {
+                return got;
+            }
+            got.push(p);
         }
     }
 
