@@ -77,7 +77,7 @@ fn assert_serving(broker: &mut Broker, after: &str) {
         broker.proc.running(),
         "the broker process died after {after}"
     );
-    let round_trip = || -> std::io::Result<()> {
+    let round_trip = || {
         let mut sub = Client::accepted(&broker.mqtt, &Connect::new("alive-sub"));
         assert_eq!(sub.subscribe(1, &[("alive/check", 1)]), [1]);
         let mut publisher = Client::accepted(&broker.mqtt, &Connect::new("alive-pub"));
@@ -87,7 +87,6 @@ fn assert_serving(broker: &mut Broker, after: &str) {
             (got.topic.as_str(), got.text().as_str()),
             ("alive/check", "yes")
         );
-        Ok(())
     };
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(round_trip)).is_err() {
         fail_if_dead(broker, after);
@@ -171,7 +170,8 @@ fn logged_a_drop(broker: &Broker, from: usize) -> bool {
     })
 }
 
-const MIB: u64 = 1024;
+/// `memory_kib` figures are in KiB.
+const MIB_IN_KIB: u64 = 1024;
 
 // ---------------------------------------------------------------------------------------------
 // 1. Topic bounds
@@ -365,7 +365,7 @@ fn a_subscriber_that_never_reads_cannot_make_the_broker_queue_retained_messages_
     let grown = peak.saturating_sub(before);
     eprintln!("broker RSS before {before} KiB, peak {peak} KiB");
     assert!(
-        grown < 8 * MIB,
+        grown < 8 * MIB_IN_KIB,
         "the broker grew by {grown} KiB for a client that never reads"
     );
     drop(hog);
@@ -396,7 +396,7 @@ fn a_subscriber_that_never_reads_holds_at_most_max_queued_bytes() {
     let grown = peak.saturating_sub(before);
     eprintln!("broker RSS before {before} KiB, peak {peak} KiB");
     assert!(
-        grown < 7 * MIB,
+        grown < 7 * MIB_IN_KIB,
         "the broker grew by {grown} KiB for a client that never reads (bound: 1 MiB queued)"
     );
     drop(sleeper);
