@@ -292,6 +292,41 @@ fn the_retain_tree_agrees_with_a_map_and_matches() {
     println!("{n} cases");
 }
 
+/// The engine validates filters and topics before they reach a tree, but a tree must not panic
+/// on anything (`#` mid-filter, `+` inside a level, empty strings, NUL): whatever went in comes
+/// out again, and the tree ends empty.
+#[test]
+fn the_trees_take_unvalidated_input_without_panicking() {
+    let mut rng = Rng::new(seed("unvalidated"));
+    let n = for_a_while(BUDGET, 1_000_000, |case| {
+        let mut filters: FilterTree<()> = FilterTree::default();
+        let mut retained: RetainTree<()> = RetainTree::default();
+        let mut inserted: BTreeMap<(String, u64), ()> = BTreeMap::new();
+        let mut stored: BTreeMap<String, ()> = BTreeMap::new();
+        for _ in 0..50 {
+            let (a, b) = (noise(&mut rng), noise(&mut rng));
+            let key = rng.below(3) as u64;
+            filters.insert(&a, key, ());
+            inserted.insert((a.clone(), key), ());
+            filters.for_each_match(&b, |_, _| {});
+            retained.set(&a, Some(()));
+            stored.insert(a, ());
+            let mut out = Vec::new();
+            retained.matching(&b, usize::MAX, &mut out);
+        }
+        assert_eq!(filters.len(), inserted.len(), "case {case}");
+        assert_eq!(retained.len(), stored.len(), "case {case}");
+        for (f, key) in inserted.into_keys() {
+            assert_eq!(filters.remove(&f, key), Some(()), "case {case}: {f:?}");
+        }
+        for t in stored.into_keys() {
+            retained.set(&t, None);
+        }
+        assert!(filters.is_empty() && retained.is_empty(), "case {case}");
+    });
+    println!("{n} cases");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Depth: 100,000 levels (the default stack of a thread is 2 MiB; one recursion per level
 // overflows it long before that)

@@ -245,14 +245,14 @@ fn a_retained_publish_deeper_than_max_topic_levels_closes_the_connection_and_kee
         "a 30,000-level retained PUBLISH and its clearing",
     );
     let got = retained(&broker, "#");
-    let got: Vec<(String, String, bool)> = got
-        .iter()
-        .map(|p| (p.topic.clone(), p.text(), p.retain))
-        .collect();
-    assert_eq!(
-        got,
-        [("keep/me".to_string(), "kept".to_string(), true)],
-        "only the earlier retained message is stored"
+    assert!(
+        got.iter()
+            .any(|p| (p.topic.as_str(), p.text().as_str(), p.retain) == ("keep/me", "kept", true)),
+        "the earlier retained message is still delivered: {got:?}"
+    );
+    assert!(
+        got.iter().all(|p| !p.topic.starts_with("a/a/")),
+        "the deep topic is not stored"
     );
     assert_serving(&mut broker, "a 30,000-level retained PUBLISH");
 }
