@@ -4,6 +4,10 @@
 //!
 //! The binaries are looked up next to the test executable (`target/<profile>/`); `cargo test
 //! --workspace` builds them first because each binary crate has integration tests of its own.
+//!
+//! [`raw`] speaks MQTT byte by byte, for what a client library will not send.
+
+pub mod raw;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -169,6 +173,24 @@ impl Proc {
             .status()
             .expect("kill");
         assert!(status.success(), "kill -{sig} {}", self.label);
+    }
+
+    /// Whether the process is still running (it has not exited, crashed or been killed).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// A memory figure of the running process from `/proc/<pid>/status`, in KiB: `"VmRSS"`
+    /// (resident now) or `"VmHWM"` (the most it has ever been resident).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: cannot read {path}: {e}", self.label));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{}: no {field} in {path}", self.label))
     }
 
     /// Waits for the process to exit, up to `timeout`.

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use pifleet_tests::Broker;
+use pifleet_tests::{raw, Broker};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, Publish, QoS};
 
 fn client(
@@ -278,82 +278,6 @@ fn qos2_is_delivered_exactly_once() {
         let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
         assert_eq!(got, want);
     });
-}
-
-/// Raw MQTT 3.1.1 packets, for what a well-behaved client library will not send.
-mod raw {
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::time::Duration;
-
-    pub fn connect_packet(client_id: &str, keep_alive: u16, will: Option<(&str, &str)>) -> Vec<u8> {
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4];
-        let flags = 0x02 | if will.is_some() { 0x04 | 0x20 } else { 0 };
-        body.push(flags);
-        body.extend_from_slice(&keep_alive.to_be_bytes());
-        push_str(&mut body, client_id);
-        if let Some((topic, msg)) = will {
-            push_str(&mut body, topic);
-            push_str(&mut body, msg);
-        }
-        frame(0x10, &body)
-    }
-
-    pub fn push_str(buf: &mut Vec<u8>, s: &str) {
-        buf.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        buf.extend_from_slice(s.as_bytes());
-    }
-
-    pub fn frame(first: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![first];
-        let mut len = body.len();
-        loop {
-            let mut b = (len % 128) as u8;
-            len /= 128;
-            if len > 0 {
-                b |= 0x80;
-            }
-            out.push(b);
-            if len == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(body);
-        out
-    }
-
-    pub fn open(addr: &str) -> TcpStream {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s
-    }
-
-    /// Sends CONNECT and returns the CONNACK return code.
-    pub fn connack_code(s: &mut TcpStream, connect: &[u8]) -> u8 {
-        s.write_all(connect).unwrap();
-        let mut ack = [0u8; 4];
-        s.read_exact(&mut ack).unwrap();
-        assert_eq!(ack[0], 0x20, "CONNACK expected, got {ack:?}");
-        ack[3]
-    }
-
-    /// Whether the broker closed the socket (read returns 0 or a reset) within 10 s.
-    pub fn closed(s: &mut TcpStream) -> bool {
-        let mut buf = [0u8; 256];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut =>
-                {
-                    return false
-                }
-                Err(_) => return true,
-            }
-        }
-    }
 }
 
 #[test]
