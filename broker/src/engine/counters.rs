@@ -18,6 +18,9 @@ pub struct Counters {
     pub retained_refused: AtomicU64,
     /// Retained PUBLISHes to a command topic, delivered but never stored.
     pub retained_commands_refused: AtomicU64,
+    /// SUBSCRIBEs whose retained messages passed `max_retained_per_subscription` (the rest
+    /// were not sent).
+    pub retained_truncated: AtomicU64,
     /// New sessions refused with CONNACK 3 (`max_sessions`, `max_sessions_per_identity`).
     pub sessions_refused: AtomicU64,
     /// Offline sessions replaced by a newer one of the same identity.
@@ -35,6 +38,7 @@ pub struct CounterSnapshot {
     pub subscriptions_refused: u64,
     pub retained_refused: u64,
     pub retained_commands_refused: u64,
+    pub retained_truncated: u64,
     pub sessions_refused: u64,
     pub sessions_evicted: u64,
     pub sessions_expired: u64,
@@ -55,6 +59,7 @@ impl Counters {
             subscriptions_refused: get(&self.subscriptions_refused),
             retained_refused: get(&self.retained_refused),
             retained_commands_refused: get(&self.retained_commands_refused),
+            retained_truncated: get(&self.retained_truncated),
             sessions_refused: get(&self.sessions_refused),
             sessions_evicted: get(&self.sessions_evicted),
             sessions_expired: get(&self.sessions_expired),
