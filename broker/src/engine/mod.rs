@@ -695,10 +695,10 @@ impl Engine {
             self.limits.max_retained_per_subscription,
             &mut found,
         );
-        if found.len() >= self.limits.max_retained_per_subscription {
-            if bump(&self.counters.retained_truncated) {
-                tracing::warn!(client = client_id, %filter, sent = found.len(), "retained messages for a subscription beyond limits.max_retained_per_subscription: the rest are dropped, not sent");
-            }
+        if found.len() >= self.limits.max_retained_per_subscription
+            && bump(&self.counters.retained_truncated)
+        {
+            tracing::warn!(client = client_id, %filter, sent = found.len(), "retained messages for a subscription beyond limits.max_retained_per_subscription: the rest are dropped, not sent");
         }
         if !found.is_empty() {
             outbox.push_retained(&found, qos);
