@@ -1,5 +1,5 @@
-//! Deciding whether a CONNECT may proceed: the checks every client passes (protocol level,
-//! client id, last will topic), then the login (an in-process identity, the verified-password
+//! Deciding whether a CONNECT may proceed: the checks every client passes (client id, last will
+//! topic; the protocol level was checked where the CONNECT was decoded), then the login (an in-process identity, the verified-password
 //! cache, or an argon2 hash on a verifier thread) and the identity's client id rule.
 //!
 //! Hashing is deliberately slow (~8 ms) and memory-hungry (m = 8 MiB), so it runs on a fixed set
@@ -19,11 +19,10 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use rumqttc::mqttbytes::v4::Connect;
-use rumqttc::{ConnectReturnCode, Protocol};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::packet::{ConnectCode, ConnectRequest};
 use super::tree::{valid_topic, TopicBounds};
 use super::{lock, Engine, Who};
 use crate::credentials::{AuthError, Credentials, Identity, Memory, Role};
@@ -35,7 +34,7 @@ const REFUSAL_PAUSE: Duration = Duration::from_millis(300);
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
     /// Answer with this CONNACK return code, then close.
-    Connack(ConnectReturnCode),
+    Connack(ConnectCode),
     /// Close without a CONNACK: a protocol violation (MQTT 3.1.1 §4.8), or no verdict on the
     /// password before the connect deadline.
     Close,
@@ -46,21 +45,18 @@ impl Engine {
     /// `deadline` is the connection's connect deadline.
     pub(crate) async fn authenticate(
         &self,
-        connect: &Connect,
+        connect: &ConnectRequest,
         peer: SocketAddr,
         deadline: Instant,
     ) -> Result<Who, Refused> {
-        if connect.protocol != Protocol::V4 {
-            return Err(Refused::Connack(ConnectReturnCode::RefusedProtocolVersion));
-        }
         if connect.client_id.len() > 256 || connect.client_id.chars().any(char::is_control) {
-            return Err(Refused::Connack(ConnectReturnCode::BadClientId));
+            return Err(Refused::Connack(ConnectCode::IdentifierRejected));
         }
         if connect.client_id.is_empty() && !connect.clean_session {
             // §3.1.3.1: an empty id is only allowed for a clean session.
-            return Err(Refused::Connack(ConnectReturnCode::BadClientId));
+            return Err(Refused::Connack(ConnectCode::IdentifierRejected));
         }
-        if let Some(will) = &connect.last_will {
+        if let Some(will) = &connect.will {
             // §3.1.2.5: the will topic is a topic name, so §4.7 applies (no wildcards, no NUL,
             // not empty); the bounds keep it out of the topic trees like any PUBLISH's.
             if !valid_topic(&will.topic)
@@ -77,7 +73,7 @@ impl Engine {
         };
         let Some(login) = &connect.login else {
             tracing::warn!(%peer, client = %connect.client_id, "refused: no user name and password");
-            return Err(Refused::Connack(ConnectReturnCode::NotAuthorized));
+            return Err(Refused::Connack(ConnectCode::NotAuthorized));
         };
         let internal = lock(&self.internal)
             .get(&login.username)
@@ -95,7 +91,7 @@ impl Engine {
                     Ok(Err(e)) => {
                         tracing::warn!(%peer, user = %login.username, "refused: {e:?}");
                         tokio::time::sleep(REFUSAL_PAUSE).await;
-                        return Err(Refused::Connack(ConnectReturnCode::BadUserNamePassword));
+                        return Err(Refused::Connack(ConnectCode::BadUserNameOrPassword));
                     }
                     Err(_) => {
                         tracing::info!(%peer, user = %login.username, "closed: the password was not checked before the connect deadline");
@@ -107,13 +103,13 @@ impl Engine {
         let id = connect.client_id.as_str();
         if !client_id_allowed(&identity, id) {
             tracing::warn!(%peer, user = %identity.name, client = %id, "refused: client id does not match the identity");
-            return Err(Refused::Connack(ConnectReturnCode::BadClientId));
+            return Err(Refused::Connack(ConnectCode::IdentifierRejected));
         }
         let who = Who::Identity(identity);
-        if let Some(will) = &connect.last_will {
+        if let Some(will) = &connect.will {
             if !self.may_publish(&who, &will.topic) {
                 tracing::warn!(%peer, client = %id, topic = %will.topic, "refused: last will on a topic it may not publish to");
-                return Err(Refused::Connack(ConnectReturnCode::NotAuthorized));
+                return Err(Refused::Connack(ConnectCode::NotAuthorized));
             }
         }
         Ok(who)

@@ -9,12 +9,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::v4::{ConnAck, Connect, Packet, Publish, SubAck, SubscribeReasonCode};
-use rumqttc::mqttbytes::Error as CodecError;
-use rumqttc::{ConnectReturnCode, QoS};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
@@ -24,8 +20,12 @@ use tokio::time::Instant;
 
 use super::auth::Refused;
 use super::counters::bump;
-use super::session::{self, Message, Outbox, Stage};
+use super::outbox::{self, Outbox, Stage};
+use super::packet::{
+    Ack, ConnectCode, ConnectRequest, Incoming, Message, Publish, QoS, SubscribeCode,
+};
 use super::tree::{valid_filter, valid_topic};
+use super::v4::{self, DecodeError};
 use super::{Engine, Link, SubscribeRefused, Who};
 use std::sync::atomic::Ordering;
 
@@ -79,8 +79,8 @@ pub(super) async fn serve<R, W>(
     let connect =
         match tokio::time::timeout_at(deadline, read_connect(&mut r, &mut rbuf, max)).await {
             Ok(Ok(c)) => c,
-            Ok(Err(ConnectError::Version)) => {
-                write_connack(&mut wbuf, ConnectReturnCode::RefusedProtocolVersion, false);
+            Ok(Err(ConnectError::Decode(DecodeError::Version))) => {
+                v4::write_connack(&mut wbuf, ConnectCode::UnacceptableProtocolVersion, false);
                 let _ = w.write_all(&wbuf).await;
                 return;
             }
@@ -96,7 +96,7 @@ pub(super) async fn serve<R, W>(
     let who = match Box::pin(engine.authenticate(&connect, peer, deadline)).await {
         Ok(who) => who,
         Err(Refused::Connack(code)) => {
-            write_connack(&mut wbuf, code, false);
+            v4::write_connack(&mut wbuf, code, false);
             let _ = w.write_all(&wbuf).await;
             let _ = w.shutdown().await;
             return;
@@ -109,18 +109,17 @@ pub(super) async fn serve<R, W>(
     } else {
         connect.client_id.clone()
     };
-    let keep_alive = Duration::from_secs(connect.keep_alive as u64);
     let attachment = match engine.attach(
         &client_id,
         connect.clean_session,
-        connect.last_will.clone(),
-        keep_alive,
+        connect.will.clone(),
+        connect.keep_alive,
         conn_id,
         &who,
     ) {
         Ok(a) => a,
         Err(code) => {
-            write_connack(&mut wbuf, code, false);
+            v4::write_connack(&mut wbuf, code, false);
             let _ = w.write_all(&wbuf).await;
             let _ = w.shutdown().await;
             return;
@@ -128,11 +127,7 @@ pub(super) async fn serve<R, W>(
     };
     drop(connect);
     tracing::debug!(%peer, client = %client_id, "connected");
-    write_connack(
-        &mut wbuf,
-        ConnectReturnCode::Success,
-        attachment.session_present,
-    );
+    v4::write_connack(&mut wbuf, ConnectCode::Accepted, attachment.session_present);
     let mut c = Conn {
         engine,
         outbox: attachment.outbox,
@@ -161,40 +156,31 @@ pub(super) async fn serve<R, W>(
 #[derive(Debug)]
 enum ConnectError {
     Io(std::io::Error),
-    Codec(CodecError),
-    NotConnect,
-    /// MQTT 3.1 or 5: answered with "unacceptable protocol version".
-    Version,
+    Decode(DecodeError),
 }
 
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Io(e) => write!(f, "{e}"),
-            ConnectError::Codec(e) => write!(f, "{e}"),
-            ConnectError::NotConnect => write!(f, "first packet is not CONNECT"),
-            ConnectError::Version => write!(f, "unsupported protocol version"),
+            ConnectError::Decode(e) => write!(f, "{e}"),
         }
     }
 }
 
+/// Reads until a whole CONNECT has arrived. Bytes behind it stay in `rbuf`. The protocol level
+/// is where an MQTT 5 adapter would be chosen; this broker speaks 3.1.1 and answers the others
+/// with CONNACK 1.
 async fn read_connect<R: AsyncRead + Unpin>(
     r: &mut R,
     rbuf: &mut BytesMut,
     max: usize,
-) -> Result<Connect, ConnectError> {
+) -> Result<ConnectRequest, ConnectError> {
     loop {
-        if unsupported_version(rbuf) {
-            return Err(ConnectError::Version);
-        }
-        match Packet::read(rbuf, max) {
-            Ok(Packet::Connect(c)) => return Ok(c),
-            Ok(_) => return Err(ConnectError::NotConnect),
-            Err(CodecError::InsufficientBytes(_)) => {}
-            Err(CodecError::InvalidProtocol | CodecError::InvalidProtocolLevel(_)) => {
-                return Err(ConnectError::Version)
-            }
-            Err(e) => return Err(ConnectError::Codec(e)),
+        match v4::read_connect(rbuf, max) {
+            Ok(c) => return Ok(c),
+            Err(DecodeError::Incomplete) => {}
+            Err(e) => return Err(ConnectError::Decode(e)),
         }
         match read_some(r, rbuf, READ_MIN).await {
             Ok(0) => return Err(ConnectError::Io(std::io::ErrorKind::UnexpectedEof.into())),
@@ -202,32 +188,6 @@ async fn read_connect<R: AsyncRead + Unpin>(
             Err(e) => return Err(ConnectError::Io(e)),
         }
     }
-}
-
-/// Whether `buf` starts a CONNECT of a protocol other than MQTT 3.1.1: MQTT 3.1 (`MQIsdp`,
-/// level 3) or MQTT 5 (`MQTT`, level 5), which §3.1.2.2 says to answer with CONNACK 1. Decided
-/// from the protocol name and level alone, because the v4 codec cannot parse the rest of an
-/// MQTT 5 CONNECT (its properties) and would fail on it before looking at the level.
-fn unsupported_version(buf: &[u8]) -> bool {
-    if buf.first() != Some(&0x10) {
-        return false;
-    }
-    // Skip the remaining length (1 to 4 bytes, high bit: more follow).
-    let Some(len_bytes) = buf[1..].iter().take(4).position(|b| b & 0x80 == 0) else {
-        return false;
-    };
-    let header = &buf[2 + len_bytes..];
-    match header {
-        [0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, ..] => true,
-        [0, 4, b'M', b'Q', b'T', b'T', level, ..] => *level != 4,
-        _ => false,
-    }
-}
-
-fn write_connack(buf: &mut BytesMut, code: ConnectReturnCode, session_present: bool) {
-    ConnAck::new(code, session_present)
-        .write(buf)
-        .expect("CONNACK encodes");
 }
 
 struct Conn<'a> {
@@ -335,7 +295,7 @@ impl Conn<'_> {
             if link.taken_over.load(Ordering::Acquire) {
                 return Err(End::TakenOver);
             }
-            match Packet::read(rbuf, max) {
+            match v4::read(rbuf, max) {
                 Ok(packet) => {
                     if let Err(end) = self.handle(packet) {
                         // Say what is already queued (e.g. SUBACK) before closing.
@@ -343,7 +303,7 @@ impl Conn<'_> {
                         return Err(end);
                     }
                 }
-                Err(CodecError::InsufficientBytes(_)) => break,
+                Err(DecodeError::Incomplete) => break,
                 Err(e) => return Err(End::Protocol(format!("{e}"))),
             }
         }
@@ -363,7 +323,7 @@ impl Conn<'_> {
     }
 
     /// The session's queue, if this connection still owns it.
-    fn owned_queue(&self) -> Result<std::sync::MutexGuard<'_, session::Queue>, End> {
+    fn owned_queue(&self) -> Result<std::sync::MutexGuard<'_, outbox::Queue>, End> {
         let q = self.outbox.lock();
         if q.owner() == self.conn_id {
             Ok(q)
@@ -372,74 +332,70 @@ impl Conn<'_> {
         }
     }
 
-    fn handle(&mut self, packet: Packet) -> Result<(), End> {
+    fn handle(&mut self, packet: Incoming) -> Result<(), End> {
         match packet {
-            Packet::Publish(p) => self.on_publish(p)?,
-            Packet::PubAck(a) => {
-                self.owned_queue()?.on_puback(a.pkid);
+            Incoming::Publish(p) => self.on_publish(p)?,
+            Incoming::PubAck(pkid) => {
+                self.owned_queue()?.on_puback(pkid);
             }
-            Packet::PubRec(a) => {
-                self.owned_queue()?.on_pubrec(a.pkid);
+            Incoming::PubRec(pkid) => {
+                self.owned_queue()?.on_pubrec(pkid);
                 // Answer PUBREC with PUBREL even for an unknown id, so the client can finish.
-                session::encode_ack(&mut self.wbuf, session::PUBREL, a.pkid);
+                v4::write_ack(&mut self.wbuf, Ack::PubRel, pkid);
             }
-            Packet::PubComp(a) => {
-                self.owned_queue()?.on_pubcomp(a.pkid);
+            Incoming::PubComp(pkid) => {
+                self.owned_queue()?.on_pubcomp(pkid);
             }
-            Packet::PubRel(a) => {
-                self.owned_queue()?.on_pubrel(a.pkid);
-                session::encode_ack(&mut self.wbuf, session::PUBCOMP, a.pkid);
+            Incoming::PubRel(pkid) => {
+                self.owned_queue()?.on_pubrel(pkid);
+                v4::write_ack(&mut self.wbuf, Ack::PubComp, pkid);
             }
-            Packet::Subscribe(s) => {
-                let mut codes = Vec::with_capacity(s.filters.len());
-                for f in &s.filters {
-                    codes.push(self.subscribe(&f.path, f.qos)?);
+            Incoming::Subscribe { pkid, filters } => {
+                let mut codes = Vec::with_capacity(filters.len());
+                for (filter, qos) in &filters {
+                    codes.push(self.subscribe(filter, *qos)?);
                 }
                 // SUBACK goes into the write buffer before the retained messages, which wait
                 // in the outbox until the next drain.
-                SubAck::new(s.pkid, codes)
-                    .write(&mut self.wbuf)
-                    .expect("SUBACK encodes");
+                v4::write_suback(&mut self.wbuf, pkid, &codes);
             }
-            Packet::Unsubscribe(u) => {
-                for f in &u.topics {
+            Incoming::Unsubscribe { pkid, filters } => {
+                for f in &filters {
                     self.engine.unsubscribe(&self.client_id, self.conn_id, f);
                 }
-                session::encode_ack(&mut self.wbuf, session::UNSUBACK, u.pkid);
+                v4::write_ack(&mut self.wbuf, Ack::UnsubAck, pkid);
             }
-            Packet::PingReq => {
-                rumqttc::mqttbytes::v4::PingResp
-                    .write(&mut self.wbuf)
-                    .expect("PINGRESP encodes");
+            Incoming::PingReq => v4::write_pingresp(&mut self.wbuf),
+            Incoming::Disconnect => return Err(End::Graceful),
+            Incoming::Connect => return Err(End::Protocol("second CONNECT".into())),
+            Incoming::Unexpected(what) => {
+                return Err(End::Protocol(format!("unexpected {what} from a client")))
             }
-            Packet::Disconnect => return Err(End::Graceful),
-            Packet::Connect(_) => return Err(End::Protocol("second CONNECT".into())),
-            other => return Err(End::Protocol(format!("unexpected {other:?}"))),
         }
         Ok(())
     }
 
     /// One SUBSCRIBE filter: its return code.
-    fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<SubscribeReasonCode, End> {
+    fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<SubscribeCode, End> {
         if !valid_filter(filter) {
-            return Ok(SubscribeReasonCode::Failure);
+            return Ok(SubscribeCode::Failure);
         }
         if !self.engine.bounds.allows(filter) {
             if bump(&self.engine.counters.topics_refused) {
                 tracing::warn!(client = %self.client_id, bytes = filter.len(), "subscription refused: filter longer or deeper than limits.max_topic_len/max_topic_levels");
             }
-            return Ok(SubscribeReasonCode::Failure);
+            return Ok(SubscribeCode::Failure);
         }
         if !self.engine.may_subscribe(&self.who, filter) {
             tracing::warn!(client = %self.client_id, %filter, "subscription denied");
-            return Ok(SubscribeReasonCode::Failure);
+            return Ok(SubscribeCode::Failure);
         }
         match self
             .engine
             .subscribe(&self.client_id, self.conn_id, filter, qos)
         {
-            Ok(()) => Ok(SubscribeReasonCode::Success(qos)),
-            Err(SubscribeRefused::TooMany) => Ok(SubscribeReasonCode::Failure),
+            Ok(()) => Ok(SubscribeCode::Granted(qos)),
+            Err(SubscribeRefused::TooMany) => Ok(SubscribeCode::Failure),
             Err(SubscribeRefused::NotOwner) => Err(End::TakenOver),
         }
     }
@@ -463,11 +419,11 @@ impl Conn<'_> {
         let deliver = match p.qos {
             QoS::AtMostOnce => true,
             QoS::AtLeastOnce => {
-                session::encode_ack(&mut self.wbuf, session::PUBACK, p.pkid);
+                v4::write_ack(&mut self.wbuf, Ack::PubAck, p.pkid);
                 true
             }
             QoS::ExactlyOnce => {
-                session::encode_ack(&mut self.wbuf, session::PUBREC, p.pkid);
+                v4::write_ack(&mut self.wbuf, Ack::PubRec, p.pkid);
                 // A retransmitted QoS 2 PUBLISH (same id, not yet released) is not delivered
                 // twice.
                 self.owned_queue()?.on_incoming_qos2(p.pkid)
@@ -503,7 +459,7 @@ impl Conn<'_> {
         let q = self.outbox.lock();
         for i in q.inflight() {
             match i.stage {
-                Stage::Published => session::encode_publish(
+                Stage::Published => v4::write_publish(
                     &mut self.wbuf,
                     &i.delivery.message,
                     i.delivery.qos,
@@ -511,7 +467,7 @@ impl Conn<'_> {
                     true,
                     i.pkid,
                 ),
-                Stage::Released => session::encode_ack(&mut self.wbuf, session::PUBREL, i.pkid),
+                Stage::Released => v4::write_ack(&mut self.wbuf, Ack::PubRel, i.pkid),
             }
         }
     }
@@ -529,7 +485,7 @@ impl Conn<'_> {
             let Some((d, pkid)) = q.next_to_send(max_inflight) else {
                 break;
             };
-            session::encode_publish(
+            v4::write_publish(
                 &mut self.wbuf,
                 &d.message,
                 d.qos,

@@ -1,6 +1,11 @@
-//! What the engine keeps per client: the queue of messages waiting to be written, the QoS 1/2
+//! What the engine keeps per session: the queue of messages waiting to be written, the QoS 1/2
 //! messages in flight, and the QoS 2 packet ids received but not yet released. An [`Outbox`]
 //! outlives its connection when the client asked for a persistent session.
+//!
+//! [`Queue`] is the session's QoS state machine, without I/O: the connection feeds it what the
+//! client acknowledged ([`Queue::on_puback`], [`Queue::on_pubrec`], …) and asks it what to write
+//! next ([`Queue::next_to_send`], [`Queue::inflight`] for a resend), in the manner of rumqttc's
+//! `MqttState`. Its tests below exercise it one behaviour at a time.
 //!
 //! Memory is the point of this module's shape: an idle session is a few hundred bytes (empty
 //! queues do not allocate), and a message delivered to ten thousand devices is stored once and
@@ -22,36 +27,14 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use rumqttc::QoS;
 use tokio::sync::Notify;
 
+use super::packet::{Message, QoS};
 use crate::config::{Limits, QUEUE_RESERVE};
-
-/// A published message as the engine stores it: once, shared by every queue and the retained
-/// tree.
-#[derive(Debug)]
-pub struct Message {
-    pub topic: Box<str>,
-    pub payload: Bytes,
-    pub qos: QoS,
-    pub retain: bool,
-}
-
-/// What a message is charged in the queue bounds beyond its topic and payload: its shared
-/// allocation, and a queue slot.
-pub const MESSAGE_OVERHEAD: usize = 64;
 
 /// What one queued retained reference is charged: a slot, plus the allocation header it keeps
 /// alive should the message be replaced before it is sent.
 pub const RETAINED_REF_COST: usize = 96;
-
-impl Message {
-    /// Bytes this message is charged in queue and store bounds.
-    pub fn cost(&self) -> usize {
-        self.topic.len() + self.payload.len() + MESSAGE_OVERHEAD
-    }
-}
 
 /// One message queued for one client, at the QoS of the subscription that matched.
 #[derive(Debug, Clone)]
@@ -303,7 +286,7 @@ impl Queue {
                     let Some(message) = weak.upgrade() else {
                         continue;
                     };
-                    let qos = min_qos(message.qos, qos);
+                    let qos = message.qos.min(qos);
                     Delivery {
                         message,
                         qos,
@@ -403,24 +386,6 @@ impl Queue {
 impl Drop for Queue {
     fn drop(&mut self) {
         self.budget.release(self.bytes);
-    }
-}
-
-/// The lower of two QoS levels (rumqttc's `QoS` is not `Ord`).
-pub fn min_qos(a: QoS, b: QoS) -> QoS {
-    if (a as u8) <= (b as u8) {
-        a
-    } else {
-        b
-    }
-}
-
-/// The higher of two QoS levels.
-pub fn max_qos(a: QoS, b: QoS) -> QoS {
-    if (a as u8) >= (b as u8) {
-        a
-    } else {
-        b
     }
 }
 
@@ -593,63 +558,10 @@ impl Outbox {
     }
 }
 
-fn remaining_length(buf: &mut BytesMut, mut len: usize) {
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        buf.put_u8(byte);
-        if len == 0 {
-            break;
-        }
-    }
-}
-
-/// Writes a PUBLISH for `message` straight from the shared copy (no per-delivery `Publish`
-/// struct, no topic clone).
-pub fn encode_publish(
-    buf: &mut BytesMut,
-    message: &Message,
-    qos: QoS,
-    retain: bool,
-    dup: bool,
-    pkid: u16,
-) {
-    let topic = message.topic.as_bytes();
-    let mut len = 2 + topic.len() + message.payload.len();
-    if qos != QoS::AtMostOnce {
-        len += 2;
-    }
-    buf.reserve(len + 5);
-    buf.put_u8(0x30 | (dup as u8) << 3 | (qos as u8) << 1 | retain as u8);
-    remaining_length(buf, len);
-    buf.put_u16(topic.len() as u16);
-    buf.put_slice(topic);
-    if qos != QoS::AtMostOnce {
-        buf.put_u16(pkid);
-    }
-    buf.put_slice(&message.payload);
-}
-
-/// PUBACK, PUBREC, PUBREL, PUBCOMP and UNSUBACK share one shape: type byte, length 2, packet id.
-pub fn encode_ack(buf: &mut BytesMut, first_byte: u8, pkid: u16) {
-    buf.put_u8(first_byte);
-    buf.put_u8(2);
-    buf.put_u16(pkid);
-}
-
-pub const PUBACK: u8 = 0x40;
-pub const PUBREC: u8 = 0x50;
-pub const PUBREL: u8 = 0x62;
-pub const PUBCOMP: u8 = 0x70;
-pub const UNSUBACK: u8 = 0xB0;
-
 #[cfg(test)]
 mod test {
     use super::*;
-    use rumqttc::mqttbytes::v4::Packet;
+    use bytes::Bytes;
 
     fn limits(max_messages: usize, max_bytes: usize, max_total: usize) -> Limits {
         Limits {
@@ -682,34 +594,6 @@ mod test {
         let o = Outbox::new(1, budget.clone());
         o.claim(7);
         o
-    }
-
-    #[test]
-    fn encoded_publish_reads_back() {
-        let m = Message {
-            topic: "pifleet/dev/kitchen/cmnd".into(),
-            payload: Bytes::from(vec![7u8; 300]),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-        };
-        let mut buf = BytesMut::new();
-        encode_publish(&mut buf, &m, QoS::ExactlyOnce, true, true, 513);
-        encode_ack(&mut buf, PUBREL, 9);
-        match Packet::read(&mut buf, 1 << 20).unwrap() {
-            Packet::Publish(p) => {
-                assert_eq!(p.topic, "pifleet/dev/kitchen/cmnd");
-                assert_eq!(
-                    (p.qos, p.retain, p.dup, p.pkid),
-                    (QoS::ExactlyOnce, true, true, 513)
-                );
-                assert_eq!(p.payload.len(), 300);
-            }
-            other => panic!("{other:?}"),
-        }
-        match Packet::read(&mut buf, 1 << 20).unwrap() {
-            Packet::PubRel(p) => assert_eq!(p.pkid, 9),
-            other => panic!("{other:?}"),
-        }
     }
 
     #[test]
