@@ -1,7 +1,9 @@
 //! What an authenticated identity may publish and subscribe to. The engine asks on every
 //! PUBLISH and for every SUBSCRIBE filter.
 //!
-//! The fleet's own rules follow from the identity alone (see `pifleet_proto::topic`):
+//! The fleet's own rules follow from the identity alone, asked of the topic layout itself
+//! (`pifleet_proto::Topics`: a device's subtree, and the same list of command topics an agent
+//! subscribes to), so the rules and the agents cannot drift apart:
 //! - a device publishes only under `<prefix>/dev/<itself>/`, and subscribes only to filters that
 //!   lie entirely inside that subtree, plus `<prefix>/group/<g>/cmnd` for each of its groups and
 //!   `<prefix>/all/cmnd`: it can neither command nor watch another device;
@@ -24,7 +26,8 @@
 
 use std::path::Path;
 
-use pifleet_proto::Topics;
+use pifleet_proto::filter::{valid_filter, valid_topic};
+use pifleet_proto::{Name, Topics};
 use serde::Deserialize;
 
 use crate::credentials::{Identity, Role};
@@ -46,12 +49,12 @@ pub enum AclError {
 /// The authorization rules of one broker.
 #[derive(Debug, Clone)]
 pub struct Acl {
-    prefix: String,
+    topics: Topics,
     extra: Vec<Rule>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Who {
+enum Subject {
     Name(String),
     Role(Role),
     Anyone,
@@ -59,7 +62,7 @@ enum Who {
 
 #[derive(Debug, Clone)]
 struct Rule {
-    who: Who,
+    who: Subject,
     publish: Vec<String>,
     subscribe: Vec<String>,
 }
@@ -85,7 +88,7 @@ impl Acl {
     /// The fleet's rules under `prefix`, plus the rules of the `extra` file if given.
     pub fn new(prefix: &str, extra: Option<&Path>) -> Result<Acl, AclError> {
         let mut acl = Acl {
-            prefix: Topics::new(prefix)?.prefix().to_string(),
+            topics: Topics::new(prefix)?,
             extra: Vec::new(),
         };
         if let Some(path) = extra {
@@ -103,7 +106,7 @@ impl Acl {
     /// errors).
     pub fn from_toml_str(prefix: &str, text: &str, origin: &str) -> Result<Acl, AclError> {
         Ok(Acl {
-            prefix: Topics::new(prefix)?.prefix().to_string(),
+            topics: Topics::new(prefix)?,
             extra: parse_rules(text, origin)?,
         })
     }
@@ -115,9 +118,13 @@ impl Acl {
         }
         let own = match who.role {
             Role::Device => self
+                .topics
                 .device_subtree(&who.name, topic)
                 .is_some_and(|rest| !rest.is_empty()),
-            Role::Controller => self.under_prefix(topic).is_some_and(|r| !r.is_empty()),
+            Role::Controller => self
+                .topics
+                .under_prefix(topic)
+                .is_some_and(|r| !r.is_empty()),
         };
         own || self
             .rules_for(who)
@@ -125,7 +132,7 @@ impl Acl {
     }
 
     /// Whether `who` may subscribe to `filter`: only if every topic the filter can match is
-    /// one `who` may read. Allocation-free.
+    /// one `who` may read.
     pub fn may_subscribe(&self, who: &Identity, filter: &str) -> bool {
         if !valid_filter(filter) || !safe_name(&who.name) {
             return false;
@@ -133,52 +140,48 @@ impl Acl {
         let own = match who.role {
             Role::Device => self.device_may_subscribe(who, filter),
             // `<prefix>/#` covers exactly what a controller may read.
-            Role::Controller => self.under_prefix(filter).is_some_and(|r| !r.is_empty()),
+            Role::Controller => self
+                .topics
+                .under_prefix(filter)
+                .is_some_and(|r| !r.is_empty()),
         };
         own || self
             .rules_for(who)
             .any(|r| r.subscribe.iter().any(|p| covers(p, filter, &who.name)))
     }
 
+    /// A filter inside the device's own subtree, or exactly one of the command topics its agent
+    /// subscribes to (its own, its groups', the fleet's).
     fn device_may_subscribe(&self, who: &Identity, filter: &str) -> bool {
         if self
+            .topics
             .device_subtree(&who.name, filter)
             .is_some_and(|rest| !rest.is_empty())
         {
             return true;
         }
-        let Some(rest) = self.under_prefix(filter) else {
+        // Names, so a group called `+` (impossible from the credentials file) cannot become a
+        // wildcard subscription.
+        let (Ok(device), Ok(groups)) = (
+            Name::new(who.name.as_str()),
+            who.groups
+                .iter()
+                .map(|g| Name::new(g.as_str()))
+                .collect::<Result<Vec<_>, _>>(),
+        ) else {
             return false;
         };
-        if rest == "all/cmnd" {
-            return true;
-        }
-        rest.strip_prefix("group/")
-            .and_then(|r| r.strip_suffix("/cmnd"))
-            // `safe_name`: a group called `+` (impossible from the credentials file) must not
-            // turn into a wildcard subscription.
-            .is_some_and(|g| safe_name(g) && who.groups.iter().any(|mine| mine == g))
-    }
-
-    /// What follows `<prefix>/` in `s`, if `s` lies under the prefix.
-    fn under_prefix<'a>(&self, s: &'a str) -> Option<&'a str> {
-        s.strip_prefix(self.prefix.as_str())?.strip_prefix('/')
-    }
-
-    /// What follows `<prefix>/dev/<device>/` in `s`. Matching the trailing `/` is what keeps
-    /// device `a` out of device `ab`'s topics.
-    fn device_subtree<'a>(&self, device: &str, s: &'a str) -> Option<&'a str> {
-        self.under_prefix(s)?
-            .strip_prefix("dev/")?
-            .strip_prefix(device)?
-            .strip_prefix('/')
+        self.topics
+            .agent_subscriptions(&device, &groups)
+            .iter()
+            .any(|f| f == filter)
     }
 
     fn rules_for<'a>(&'a self, who: &'a Identity) -> impl Iterator<Item = &'a Rule> + 'a {
         self.extra.iter().filter(move |r| match &r.who {
-            Who::Anyone => true,
-            Who::Role(role) => *role == who.role,
-            Who::Name(n) => *n == who.name,
+            Subject::Anyone => true,
+            Subject::Role(role) => *role == who.role,
+            Subject::Name(n) => *n == who.name,
         })
     }
 }
@@ -194,15 +197,15 @@ fn parse_rules(text: &str, origin: &str) -> Result<Vec<Rule>, AclError> {
     for (i, r) in file.allow.into_iter().enumerate() {
         let at = format!("[[allow]] #{} (who = {:?})", i + 1, r.who);
         let who = match r.who.as_str() {
-            "*" => Who::Anyone,
-            "role:device" => Who::Role(Role::Device),
-            "role:controller" => Who::Role(Role::Controller),
+            "*" => Subject::Anyone,
+            "role:device" => Subject::Role(Role::Device),
+            "role:controller" => Subject::Role(Role::Controller),
             n if n.starts_with("role:") => {
                 return Err(invalid(format!(
                     "{at}: unknown role; use \"role:device\" or \"role:controller\""
                 )))
             }
-            n => Who::Name(
+            n => Subject::Name(
                 pifleet_proto::Name::new(n)
                     .map_err(|e| invalid(format!("{at}: {e}")))?
                     .to_string(),
@@ -235,28 +238,6 @@ fn check_pattern(p: &str) -> Result<(), String> {
         rest = &rest[i + 2..];
     }
     Ok(())
-}
-
-/// A topic name as MQTT allows it for PUBLISH: non-empty, no wildcards, no NUL.
-fn valid_topic(t: &str) -> bool {
-    !t.is_empty() && !t.contains(['+', '#', '\0'])
-}
-
-/// A topic filter as MQTT allows it for SUBSCRIBE.
-fn valid_filter(f: &str) -> bool {
-    if f.is_empty() || f.contains('\0') {
-        return false;
-    }
-    let mut levels = f.split('/').peekable();
-    while let Some(l) = levels.next() {
-        match l {
-            "#" if levels.peek().is_some() => return false,
-            "#" | "+" => {}
-            l if l.contains(['+', '#']) => return false,
-            _ => {}
-        }
-    }
-    true
 }
 
 /// Whether a name may be spliced into topics. Names come from the credentials file, where they

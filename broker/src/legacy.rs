@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use pifleet_legacy::command::{button_reply, led_reply};
 use pifleet_legacy::{Handler, ListenerConfig, Request, Verb, Who};
-use pifleet_proto::fleet::{decode, Fleet};
+use pifleet_proto::fleet::{decode, CommandReply, Fleet};
 use pifleet_proto::mqtt::{describe, Backoff};
-use pifleet_proto::report::WatchEvent;
 use pifleet_proto::{Action, BrokerUrl, Command, CommandId, Name, Scheme, Target, Topics};
 use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeFilter};
 use tokio::sync::oneshot;
@@ -34,7 +33,7 @@ enum Ack {
 }
 
 #[derive(Default)]
-struct State {
+struct Waiting {
     fleet: Fleet,
     waiters: HashMap<(CommandId, Name), oneshot::Sender<Ack>>,
 }
@@ -44,7 +43,7 @@ struct State {
 pub struct Relay {
     client: AsyncClient,
     topics: Topics,
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<Waiting>>,
 }
 
 impl Relay {
@@ -85,7 +84,7 @@ impl Relay {
         let filters: Vec<_> = [
             relay.topics.status_filter(None),
             relay.topics.output_filter(None),
-            format!("{}/dev/+/in/+", relay.topics.prefix()),
+            relay.topics.input_filter(None),
             relay.topics.event_filter(None),
         ]
         .into_iter()
@@ -133,18 +132,16 @@ impl Relay {
         };
         let mut state = self.state.lock().unwrap();
         state.fleet.apply(&event);
-        let (device, cmd, ack) = match event {
-            WatchEvent::Output {
-                device, state: s, ..
-            } => match s.cmd {
-                Some(cmd) => (device, cmd, Ack::Confirmed(s.on)),
-                None => return,
-            },
-            WatchEvent::Event { device, event } => match event.cmd {
-                Some(cmd) => (device, cmd, Ack::Refused(event.message)),
-                None => return,
-            },
-            WatchEvent::Presence { device, presence } if !presence.is_online() => {
+        let (device, cmd, ack) = match CommandReply::from_event(&event) {
+            Some(CommandReply::Confirmed {
+                device, cmd, state, ..
+            }) => (device, cmd, Ack::Confirmed(state.on)),
+            Some(CommandReply::Refused {
+                device,
+                cmd,
+                reason,
+            }) => (device, cmd, Ack::Refused(reason)),
+            Some(CommandReply::WentOffline { device }) => {
                 let gone: Vec<_> = state
                     .waiters
                     .keys()
@@ -158,7 +155,7 @@ impl Relay {
                 }
                 return;
             }
-            _ => return,
+            None => return,
         };
         if let Some(tx) = state.waiters.remove(&(cmd, device)) {
             let _ = tx.send(ack);

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::name::Name;
-use crate::payload::{Event, InputState, OutputState, Presence, SensorReading};
+use crate::payload::{CommandId, Event, InputState, OutputState, Presence, SensorReading};
 use crate::report::{DeviceStatus, FleetStatus, WatchEvent};
 use crate::topic::{Topic, Topics};
 
@@ -172,9 +172,128 @@ impl Fleet {
     }
 }
 
+/// What a device message says about a command sent to it: the one rule by which a command
+/// counts as confirmed, refused or cut short, shared by the CLI and the broker's legacy relay.
+/// An output state carrying the command's id confirms it; an event carrying the id refuses it
+/// (with the device's reason); a presence that is not online ends the wait for every command to
+/// that device.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandReply {
+    Confirmed {
+        device: Name,
+        cmd: CommandId,
+        output: Name,
+        state: OutputState,
+    },
+    Refused {
+        device: Name,
+        cmd: CommandId,
+        reason: String,
+    },
+    WentOffline {
+        device: Name,
+    },
+}
+
+impl CommandReply {
+    /// The reply `event` carries, if any.
+    pub fn from_event(event: &WatchEvent) -> Option<CommandReply> {
+        match event {
+            WatchEvent::Output {
+                device,
+                output,
+                state,
+            } => Some(CommandReply::Confirmed {
+                device: device.clone(),
+                cmd: state.cmd.clone()?,
+                output: output.clone(),
+                state: state.clone(),
+            }),
+            WatchEvent::Event { device, event } => Some(CommandReply::Refused {
+                device: device.clone(),
+                cmd: event.cmd.clone()?,
+                reason: event.message.clone(),
+            }),
+            WatchEvent::Presence { device, presence } if !presence.is_online() => {
+                Some(CommandReply::WentOffline {
+                    device: device.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    pub fn device(&self) -> &Name {
+        match self {
+            CommandReply::Confirmed { device, .. }
+            | CommandReply::Refused { device, .. }
+            | CommandReply::WentOffline { device } => device,
+        }
+    }
+
+    /// Whether this reply answers command `id` (a device going offline answers every one).
+    pub fn answers(&self, id: &CommandId) -> bool {
+        match self {
+            CommandReply::Confirmed { cmd, .. } | CommandReply::Refused { cmd, .. } => cmd == id,
+            CommandReply::WentOffline { .. } => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    fn a_command_is_confirmed_by_its_id_refused_by_an_event_and_cut_short_by_offline() {
+        let t = Topics::default();
+        let reply = |topic: &str, p: &str| {
+            CommandReply::from_event(&decode(&t, topic, p.as_bytes()).unwrap().unwrap())
+        };
+        let id = CommandId("c1".into());
+        let confirmed = reply(
+            "pifleet/dev/k/out/led",
+            r#"{"on":true,"cmd":"c1","source":"command","ts":5}"#,
+        )
+        .unwrap();
+        assert!(confirmed.answers(&id) && confirmed.device().as_str() == "k");
+        assert!(matches!(confirmed, CommandReply::Confirmed { ref state, .. } if state.on));
+        let other = reply(
+            "pifleet/dev/k/out/led",
+            r#"{"on":true,"cmd":"c2","source":"command","ts":5}"#,
+        )
+        .unwrap();
+        assert!(!other.answers(&id), "another command's confirmation");
+        assert_eq!(
+            reply(
+                "pifleet/dev/k/out/led",
+                r#"{"on":true,"source":"legacy","ts":5}"#
+            ),
+            None,
+            "a change nobody commanded answers nothing"
+        );
+        let refused = reply(
+            "pifleet/dev/k/event",
+            r#"{"kind":"unknown_output","message":"no output 'x'","cmd":"c1","ts":6}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(refused, CommandReply::Refused { ref reason, .. } if reason == "no output 'x'")
+        );
+        let gone = reply(
+            "pifleet/dev/k/status",
+            r#"{"state":"offline","version":"0.1.0","groups":[],"ts":7}"#,
+        )
+        .unwrap();
+        assert!(gone.answers(&id), "offline ends the wait for every command");
+        assert_eq!(
+            reply(
+                "pifleet/dev/k/status",
+                r#"{"state":"online","version":"0.1.0","groups":[],"ts":8}"#
+            ),
+            None
+        );
+    }
 
     #[test]
     fn folds_presence_state_and_will() {

@@ -3,6 +3,8 @@
 //!
 //! Layout:
 //! - [`broker_url`]: `mqtt://`, `mqtts://`, `ws://` and `wss://` broker addresses.
+//! - [`filter`]: MQTT topic names and filters: validity and matching (§4.7), for broker and
+//!   clients alike.
 //! - [`logging`]: the binaries' shared log setup.
 //! - [`mqtt`]: rumqttc set up the way pifleet needs it (TCP_NODELAY, TLS, login, backoff, error
 //!   sentences).
@@ -20,6 +22,7 @@
 //! `docs/protocol.md` is the human-readable version of this crate; the two must agree.
 
 pub mod broker_url;
+pub mod filter;
 pub mod fleet;
 pub mod logging;
 pub mod mqtt;

@@ -213,15 +213,28 @@ impl Topics {
         subs
     }
 
+    /// What follows `<prefix>/` in `s` (a topic or a filter), if `s` lies under the prefix.
+    pub fn under_prefix<'a>(&self, s: &'a str) -> Option<&'a str> {
+        s.strip_prefix(self.prefix.as_str())?.strip_prefix('/')
+    }
+
+    /// What follows `<prefix>/dev/<device>/` in `s` (a topic or a filter), if `s` lies in that
+    /// device's subtree: everything a device publishes, and all it may read besides its
+    /// [`agent_subscriptions`](Self::agent_subscriptions). Matching the trailing `/` is what
+    /// keeps device `a` out of device `ab`'s topics.
+    pub fn device_subtree<'a>(&self, device: &str, s: &'a str) -> Option<&'a str> {
+        self.under_prefix(s)?
+            .strip_prefix("dev/")?
+            .strip_prefix(device)?
+            .strip_prefix('/')
+    }
+
     /// Whether `topic` lies in a command space: `<prefix>/dev/<d>/cmnd`,
     /// `<prefix>/group/<g>/cmnd`, `<prefix>/all/cmnd`, or anything below one of them (whatever
     /// the names). Commands are never retained: a stored command would be executed again on every
     /// reconnect, so a broker refuses to store one.
     pub fn is_command_space(&self, topic: &str) -> bool {
-        let Some(rest) = topic
-            .strip_prefix(self.prefix.as_str())
-            .and_then(|r| r.strip_prefix('/'))
-        else {
+        let Some(rest) = self.under_prefix(topic) else {
             return false;
         };
         let mut levels = rest.split('/');

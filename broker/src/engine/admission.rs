@@ -52,7 +52,7 @@ impl Drop for Admitted {
 mod test {
     use super::*;
     use crate::config::Limits;
-    use crate::engine::Security;
+    use crate::engine::Access;
 
     #[test]
     fn connection_limits_count_per_ip_and_in_all() {
@@ -61,7 +61,7 @@ mod test {
             max_connections_per_ip: 2,
             ..Limits::default()
         };
-        let engine = Engine::new(limits, Security::default());
+        let engine = Engine::new(limits, Access::default());
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let first = engine.admit(a).unwrap();

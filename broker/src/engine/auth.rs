@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::packet::{ConnectCode, ConnectRequest};
 use super::tree::{valid_topic, TopicBounds};
-use super::{lock, Engine, Who};
+use super::{lock, Engine, Principal};
 use crate::credentials::{AuthError, Credentials, Identity, Memory, Role};
 
 /// A wrong password or an unknown user is answered after this pause, to slow down guessing.
@@ -48,7 +48,7 @@ impl Engine {
         connect: &ConnectRequest,
         peer: SocketAddr,
         deadline: Instant,
-    ) -> Result<Who, Refused> {
+    ) -> Result<Principal, Refused> {
         if connect.client_id.len() > 256 || connect.client_id.chars().any(char::is_control) {
             return Err(Refused::Connack(ConnectCode::IdentifierRejected));
         }
@@ -69,7 +69,7 @@ impl Engine {
             }
         }
         let Some(credentials) = &self.security.credentials else {
-            return Ok(Who::Anonymous);
+            return Ok(Principal::Anonymous);
         };
         let Some(login) = &connect.login else {
             tracing::warn!(%peer, client = %connect.client_id, "refused: no user name and password");
@@ -105,7 +105,7 @@ impl Engine {
             tracing::warn!(%peer, user = %identity.name, client = %id, "refused: client id does not match the identity");
             return Err(Refused::Connack(ConnectCode::IdentifierRejected));
         }
-        let who = Who::Identity(identity);
+        let who = Principal::Identity(identity);
         if let Some(will) = &connect.will {
             if !self.may_publish(&who, &will.topic) {
                 tracing::warn!(%peer, client = %id, topic = %will.topic, "refused: last will on a topic it may not publish to");

@@ -26,7 +26,7 @@ use super::packet::{
 };
 use super::tree::{valid_filter, valid_topic};
 use super::v4::{self, DecodeError};
-use super::{Engine, Link, SubscribeRefused, Who};
+use super::{Engine, Link, Principal, SubscribeRefused};
 use std::sync::atomic::Ordering;
 
 /// Read buffer size for a quiet connection; a busy one grows to [`READ_MAX`].
@@ -196,7 +196,7 @@ struct Conn<'a> {
     /// This connection's id: the owner of the session while attached.
     conn_id: u64,
     client_id: String,
-    who: Who,
+    who: Principal,
     wbuf: BytesMut,
     denied: u32,
     /// Subscribers that the last publishes found congested: waited for before reading more.

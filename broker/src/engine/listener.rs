@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::admission::Admitted;
-use super::{conn, BrokerError, Engine, Running, Security};
+use super::{conn, Access, BrokerError, Engine, Running};
 use crate::config::{Config, Limits};
 use pifleet_proto::Topics;
 
@@ -23,7 +23,7 @@ pub(super) enum Kind {
 /// Binds every listener in `config` and starts accepting. Returns once all are bound, so a
 /// client may connect as soon as this returns.
 pub async fn start(config: &Config) -> Result<Running, BrokerError> {
-    let security = Security::load(config)?;
+    let security = Access::load(config)?;
     let topics = Topics::new(&config.prefix).map_err(|e| BrokerError::Setup(e.to_string()))?;
     let engine = Engine::with_topics(config.limits.clone(), security, topics);
     start_with(config, engine).await
@@ -207,7 +207,7 @@ mod test {
     /// devices cost. Guard its size so an innocent-looking change cannot double it.
     #[tokio::test]
     async fn a_connection_future_stays_small() {
-        let engine = Engine::new(Limits::default(), Security::default());
+        let engine = Engine::new(Limits::default(), Access::default());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();

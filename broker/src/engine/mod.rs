@@ -9,7 +9,7 @@
 //! again (a remote denial of service). Its `link` module is private, so a front end cannot fix
 //! those from outside. `bench/run.sh` keeps measuring it beside this engine.
 //!
-//! Shape: one task per connection, one lock over the routing state ([`State`]), and per-session
+//! Shape: one task per connection, one lock over the routing state ([`Tables`]), and per-session
 //! outboxes that publishers fill and connections drain. Publishing takes the lock once, walks the
 //! subscription trie and appends an `Arc` to each matching outbox, so confirmation latency is one
 //! hop through this process and a fleet-wide command costs a pointer per device.
@@ -88,25 +88,26 @@ pub struct Running {
     pub engine: Arc<Engine>,
 }
 
-/// Who is on the other end of a connection.
+/// Who is on the other end of a connection, once its CONNECT was accepted.
 #[derive(Debug, Clone)]
-pub enum Who {
+pub enum Principal {
     /// Authentication is off: everything is allowed.
     Anonymous,
     Identity(Identity),
 }
 
-/// Credentials, rules and TLS, loaded once at start.
+/// What decides who may connect and what they may do: credentials, topic rules and TLS,
+/// loaded once at start.
 #[derive(Default)]
-pub struct Security {
+pub struct Access {
     pub credentials: Option<Arc<Credentials>>,
     pub acl: Option<Acl>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-impl Security {
+impl Access {
     /// Loads what `config` names. Errors name the file.
-    pub fn load(config: &Config) -> Result<Security, BrokerError> {
+    pub fn load(config: &Config) -> Result<Access, BrokerError> {
         let setup = |e: &dyn std::fmt::Display| BrokerError::Setup(e.to_string());
         let credentials = match &config.auth.credentials {
             Some(p) => Some(Arc::new(Credentials::load(p).map_err(|e| setup(&e))?)),
@@ -124,7 +125,7 @@ impl Security {
             }
             _ => None,
         };
-        Ok(Security {
+        Ok(Access {
             credentials,
             acl,
             tls,
@@ -139,9 +140,9 @@ pub struct Engine {
     pub(crate) bounds: TopicBounds,
     /// The fleet's topic layout (which topics are commands, never to be retained).
     topics: Topics,
-    state: Mutex<State>,
+    state: Mutex<Tables>,
     next_id: AtomicU64,
-    security: Security,
+    security: Access,
     /// Identities of clients inside this process (legacy relay, demo fleet): name → (secret,
     /// identity). They never touch the credentials file.
     internal: Mutex<HashMap<String, (String, Identity)>>,
@@ -156,8 +157,9 @@ pub struct Engine {
     counters: Counters,
 }
 
+/// The tables behind the engine's one lock: sessions, subscriptions and retained messages.
 #[derive(Default)]
-struct State {
+struct Tables {
     sessions: HashMap<Box<str>, SessionEntry>,
     subscriptions: FilterTree<Subscription>,
     retained: RetainTree<Arc<Message>>,
@@ -168,19 +170,19 @@ struct State {
 }
 
 impl Engine {
-    pub fn new(limits: Limits, security: Security) -> Arc<Engine> {
+    pub fn new(limits: Limits, security: Access) -> Arc<Engine> {
         Engine::with_topics(limits, security, Topics::default())
     }
 
     /// An engine for a fleet under a topic prefix other than the default.
-    pub fn with_topics(limits: Limits, security: Security, topics: Topics) -> Arc<Engine> {
+    pub fn with_topics(limits: Limits, security: Access, topics: Topics) -> Arc<Engine> {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Arc::new(Engine {
             bounds: TopicBounds::from_limits(&limits),
             budget: Budget::new(&limits),
             limits,
             topics,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(Tables::default()),
             next_id: AtomicU64::new(1),
             security,
             internal: Mutex::new(HashMap::new()),
@@ -258,20 +260,20 @@ impl Engine {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, Tables> {
         lock(&self.state)
     }
 
-    pub(crate) fn may_publish(&self, who: &Who, topic: &str) -> bool {
+    pub(crate) fn may_publish(&self, who: &Principal, topic: &str) -> bool {
         match (who, &self.security.acl) {
-            (Who::Identity(i), Some(acl)) => acl.may_publish(i, topic),
+            (Principal::Identity(i), Some(acl)) => acl.may_publish(i, topic),
             _ => true,
         }
     }
 
-    pub(crate) fn may_subscribe(&self, who: &Who, filter: &str) -> bool {
+    pub(crate) fn may_subscribe(&self, who: &Principal, filter: &str) -> bool {
         match (who, &self.security.acl) {
-            (Who::Identity(i), Some(acl)) => acl.may_subscribe(i, filter),
+            (Principal::Identity(i), Some(acl)) => acl.may_subscribe(i, filter),
             _ => true,
         }
     }

@@ -5,7 +5,7 @@
 //! bounds (`max_sessions`, `max_sessions_per_identity`, `session_expiry_secs`).
 //!
 //! A session store (persistence across restarts) would plug in here: every change to
-//! [`SessionEntry`] happens in [`Engine::attach`], [`Engine::detach`], [`State::discard`] and the
+//! [`SessionEntry`] happens in [`Engine::attach`], [`Engine::detach`], [`Tables::discard`] and the
 //! routing module's subscribe/unsubscribe, all under the one state lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use super::counters::bump;
 use super::outbox::Outbox;
 use super::packet::{ConnectCode, Will};
-use super::{Engine, State, Who};
+use super::{Engine, Principal, Tables};
 use crate::credentials::Role;
 
 /// Whose a session is: the identity that created it (`None` when authentication is off). A
@@ -28,11 +28,11 @@ pub(super) struct Owner {
     pub(super) role: Role,
 }
 
-impl Who {
+impl Principal {
     pub(super) fn owner(&self) -> Option<Owner> {
         match self {
-            Who::Anonymous => None,
-            Who::Identity(i) => Some(Owner {
+            Principal::Anonymous => None,
+            Principal::Identity(i) => Some(Owner {
                 name: i.name.as_str().into(),
                 role: i.role,
             }),
@@ -151,7 +151,7 @@ impl Engine {
         will: Option<Will>,
         keep_alive: Duration,
         conn: u64,
-        who: &Who,
+        who: &Principal,
     ) -> Result<Attachment, ConnectCode> {
         let mut st = self.state();
         let owner = who.owner();
@@ -202,7 +202,7 @@ impl Engine {
                 },
             );
         }
-        let State {
+        let Tables {
             sessions,
             subscriptions,
             ..
@@ -244,7 +244,7 @@ impl Engine {
     /// Makes room for a new session of `owner`, or says CONNACK 3.
     fn admit_session(
         &self,
-        st: &mut State,
+        st: &mut Tables,
         owner: Option<&Owner>,
         client_id: &str,
     ) -> Result<(), ConnectCode> {
@@ -309,7 +309,7 @@ impl Engine {
     }
 }
 
-impl State {
+impl Tables {
     /// Forgets a session: its subscriptions and anything queued for it.
     pub(super) fn discard(&mut self, client_id: &str) {
         if let Some(old) = self.sessions.remove(client_id) {

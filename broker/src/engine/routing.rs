@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::counters::bump;
 use super::outbox::{Delivery, Outbox, Pushed};
 use super::packet::{Message, QoS};
-use super::{Engine, State};
+use super::{Engine, Tables};
 
 pub(super) struct Subscription {
     pub(super) outbox: Arc<Outbox>,
@@ -44,7 +44,7 @@ impl Engine {
 
     pub(super) fn route(
         &self,
-        st: &mut State,
+        st: &mut Tables,
         mut message: Message,
         from: u64,
         congested: &mut Vec<Arc<Outbox>>,
@@ -93,7 +93,7 @@ impl Engine {
 
     /// Updates the retained store for `message`, within `max_retained_messages` and
     /// `max_retained_bytes` (a message that does not fit is delivered but not stored).
-    fn retain(&self, st: &mut State, message: &Arc<Message>) {
+    fn retain(&self, st: &mut Tables, message: &Arc<Message>) {
         if message.payload.is_empty() {
             if let Some(old) = st.retained.set(&message.topic, None) {
                 st.retained_bytes -= retained_cost(&old);
@@ -130,7 +130,7 @@ impl Engine {
         qos: QoS,
     ) -> Result<(), SubscribeRefused> {
         let mut st = self.state();
-        let State {
+        let Tables {
             sessions,
             subscriptions,
             retained,
@@ -181,7 +181,7 @@ impl Engine {
     /// Removes connection `conn`'s subscription to `filter` (if it still owns the session).
     pub(crate) fn unsubscribe(&self, client_id: &str, conn: u64, filter: &str) {
         let mut st = self.state();
-        let State {
+        let Tables {
             sessions,
             subscriptions,
             ..

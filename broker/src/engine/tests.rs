@@ -9,21 +9,21 @@ use bytes::Bytes;
 
 use super::outbox::Outbox;
 use super::packet::{ConnectCode, Message, QoS};
-use super::{Engine, Security, SubscribeRefused, Who};
+use super::{Access, Engine, Principal, SubscribeRefused};
 use crate::acl::Acl;
 use crate::config::Limits;
 use crate::credentials::{Identity, Role};
 
-fn device(name: &str, groups: &[&str]) -> Who {
-    Who::Identity(Identity {
+fn device(name: &str, groups: &[&str]) -> Principal {
+    Principal::Identity(Identity {
         name: name.into(),
         role: Role::Device,
         groups: groups.iter().map(|g| g.to_string()).collect(),
     })
 }
 
-fn controller(name: &str) -> Who {
-    Who::Identity(Identity {
+fn controller(name: &str) -> Principal {
+    Principal::Identity(Identity {
         name: name.into(),
         role: Role::Controller,
         groups: Vec::new(),
@@ -31,9 +31,9 @@ fn controller(name: &str) -> Who {
 }
 
 fn secured(limits: Limits) -> Arc<Engine> {
-    let security = Security {
+    let security = Access {
         acl: Some(Acl::new("pifleet", None).unwrap()),
-        ..Security::default()
+        ..Access::default()
     };
     Engine::new(limits, security)
 }
@@ -46,11 +46,16 @@ struct Client {
     present: bool,
 }
 
-fn connect(engine: &Engine, id: &str, clean: bool, who: &Who) -> Client {
+fn connect(engine: &Engine, id: &str, clean: bool, who: &Principal) -> Client {
     try_connect(engine, id, clean, who).expect("attached")
 }
 
-fn try_connect(engine: &Engine, id: &str, clean: bool, who: &Who) -> Result<Client, ConnectCode> {
+fn try_connect(
+    engine: &Engine,
+    id: &str,
+    clean: bool,
+    who: &Principal,
+) -> Result<Client, ConnectCode> {
     let conn = engine.id();
     let a = engine.attach(id, clean, None, Duration::ZERO, conn, who)?;
     Ok(Client {
@@ -101,7 +106,7 @@ fn publish(engine: &Engine, topic: &str, payload: &str, qos: QoS, retain: bool) 
 
 #[test]
 fn a_persistent_session_is_resumed_only_by_the_identity_that_created_it() {
-    let engine = Engine::new(Limits::default(), Security::default());
+    let engine = Engine::new(Limits::default(), Access::default());
     let ops = connect(&engine, "ops-pi", false, &controller("ops"));
     ops.subscribe(&engine, "pifleet/#", QoS::AtLeastOnce);
     ops.leave(&engine);
@@ -156,8 +161,8 @@ fn an_offline_session_expires_after_session_expiry_secs() {
         session_expiry_secs: 60,
         ..Limits::default()
     };
-    let engine = Engine::new(limits, Security::default());
-    let c = connect(&engine, "x", false, &Who::Anonymous);
+    let engine = Engine::new(limits, Access::default());
+    let c = connect(&engine, "x", false, &Principal::Anonymous);
     c.subscribe(&engine, "t", QoS::AtLeastOnce);
     c.leave(&engine);
     let left = engine.state().sessions["x"].offline_since_ms;
@@ -169,13 +174,13 @@ fn an_offline_session_expires_after_session_expiry_secs() {
     assert_eq!(engine.sessions(), 0);
     assert_eq!(engine.counters().sessions_expired, 1);
     assert!(engine.state().subscriptions.is_empty());
-    assert!(!connect(&engine, "x", false, &Who::Anonymous).present);
+    assert!(!connect(&engine, "x", false, &Principal::Anonymous).present);
 }
 
 #[test]
 fn connected_sessions_never_expire() {
-    let engine = Engine::new(Limits::default(), Security::default());
-    let _c = connect(&engine, "x", false, &Who::Anonymous);
+    let engine = Engine::new(Limits::default(), Access::default());
+    let _c = connect(&engine, "x", false, &Principal::Anonymous);
     engine.sweep(u64::MAX / 2, true);
     assert_eq!(engine.sessions(), 1);
 }
@@ -186,17 +191,17 @@ fn new_sessions_beyond_max_sessions_get_connack_3() {
         max_sessions: 2,
         ..Limits::default()
     };
-    let engine = Engine::new(limits, Security::default());
-    let a = connect(&engine, "a", true, &Who::Anonymous);
-    let _b = connect(&engine, "b", false, &Who::Anonymous);
+    let engine = Engine::new(limits, Access::default());
+    let a = connect(&engine, "a", true, &Principal::Anonymous);
+    let _b = connect(&engine, "b", false, &Principal::Anonymous);
     assert_eq!(
-        try_connect(&engine, "c", true, &Who::Anonymous).err(),
+        try_connect(&engine, "c", true, &Principal::Anonymous).err(),
         Some(ConnectCode::ServerUnavailable)
     );
     // Taking over an existing session needs no new one.
-    let _b2 = connect(&engine, "b", false, &Who::Anonymous);
+    let _b2 = connect(&engine, "b", false, &Principal::Anonymous);
     a.leave(&engine);
-    connect(&engine, "c", true, &Who::Anonymous);
+    connect(&engine, "c", true, &Principal::Anonymous);
     assert_eq!(engine.counters().sessions_refused, 1);
 }
 
@@ -206,7 +211,7 @@ fn an_identity_at_its_session_limit_replaces_its_oldest_offline_session() {
         max_sessions_per_identity: 2,
         ..Limits::default()
     };
-    let engine = Engine::new(limits, Security::default());
+    let engine = Engine::new(limits, Access::default());
     let ops = controller("ops");
     let first = connect(&engine, "ops:1", false, &ops);
     first.leave(&engine);
@@ -227,9 +232,9 @@ fn an_identity_at_its_session_limit_replaces_its_oldest_offline_session() {
 
 #[test]
 fn overlapping_filters_deliver_one_copy_at_the_highest_granted_qos() {
-    let engine = Engine::new(Limits::default(), Security::default());
-    let c = connect(&engine, "c", true, &Who::Anonymous);
-    let other = connect(&engine, "o", true, &Who::Anonymous);
+    let engine = Engine::new(Limits::default(), Access::default());
+    let c = connect(&engine, "c", true, &Principal::Anonymous);
+    let other = connect(&engine, "o", true, &Principal::Anonymous);
     c.subscribe(&engine, "a/#", QoS::AtMostOnce);
     c.subscribe(&engine, "a/+", QoS::AtLeastOnce);
     c.subscribe(&engine, "a/b", QoS::AtMostOnce);
@@ -245,8 +250,8 @@ fn subscriptions_per_client_are_capped_and_resubscribing_is_free() {
         max_subscriptions_per_client: 2,
         ..Limits::default()
     };
-    let engine = Engine::new(limits, Security::default());
-    let c = connect(&engine, "c", true, &Who::Anonymous);
+    let engine = Engine::new(limits, Access::default());
+    let c = connect(&engine, "c", true, &Principal::Anonymous);
     c.subscribe(&engine, "a", QoS::AtMostOnce);
     c.subscribe(&engine, "b", QoS::AtMostOnce);
     c.subscribe(&engine, "a", QoS::AtLeastOnce);
@@ -261,11 +266,11 @@ fn subscriptions_per_client_are_capped_and_resubscribing_is_free() {
 
 #[test]
 fn a_taken_over_connection_can_neither_subscribe_nor_drain() {
-    let engine = Engine::new(Limits::default(), Security::default());
-    let old = connect(&engine, "x", false, &Who::Anonymous);
+    let engine = Engine::new(Limits::default(), Access::default());
+    let old = connect(&engine, "x", false, &Principal::Anonymous);
     old.subscribe(&engine, "t", QoS::AtLeastOnce);
     publish(&engine, "t", "1", QoS::AtLeastOnce, false);
-    let new = connect(&engine, "x", false, &Who::Anonymous);
+    let new = connect(&engine, "x", false, &Principal::Anonymous);
     assert!(new.present);
     assert_eq!(
         engine.subscribe("x", old.conn, "leak/#", QoS::AtMostOnce),
@@ -288,8 +293,8 @@ fn a_taken_over_connection_can_neither_subscribe_nor_drain() {
 
 #[test]
 fn retained_commands_are_delivered_but_never_stored() {
-    let engine = Engine::new(Limits::default(), Security::default());
-    let live = connect(&engine, "live", true, &Who::Anonymous);
+    let engine = Engine::new(Limits::default(), Access::default());
+    let live = connect(&engine, "live", true, &Principal::Anonymous);
     live.subscribe(&engine, "pifleet/#", QoS::AtMostOnce);
     for t in [
         "pifleet/dev/porch/cmnd",
@@ -306,7 +311,7 @@ fn retained_commands_are_delivered_but_never_stored() {
         true,
     );
     assert_eq!(live.received().len(), 4, "all delivered live");
-    let late = connect(&engine, "late", true, &Who::Anonymous);
+    let late = connect(&engine, "late", true, &Principal::Anonymous);
     late.subscribe(&engine, "pifleet/#", QoS::AtMostOnce);
     assert_eq!(
         late.received(),
@@ -326,7 +331,7 @@ fn the_retained_store_is_bounded_in_count_and_bytes_and_clearing_makes_room() {
         max_retained_bytes: 100_000,
         ..Limits::default()
     };
-    let engine = Engine::new(limits, Security::default());
+    let engine = Engine::new(limits, Access::default());
     for t in ["a", "b", "c", "d"] {
         publish(&engine, t, "1", QoS::AtMostOnce, true);
     }
@@ -353,9 +358,9 @@ fn the_retained_store_is_bounded_in_count_and_bytes_and_clearing_makes_room() {
 
 #[test]
 fn retained_messages_answer_a_subscribe_before_any_later_live_message() {
-    let engine = Engine::new(Limits::default(), Security::default());
+    let engine = Engine::new(Limits::default(), Access::default());
     publish(&engine, "t", "old", QoS::AtMostOnce, true);
-    let c = connect(&engine, "c", true, &Who::Anonymous);
+    let c = connect(&engine, "c", true, &Principal::Anonymous);
     c.subscribe(&engine, "t", QoS::AtMostOnce);
     // Live, not retained: the stored value stays, and must still come first.
     publish(&engine, "t", "new", QoS::AtMostOnce, false);

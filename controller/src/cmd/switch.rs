@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use pifleet_proto::fleet::decode;
-use pifleet_proto::report::{Outcome, SwitchReport, SwitchResult, WatchEvent};
+use pifleet_proto::fleet::{decode, CommandReply};
+use pifleet_proto::report::{Outcome, SwitchReport, SwitchResult};
 use pifleet_proto::{Action, Command, CommandId, Name, Target, Topics};
 use rumqttc::QoS;
 
@@ -142,8 +142,12 @@ pub async fn exec(
         let Ok(Some(event)) = decode(&topics, &p.topic, &p.payload) else {
             continue;
         };
-        let (device, result) = match event {
-            WatchEvent::Output { device, state, .. } if state.cmd.as_ref() == Some(&command.id) => {
+        let Some(reply) = CommandReply::from_event(&event).filter(|r| r.answers(&command.id))
+        else {
+            continue;
+        };
+        let (device, result) = match reply {
+            CommandReply::Confirmed { device, state, .. } => {
                 let result = SwitchResult {
                     device: device.to_string(),
                     outcome: Outcome::Confirmed,
@@ -153,16 +157,15 @@ pub async fn exec(
                 };
                 (device, result)
             }
-            WatchEvent::Event { device, event } if event.cmd.as_ref() == Some(&command.id) => {
-                let result = not_waited(&device, Outcome::Refused, &event.message);
+            CommandReply::Refused { device, reason, .. } => {
+                let result = not_waited(&device, Outcome::Refused, &reason);
                 (device, result)
             }
-            WatchEvent::Presence { device, presence } if !presence.is_online() => {
+            CommandReply::WentOffline { device } => {
                 let result =
                     not_waited(&device, Outcome::Offline, "went offline before confirming");
                 (device, result)
             }
-            _ => continue,
         };
         if waiting.remove(&device) {
             results.insert(device, result);
