@@ -19,6 +19,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use subtle::ConstantTimeEq;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -77,7 +78,7 @@ impl Engine {
         };
         let internal = lock(&self.internal)
             .get(&login.username)
-            .filter(|(secret, _)| constant_time_eq(secret.as_bytes(), login.password.as_bytes()))
+            .filter(|(secret, _)| bool::from(secret.as_bytes().ct_eq(login.password.as_bytes())))
             .map(|(_, identity)| identity.clone());
         let cached = || credentials.cached(&login.username, login.password.as_bytes());
         let identity = match internal.or_else(cached) {
@@ -133,9 +134,6 @@ pub(crate) fn client_id_allowed(identity: &Identity, id: &str) -> bool {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 /// The verifier threads, started on the first login that needs a hash.
 pub(crate) struct Verifiers {
