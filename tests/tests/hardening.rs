@@ -1,0 +1,90 @@
+//! Hardening against what the outside world does to a running fleet (issue #10), end to end:
+//! a broker and an agent whose stderr and stdout have gone away keep running however much they
+//! log; a retained command (a "ghost", replayed on every reconnect) is never executed; an agent
+//! whose group subscription the broker refuses says so, in its log and as an event.
+
+use std::process::Command;
+use std::time::Duration;
+
+use pifleet_proto::report::Outcome;
+use pifleet_tests::*;
+
+/// The minimal agent config of [`Agent::start_in`], for agents started by hand.
+fn agent_config(url: &str, device: &str, extra: &str) -> String {
+    format!(
+        "device = {device:?}\nbroker = {url:?}\ngpio = \"sim\"\nkeep_alive_secs = 2\n\
+         reconnect_max_secs = 0.5\n\n[[output]]\nname = \"led\"\npin = 17\n{extra}"
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logging that cannot abort the process.
+
+#[test]
+fn a_broker_whose_stderr_and_stdout_are_gone_keeps_serving_however_much_it_logs() {
+    let creds = Creds::new();
+    let ops = creds.add(&["controller", "add", "ops"]);
+    let mut cmd = Command::new(bin("pifleet-broker"));
+    cmd.arg("--credentials")
+        .arg(&creds.path)
+        .args(["--mqtt", "127.0.0.1:0", "--no-ws"]);
+    let (mut broker, ready) = Proc::spawn_unheard("broker", cmd, Some("pifleet-broker: MQTT on "));
+    let url = format!("mqtt://{}", ready.rsplit(' ').next().unwrap());
+
+    // Each refused login is a warning in the broker's log (and the end of each session an info
+    // line); the first one used to abort the broker, so any client could stop it.
+    for attempt in 0..3 {
+        assert!(
+            broker.is_running(),
+            "the broker died: {:?}",
+            broker.child.try_wait()
+        );
+        let out = cli_env(
+            &url,
+            &["status"],
+            &[
+                ("PIFLEET_USER", "ops"),
+                ("PIFLEET_PASSWORD", "not-the-password-1234"),
+            ],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "wrong password, attempt {attempt}"
+        );
+    }
+    let login = [("PIFLEET_USER", "ops"), ("PIFLEET_PASSWORD", ops.as_str())];
+    let out = cli_env(&url, &["status"], &login);
+    assert_eq!(out.status.code(), Some(0), "the broker still serves MQTT");
+    assert!(broker.is_running(), "{:?}", broker.child.try_wait());
+}
+
+#[test]
+fn an_agent_whose_stderr_is_gone_keeps_running_and_reconnects() {
+    let broker = Broker::start_with(&["--mqtt", "127.0.0.1:0", "--no-ws"]);
+    let url = broker.url();
+    let addr = broker.mqtt.clone();
+    let dir = TempDir::new("lima");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, agent_config(&url, "lima", "")).unwrap();
+    let mut cmd = Command::new(bin("pifleet-agent"));
+    cmd.arg("--config").arg(&config);
+    // The agent logs from its first moment (the outputs it sets up, the connection).
+    let (mut agent, _) = Proc::spawn_unheard("lima", cmd, None);
+    let mut online = || {
+        assert!(
+            agent.is_running(),
+            "the agent died: {:?}",
+            agent.child.try_wait()
+        );
+        device_status(&url, "lima").is_some_and(|d| d.online)
+    };
+    wait_until("lima is online", Duration::from_secs(15), &mut online);
+
+    // Without a broker the agent logs every failed attempt.
+    drop(broker);
+    let _broker = Broker::start_with(&["--mqtt", &addr, "--no-ws"]);
+    wait_until("lima is back online", Duration::from_secs(15), &mut online);
+    let (r, code) = switch(&url, &["on", "lima"]);
+    assert_eq!((code, outcome(&r, "lima")), (Some(0), Outcome::Confirmed));
+}
