@@ -5,7 +5,7 @@
 //! Owning everything in one task means no locks around pins and a single order of events: a
 //! command's GPIO write, its state-file write and its acknowledgement happen in that order.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -200,6 +200,9 @@ pub struct Agent {
     security: Security,
     state_path: Option<PathBuf>,
     recent: VecDeque<CommandId>,
+    /// Command topics on which a retained command arrived (and was ignored), so that the
+    /// warning is logged once per topic rather than at every reconnect.
+    ghosts: HashSet<String>,
     outbox: VecDeque<Pending>,
     connected: bool,
     /// A handle on ourselves, for the legacy shim.
@@ -313,6 +316,7 @@ impl Agent {
             security,
             state_path,
             recent: VecDeque::new(),
+            ghosts: HashSet::new(),
             outbox: VecDeque::new(),
             connected: false,
             config,
@@ -623,6 +627,10 @@ impl Agent {
             }
             _ => return,
         }
+        if p.retain {
+            self.ignore_retained_command(&p.topic);
+            return;
+        }
         let cmd: Command = match serde_json::from_slice(&p.payload) {
             Ok(c) => c,
             Err(e) => {
@@ -680,6 +688,20 @@ impl Agent {
                 kind,
                 format!("refused command {}: {e}", cmd.id),
                 Some(cmd.id),
+            );
+        }
+    }
+
+    /// A command that arrives with the RETAIN flag is one the broker stored and replays at
+    /// every subscription, i.e. at every reconnect: executing it would switch the output each
+    /// time the network blinks ("ghost switching"). It is dropped without an event (the sender,
+    /// if any, is long gone, and an event per reconnect would be noise) and logged once.
+    fn ignore_retained_command(&mut self, topic: &str) {
+        if self.ghosts.insert(topic.to_string()) {
+            tracing::warn!(
+                "ignoring a retained command on {topic}: commands must never be retained (the \
+                 broker replays a retained one at every reconnect); remove it by publishing an \
+                 empty retained message to {topic}"
             );
         }
     }

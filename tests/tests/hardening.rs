@@ -88,3 +88,51 @@ fn an_agent_whose_stderr_is_gone_keeps_running_and_reconnects() {
     let (r, code) = switch(&url, &["on", "lima"]);
     assert_eq!((code, outcome(&r, "lima")), (Some(0), Outcome::Confirmed));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Retained commands are ghosts.
+
+/// A tool that leaves a retained command behind must not switch the device now, nor at every
+/// later (re)connect. Whether the broker stores the retained command (this one still does) or
+/// refuses to, the device's output must not move.
+#[test]
+fn a_retained_command_is_never_executed_at_start_or_restart() {
+    let broker = Broker::start_with(&["--mqtt", "127.0.0.1:0", "--no-ws"]);
+    let url = broker.url();
+    publish_raw_retained(
+        &url,
+        "pifleet/dev/mike/cmnd",
+        br#"{"id":"ghost-1","action":"on","output":"led"}"#,
+    );
+    let watch = watch(&url, &["mike"]);
+    let outputs = "[[output]]\nname = \"led\"\npin = 17\n[[output]]\nname = \"relay\"\npin = 22\n";
+    let mut agent = Agent::start(&url, "mike", outputs);
+
+    for (run, relay) in [("start", "on"), ("restart", "off")] {
+        wait_online(&url, "mike");
+        // A stored command reaches the agent when it subscribes, before any later message on
+        // the same topic: once a later command (for the other output) is confirmed, the ghost
+        // has been seen and dealt with.
+        let (r, code) = switch(&url, &[relay, "mike", "--output", "relay"]);
+        assert_eq!(
+            (code, outcome(&r, "mike")),
+            (Some(0), Outcome::Confirmed),
+            "{run}"
+        );
+        let led = device_status(&url, "mike").unwrap().outputs["led"].clone();
+        assert!(!led.on, "the ghost switched the LED on at {run}: {led:?}");
+        assert_eq!(led.cmd, None, "{run}: {led:?}");
+        if run == "start" {
+            agent.proc.signal("TERM");
+            agent.proc.wait_exit(Duration::from_secs(10));
+            let dir = std::mem::replace(&mut agent.dir, TempDir::new("unused"));
+            agent = Agent::start_in(dir, &url, "mike", outputs);
+        }
+    }
+    // Nothing was published for the ghost: no acknowledgement, no refusal event.
+    assert!(
+        !watch.stdout.since(0).iter().any(|l| l.contains("ghost-1")),
+        "{:?}",
+        watch.stdout.since(0)
+    );
+}
