@@ -136,3 +136,63 @@ fn a_retained_command_is_never_executed_at_start_or_restart() {
         watch.stdout.since(0)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Refused subscriptions are reported.
+
+/// The device's config lists a group its credentials do not: the broker refuses that one
+/// subscription (SUBACK 0x80). The agent says so, in its log and as an event, and the groups it
+/// was granted keep working.
+#[test]
+fn an_agent_reports_a_refused_group_subscription_and_keeps_the_granted_ones() {
+    let creds = Creds::new();
+    let secret = creds.add(&["device", "add", "november", "--group", "downstairs"]);
+    let ops = creds.add(&["controller", "add", "ops"]);
+    let broker = creds.broker();
+    let url = broker.url();
+    let login = [("PIFLEET_USER", "ops"), ("PIFLEET_PASSWORD", ops.as_str())];
+    let watch = watch_env(&url, &["november"], &login);
+    let agent = Agent::start(
+        &url,
+        "november",
+        &format!("password = {secret:?}\ngroups = [\"downstairs\", \"upstairs\"]\n"),
+    );
+
+    let said = agent.proc.stderr.wait_for(
+        "the agent's report of the refusal",
+        Duration::from_secs(15),
+        |l| l.contains("broker refused subscription"),
+    );
+    assert!(
+        said.contains("ERROR")
+            && said.contains(
+                "broker refused subscription to group 'upstairs' (pifleet/group/upstairs/cmnd): \
+                 check the device's groups in the broker's credentials"
+            ),
+        "{said}"
+    );
+    let event = watch.stdout.wait_for(
+        "the subscription_refused event",
+        Duration::from_secs(10),
+        |l| l.contains("subscription_refused"),
+    );
+    assert!(
+        event.contains(r#""filter":"pifleet/group/upstairs/cmnd""#),
+        "{event}"
+    );
+
+    let (r, code) = switch_env(&url, &["on", "--group", "downstairs"], &login);
+    assert_eq!(
+        (code, outcome(&r, "november")),
+        (Some(0), Outcome::Confirmed)
+    );
+    // Only the one filter was refused.
+    let refusals: Vec<_> = agent
+        .proc
+        .stderr
+        .since(0)
+        .into_iter()
+        .filter(|l| l.contains("refused subscription"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+}
