@@ -484,6 +484,16 @@ pub fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Gives up on a test whose requirement (a tool, root, free ports) is missing here. Outside CI
+/// it prints `SKIPPED: reason` and the caller returns; under `CI=true` it panics with the
+/// reason, because in CI a test must not pass by skipping (`.ci/run` installs what they need).
+pub fn skip(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("cannot run under CI=true: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
 /// Publishes one message with a plain MQTT client (rumqttc), as any third-party tool would.
 pub fn publish_raw(broker_url: &str, topic: &str, payload: &[u8]) {
     publish_raw_with(broker_url, topic, payload, false)
@@ -552,7 +562,7 @@ pub fn watch_env(broker_url: &str, args: &[&str], env: &[(&str, &str)]) -> Proc 
 /// Runs `tests/legacy_client.py` (a client written like the originals); `None` without python3.
 pub fn legacy_client(addr: &str, args: &[&str]) -> Option<Vec<String>> {
     if !have("python3") {
-        eprintln!("SKIPPED: python3 is not installed");
+        skip("python3 is not installed");
         return None;
     }
     let (host, port) = addr.rsplit_once(':').expect("host:port");

@@ -223,7 +223,7 @@ fn restore_brings_the_led_back_after_a_restart() {
 #[test]
 fn mosquitto_clients_interoperate_using_the_documented_protocol() {
     if !have("mosquitto_pub") || !have("mosquitto_sub") {
-        eprintln!("SKIPPED: mosquitto-clients is not installed (.ci/run installs it)");
+        skip("mosquitto-clients is not installed (.ci/run installs it)");
         return;
     }
     let broker = Broker::start();
