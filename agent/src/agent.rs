@@ -5,7 +5,7 @@
 //! Owning everything in one task means no locks around pins and a single order of events: a
 //! command's GPIO write, its state-file write and its acknowledgement happen in that order.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,8 +15,10 @@ use pifleet_proto::payload::{
     EventKind, InputState, OutputState, Presence, PresenceState, SensorReading, StateSource,
 };
 use pifleet_proto::time::now_ms;
-use pifleet_proto::{Action, Command, CommandId, Event, Name, Topic, Topics};
-use rumqttc::{AsyncClient, ClientError, LastWill, Publish, QoS, SubscribeFilter};
+use pifleet_proto::{Action, Command, CommandId, Event, Name, Target, Topic, Topics};
+use rumqttc::{
+    AsyncClient, ClientError, LastWill, Publish, QoS, SubscribeFilter, SubscribeReasonCode,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -200,7 +202,12 @@ pub struct Agent {
     security: Security,
     state_path: Option<PathBuf>,
     recent: VecDeque<CommandId>,
+    /// Command topics on which a retained command arrived (and was ignored), so that the
+    /// warning is logged once per topic rather than at every reconnect.
+    ghosts: HashSet<String>,
     outbox: VecDeque<Pending>,
+    /// The filters of the SUBSCRIBE sent after the last CONNACK, until its SUBACK arrives.
+    subscribing: Option<Vec<String>>,
     connected: bool,
     /// A handle on ourselves, for the legacy shim.
     handle: AgentHandle,
@@ -313,7 +320,9 @@ impl Agent {
             security,
             state_path,
             recent: VecDeque::new(),
+            ghosts: HashSet::new(),
             outbox: VecDeque::new(),
+            subscribing: None,
             connected: false,
             config,
         };
@@ -433,6 +442,7 @@ impl Agent {
                         self.connected = false;
                     }
                     Some(NetEvent::Message(p)) => self.on_message(&client, p).await,
+                    Some(NetEvent::SubAck(ack)) => self.on_suback(&client, &ack.return_codes),
                     None => break,
                 },
                 Some((index, active)) = self.edges.recv() => self.on_edge(&client, index, active),
@@ -475,15 +485,15 @@ impl Agent {
     fn on_connected(&mut self, client: &AsyncClient) {
         self.connected = true;
         tracing::info!("connected to {}", self.config.broker);
-        let filters: Vec<_> = self
+        let paths: Vec<String> = self
             .topics
             .agent_subscriptions(&self.config.device, &self.config.groups)
             .into_iter()
-            .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce))
-            .chain([SubscribeFilter::new(
-                self.topics.status(&self.config.device),
-                QoS::AtLeastOnce,
-            )])
+            .chain([self.topics.status(&self.config.device)])
+            .collect();
+        let filters: Vec<_> = paths
+            .iter()
+            .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
             .collect();
         // Retained messages queued from before are superseded by the full republish below.
         self.outbox.retain(|p| !p.retain);
@@ -521,9 +531,15 @@ impl Agent {
                 ));
             }
         }
-        if let Err(e) = client.try_subscribe_many(filters) {
-            tracing::warn!("cannot queue the subscription: {e}");
-        }
+        // A SUBSCRIBE still unanswered from an earlier connection is answered never: its
+        // connection is gone. This connection's SUBACK is matched against these filters.
+        self.subscribing = match client.try_subscribe_many(filters) {
+            Ok(()) => Some(paths),
+            Err(e) => {
+                tracing::warn!("cannot queue the subscription: {e}");
+                None
+            }
+        };
         // Subscribe first, then announce: whoever sees us online can already reach us.
         fresh.append(&mut self.outbox);
         self.outbox = fresh;
@@ -600,18 +616,56 @@ impl Agent {
     /// An event for `<prefix>/dev/<device>/event`, logged as it is created.
     fn event_pending(&self, kind: EventKind, message: String, cmd: Option<CommandId>) -> Pending {
         tracing::warn!("{message}");
-        let event = Event {
+        self.event_json(Event {
             kind,
             message,
             cmd,
+            filter: None,
             ts: now_ms(),
-        };
+        })
+    }
+
+    fn event_json(&self, event: Event) -> Pending {
         self.pending_json(
             self.topics.event(&self.config.device),
             &event,
             QoS::AtLeastOnce,
             false,
         )
+    }
+
+    /// Maps the SUBACK's return codes to the filters subscribed after the last CONNACK and
+    /// reports each refused one: an error in the log and a `subscription_refused` event, since
+    /// commands to it will never arrive (a controller's `on --group G` would only time out).
+    fn on_suback(&mut self, client: &AsyncClient, codes: &[SubscribeReasonCode]) {
+        let Some(filters) = self.subscribing.take() else {
+            tracing::debug!("SUBACK for no subscription of ours: ignored");
+            return;
+        };
+        let refused = match refused_filters(&filters, codes) {
+            Ok(refused) => refused,
+            Err(()) => {
+                tracing::warn!(
+                    "the broker answered {} subscription filters with {} return codes; \
+                     cannot tell which it refused",
+                    filters.len(),
+                    codes.len()
+                );
+                return;
+            }
+        };
+        for filter in refused {
+            let message = refusal_sentence(&self.topics, &self.config.device, filter);
+            tracing::error!("{message}");
+            let p = self.event_json(Event {
+                kind: EventKind::SubscriptionRefused,
+                message,
+                cmd: None,
+                filter: Some(filter.to_string()),
+                ts: now_ms(),
+            });
+            self.send(client, p);
+        }
     }
 
     async fn on_message(&mut self, client: &AsyncClient, p: Publish) {
@@ -622,6 +676,10 @@ impl Agent {
                 return;
             }
             _ => return,
+        }
+        if p.retain {
+            self.ignore_retained_command(&p.topic);
+            return;
         }
         let cmd: Command = match serde_json::from_slice(&p.payload) {
             Ok(c) => c,
@@ -680,6 +738,20 @@ impl Agent {
                 kind,
                 format!("refused command {}: {e}", cmd.id),
                 Some(cmd.id),
+            );
+        }
+    }
+
+    /// A command that arrives with the RETAIN flag is one the broker stored and replays at
+    /// every subscription, i.e. at every reconnect: executing it would switch the output each
+    /// time the network blinks ("ghost switching"). It is dropped without an event (the sender,
+    /// if any, is long gone, and an event per reconnect would be noise) and logged once.
+    fn ignore_retained_command(&mut self, topic: &str) {
+        if self.ghosts.insert(topic.to_string()) {
+            tracing::warn!(
+                "ignoring a retained command on {topic}: commands must never be retained (the \
+                 broker replays a retained one at every reconnect); remove it by publishing an \
+                 empty retained message to {topic}"
             );
         }
     }
@@ -914,6 +986,39 @@ impl Agent {
     }
 }
 
+/// The filters a SUBACK refused: its return codes answer the SUBSCRIBE's filters one by one,
+/// in order (MQTT 3.1.1, 3.9.3). `Err` when the counts differ, i.e. the SUBACK cannot be for
+/// that SUBSCRIBE.
+fn refused_filters<'a>(
+    filters: &'a [String],
+    codes: &[SubscribeReasonCode],
+) -> Result<Vec<&'a str>, ()> {
+    if filters.len() != codes.len() {
+        return Err(());
+    }
+    Ok(filters
+        .iter()
+        .zip(codes)
+        .filter(|(_, code)| matches!(code, SubscribeReasonCode::Failure))
+        .map(|(f, _)| f.as_str())
+        .collect())
+}
+
+/// One sentence on a refused subscription, naming the group when it is a group's commands
+/// (the usual cause: the device's credentials list other groups than its config).
+fn refusal_sentence(topics: &Topics, device: &Name, filter: &str) -> String {
+    match topics.parse(filter) {
+        Some(Topic::Command(Target::Group(group))) => format!(
+            "broker refused subscription to group '{group}' ({filter}): check the device's \
+             groups in the broker's credentials"
+        ),
+        _ => format!(
+            "broker refused subscription to {filter}: check what the broker allows device \
+             '{device}'"
+        ),
+    }
+}
+
 /// Binds the legacy listener (a bind failure is fatal: the user asked for that port) and
 /// serves it in the background.
 async fn start_legacy(
@@ -941,4 +1046,55 @@ async fn start_legacy(
         l.limits(),
         std::future::pending(),
     )))
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    #[test]
+    fn suback_codes_map_to_the_filters_in_the_order_subscribed() {
+        let filters: Vec<String> = [
+            "pifleet/dev/k/cmnd",
+            "pifleet/group/downstairs/cmnd",
+            "pifleet/group/upstairs/cmnd",
+            "pifleet/all/cmnd",
+        ]
+        .map(String::from)
+        .into();
+        let ok = SubscribeReasonCode::Success(QoS::AtLeastOnce);
+        let no = SubscribeReasonCode::Failure;
+        assert_eq!(
+            refused_filters(&filters, &[ok, ok, no, ok]),
+            Ok(vec!["pifleet/group/upstairs/cmnd"])
+        );
+        assert_eq!(
+            refused_filters(&filters, &[no, ok, ok, no]),
+            Ok(vec!["pifleet/dev/k/cmnd", "pifleet/all/cmnd"])
+        );
+        assert_eq!(refused_filters(&filters, &[ok; 4]), Ok(vec![]));
+        // A granted QoS lower than asked for is still granted.
+        let qos0 = SubscribeReasonCode::Success(QoS::AtMostOnce);
+        assert_eq!(refused_filters(&filters, &[qos0; 4]), Ok(vec![]));
+        assert_eq!(refused_filters(&filters, &[no, no]), Err(()));
+    }
+
+    #[test]
+    fn a_refused_group_subscription_is_a_sentence_naming_the_group() {
+        let topics = Topics::new("pifleet").unwrap();
+        assert_eq!(
+            refusal_sentence(&topics, &n("k"), "pifleet/group/upstairs/cmnd"),
+            "broker refused subscription to group 'upstairs' (pifleet/group/upstairs/cmnd): \
+             check the device's groups in the broker's credentials"
+        );
+        assert_eq!(
+            refusal_sentence(&topics, &n("k"), "pifleet/all/cmnd"),
+            "broker refused subscription to pifleet/all/cmnd: check what the broker allows \
+             device 'k'"
+        );
+    }
 }

@@ -257,6 +257,31 @@ impl Default for Config {
     }
 }
 
+/// Where and what, in one line: `line 3, column 10, device: name "a/b" contains '/'`. Not
+/// toml's own `Display`, which quotes the offending line of the file: that line may hold a
+/// secret (a `password = "...` missing its closing quote, a broker URL with a password in it).
+/// The key a bad value belongs to is named, as the quoted line used to show it.
+fn toml_error(e: &toml::de::Error, text: &str) -> String {
+    let message = e.message().trim_end();
+    let Some(before) = e.span().and_then(|s| text.get(..s.start)) else {
+        return message.to_string();
+    };
+    let line = before.matches('\n').count() + 1;
+    let on_line = before.rsplit('\n').next().unwrap_or("");
+    let column = on_line.chars().count() + 1;
+    // `key = ` right before the value; in an inline table only the last `key = `.
+    let key = on_line
+        .trim_end()
+        .strip_suffix('=')
+        .and_then(|k| k.rsplit([',', '{']).next())
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    match key {
+        Some(key) => format!("line {line}, column {column}, {key}: {message}"),
+        None => format!("line {line}, column {column}: {message}"),
+    }
+}
+
 impl Config {
     /// Loads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -271,7 +296,7 @@ impl Config {
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+            message: toml_error(&e, text),
         })?;
         config.validate()?;
         Ok(config)
@@ -479,6 +504,31 @@ mod test {
         assert!(e.to_string().contains("maybe"), "{e}");
         let e = parse("broker = \"http://x\"").unwrap_err();
         assert!(e.to_string().contains("http"), "{e}");
+        let e =
+            parse("device = \"k\"\n\n[[output]]\nname = \"led\"\npin = 17\n  activ_low = true\n")
+                .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config file test.toml: line 6, column 3: unknown field `activ_low`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn errors_never_quote_a_secret_from_the_file() {
+        let e = parse("device = \"k\"\nbroker = \"mqtt://bob:secret@host\"\n").unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.contains("line 2") && shown.contains("must not contain a user name or password"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("secret") && !shown.contains("bob"),
+            "{shown}"
+        );
+        // A password whose closing quote is missing: toml's own message would quote the line.
+        let e = parse("password = \"hunter2\ndevice = \"k\"\n").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pifleet_proto::mqtt::{describe, is_auth_refusal, Backoff, Who};
 use pifleet_proto::BrokerUrl;
-use rumqttc::{Event, EventLoop, Outgoing, Packet, Publish};
+use rumqttc::{Event, EventLoop, Outgoing, Packet, Publish, SubAck};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
@@ -32,6 +32,8 @@ pub enum NetEvent {
         refused: bool,
     },
     Message(Publish),
+    /// The broker's answer to a SUBSCRIBE: one return code per filter, in the order sent.
+    SubAck(SubAck),
 }
 
 /// Polls until a DISCONNECT we asked for has been sent (or the receiver is gone).
@@ -50,6 +52,7 @@ pub async fn drive(
                 NetEvent::Connected
             }
             Ok(Event::Incoming(Packet::Publish(p))) => NetEvent::Message(p),
+            Ok(Event::Incoming(Packet::SubAck(s))) => NetEvent::SubAck(s),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => continue,
             Err(e) => {

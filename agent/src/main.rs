@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use pifleet_agent::config::{Config, GpioChoice, EXAMPLE};
 use pifleet_agent::{console, gpio, Agent, AgentError};
 use pifleet_proto::mqtt::{Password, Security};
-use pifleet_proto::{BrokerUrl, Name};
+use pifleet_proto::{say, tell, BrokerUrl, Name};
 
 /// Runs on a Raspberry Pi: dials out to an MQTT broker, switches outputs (LEDs, relays) on
 /// command, and publishes inputs (buttons) and sensors.
@@ -157,24 +157,26 @@ fn main() -> ExitCode {
 
     match cli.command {
         Some(Cmd::PrintConfig) => {
-            print!("{EXAMPLE}");
+            use std::io::Write;
+            // `print!` would panic on a closed stdout (`print-config | head`).
+            let _ = std::io::stdout().write_all(EXAMPLE.as_bytes());
             return ExitCode::SUCCESS;
         }
         Some(Cmd::CheckConfig) => {
             return match load(&cli.run) {
                 Ok(c) => {
-                    println!("{c:#?}");
+                    say!("{c:#?}");
                     match c.security() {
-                        Ok(s) => println!("{}", login_summary(&c, &s)),
+                        Ok(s) => say!("{}", login_summary(&c, &s)),
                         Err(e) => {
-                            eprintln!("pifleet-agent: {e}");
+                            tell!("pifleet-agent: {e}");
                             return ExitCode::from(EXIT_CONFIG);
                         }
                     }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("pifleet-agent: {e}");
+                    tell!("pifleet-agent: {e}");
                     ExitCode::from(EXIT_CONFIG)
                 }
             };
@@ -184,7 +186,7 @@ fn main() -> ExitCode {
     let config = match load(&cli.run) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("pifleet-agent: {e}");
+            tell!("pifleet-agent: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -196,7 +198,7 @@ fn main() -> ExitCode {
         let (mut backend, sim) = match gpio::open(config.gpio) {
             Ok(b) => b,
             Err(e) => {
-                eprintln!("pifleet-agent: {e}");
+                tell!("pifleet-agent: {e}");
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
@@ -206,7 +208,7 @@ fn main() -> ExitCode {
         let (agent, handle) = match Agent::new(config, backend.as_mut(), sim.clone()) {
             Ok(a) => a,
             Err(e) => {
-                eprintln!("pifleet-agent: {e}");
+                tell!("pifleet-agent: {e}");
                 return ExitCode::from(exit_code(&e));
             }
         };
@@ -217,7 +219,7 @@ fn main() -> ExitCode {
         match agent.run(pifleet_proto::signal::shutdown()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("pifleet-agent: {e}");
+                tell!("pifleet-agent: {e}");
                 ExitCode::from(exit_code(&e))
             }
         }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use pifleet_broker::config::DEFAULT_TOML;
 use pifleet_broker::demo::Demo;
 use pifleet_broker::Config;
+use pifleet_proto::{say, tell};
 
 /// An MQTT broker for a fleet of Raspberry Pis: per-device identities, topic ACLs, TLS.
 #[derive(Parser)]
@@ -73,7 +74,7 @@ fn stop_signal() -> tokio::sync::oneshot::Receiver<()> {
             rt.block_on(pifleet_proto::signal::shutdown());
             let _ = tx.send(());
             std::thread::sleep(std::time::Duration::from_secs(10));
-            eprintln!("pifleet-broker: could not stop gracefully within 10 s; exiting");
+            tell!("pifleet-broker: could not stop gracefully within 10 s; exiting");
             std::process::exit(0);
         })
         .expect("spawn the signal thread");
@@ -85,12 +86,14 @@ fn stop_signal() -> tokio::sync::oneshot::Receiver<()> {
 /// Why: a panic in a connection task would otherwise end only that task, and one that happened
 /// while routing state was half-updated could leave a broker that runs but misroutes. Exiting
 /// lets the supervisor (systemd `Restart=`, Compose `restart:`) bring the broker back in a
-/// second, and agents reconnect and republish on their own.
+/// second, and agents reconnect and republish on their own. The hook writes with `tell!`, never
+/// `eprintln!`: a panic inside a panic hook aborts the process (SIGABRT) instead of exiting 70,
+/// and `eprintln!` panics when stderr is closed.
 fn exit_on_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
-        eprintln!(
+        tell!(
             "pifleet-broker: internal error; exiting with code {EXIT_INTERNAL} \
              so that a supervisor restarts the broker (clients reconnect by themselves)"
         );
@@ -103,14 +106,16 @@ fn main() -> ExitCode {
     exit_on_panic();
     pifleet_proto::logging::init("info,rumqttc=warn");
     if let Some(Cmd::PrintConfig) = cli.command {
-        print!("{DEFAULT_TOML}");
+        use std::io::Write;
+        // `print!` would panic on a closed stdout (`print-config | head`).
+        let _ = std::io::stdout().write_all(DEFAULT_TOML.as_bytes());
         return ExitCode::SUCCESS;
     }
     let mut config = match &cli.config {
         Some(p) => match Config::load(p) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("pifleet-broker: {e}");
+                tell!("pifleet-broker: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
         },
@@ -139,11 +144,11 @@ fn main() -> ExitCode {
         config.auth.allow_anonymous = true;
     }
     if let Err(e) = config.validate() {
-        eprintln!("pifleet-broker: {e}");
+        tell!("pifleet-broker: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
     if let Some(addr) = config.anonymous_exposure() {
-        eprintln!(
+        tell!(
             "pifleet-broker: refusing to serve anonymous clients on {addr}, where other hosts can \
              reach it: anyone could switch your devices. Set up credentials (`pifleet-broker \
              device add NAME`, then [auth] credentials = FILE; see README \"Securing your \
@@ -158,7 +163,7 @@ fn main() -> ExitCode {
             .map(|(_, a)| a)
             .find(|a| !a.ip().is_loopback())
         {
-            eprintln!(
+            tell!(
                 "pifleet-broker: WARNING: no authentication on {addr}: anyone who can reach it \
                  can switch every device (allowed by allow_anonymous)"
             );
@@ -174,34 +179,34 @@ fn main() -> ExitCode {
         let running = match pifleet_broker::start(&config).await {
             Ok(r) => r,
             Err(e @ pifleet_broker::BrokerError::Setup(_)) => {
-                eprintln!("pifleet-broker: {e}");
+                tell!("pifleet-broker: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
             Err(e) => {
-                eprintln!("pifleet-broker: {e}");
+                tell!("pifleet-broker: {e}");
                 return ExitCode::from(EXIT_START);
             }
         };
         // These lines are the readiness signal scripts and tests wait for.
-        println!("pifleet-broker: MQTT on {}", running.mqtt);
+        say!("pifleet-broker: MQTT on {}", running.mqtt);
         if let Some(ws) = running.websocket {
-            println!("pifleet-broker: MQTT over WebSocket on {ws}");
+            say!("pifleet-broker: MQTT over WebSocket on {ws}");
         }
         if let Some(tls) = running.mqtts {
-            println!("pifleet-broker: MQTT over TLS on {tls}");
+            say!("pifleet-broker: MQTT over TLS on {tls}");
         }
         if running.engine.auth_enabled() {
-            println!("pifleet-broker: clients must log in (credentials file)");
+            say!("pifleet-broker: clients must log in (credentials file)");
         }
         let topics = pifleet_proto::Topics::new(&config.prefix).expect("validated");
         match pifleet_broker::legacy::start(&config.legacy, &running, topics).await {
             Ok(bound) => {
                 for (device, addr) in bound {
-                    println!("pifleet-broker: legacy shim for {device} on {addr}");
+                    say!("pifleet-broker: legacy shim for {device} on {addr}");
                 }
             }
             Err(e) => {
-                eprintln!("pifleet-broker: {e}");
+                tell!("pifleet-broker: {e}");
                 return ExitCode::from(EXIT_START);
             }
         }
@@ -209,7 +214,7 @@ fn main() -> ExitCode {
             Some(n) if n > 0 => match Demo::start(n, &running, &config.prefix) {
                 Ok(d) => {
                     let names: Vec<_> = d.handles.iter().map(|(n, _)| n.to_string()).collect();
-                    println!(
+                    say!(
                         "pifleet-broker: demo fleet of {n} simulated Pis: {}",
                         names.join(", ")
                     );
@@ -219,15 +224,15 @@ fn main() -> ExitCode {
                     } else {
                         format!(" --broker mqtt://127.0.0.1:{port}")
                     };
-                    println!("  In another terminal try:  pifleet{broker_flag} status      (from the repository: cargo run -q -p pifleet-controller --{broker_flag} status)");
-                    println!("                            pifleet{broker_flag} on --all");
-                    println!("                            pifleet{broker_flag} watch");
-                    println!("  Type here to press a simulated button:  kitchen press   (or: show, kitchen release)");
+                    say!("  In another terminal try:  pifleet{broker_flag} status      (from the repository: cargo run -q -p pifleet-controller --{broker_flag} status)");
+                    say!("                            pifleet{broker_flag} on --all");
+                    say!("                            pifleet{broker_flag} watch");
+                    say!("  Type here to press a simulated button:  kitchen press   (or: show, kitchen release)");
                     tokio::spawn(Demo::console(d.handles.clone()));
                     Some(d)
                 }
                 Err(e) => {
-                    eprintln!("pifleet-broker: cannot start the demo fleet: {e}");
+                    tell!("pifleet-broker: cannot start the demo fleet: {e}");
                     return ExitCode::from(EXIT_START);
                 }
             },

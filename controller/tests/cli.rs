@@ -68,3 +68,35 @@ fn usage_errors_exit_2() {
         assert_eq!(out.status.code(), Some(2), "--connect-timeout {bad}");
     }
 }
+
+#[test]
+fn a_broker_url_with_a_password_is_a_usage_error_that_does_not_repeat_it() {
+    let url = "mqtt://bob:secret@127.0.0.1:1";
+    for args in [vec!["status"], vec!["on", "kitchen"], vec!["watch"]] {
+        let by_flag = pifleet()
+            .args(&args)
+            .args(["--broker", url])
+            .output()
+            .unwrap();
+        let by_env = pifleet()
+            .args(&args)
+            .env("PIFLEET_BROKER", url)
+            .output()
+            .unwrap();
+        for (how, out) in [("--broker", by_flag), ("PIFLEET_BROKER", by_env)] {
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            assert_eq!(out.status.code(), Some(2), "{args:?} with {how}: {stderr}");
+            assert!(
+                stderr.contains("must not contain a user name or password"),
+                "{args:?} with {how}: {stderr}"
+            );
+            assert!(
+                !stdout.contains("secret") && !stderr.contains("secret"),
+                "{args:?} with {how} shows the password: {stdout}{stderr}"
+            );
+        }
+    }
+}

@@ -5,6 +5,10 @@
 //!
 //! Default ports are the usual ones: 1883 (mqtt), 8883 (mqtts), 8083 (ws) and 8084 (wss, the
 //! port EMQX and most hosted brokers use next to 8083; there is no IANA port for it).
+//!
+//! A user name or password in the URL (`mqtt://bob:secret@host`) is refused, with an error that
+//! does not repeat the URL: logins travel separately (`--user`, a password file), and a URL is
+//! echoed in errors, logs and `ps` output.
 
 use std::fmt;
 use std::str::FromStr;
@@ -76,6 +80,14 @@ pub enum UrlError {
     NoHost(String),
     #[error("broker URL {0:?} has an invalid port")]
     Port(String),
+    /// The URL has a user name or password (`mqtt://user:secret@host`). The message never
+    /// repeats the URL: it would put the secret on screen and in logs.
+    #[error(
+        "broker URL must not contain a user name or password; use --user and \
+         PIFLEET_PASSWORD_FILE/PIFLEET_PASSWORD (the agent: username and password_file in its \
+         config)"
+    )]
+    UserInfo,
 }
 
 impl BrokerUrl {
@@ -92,6 +104,13 @@ impl BrokerUrl {
 impl FromStr for BrokerUrl {
     type Err = UrlError;
     fn from_str(s: &str) -> Result<Self, UrlError> {
+        // First, before any error that quotes the URL. Any `@` counts, not only one in the
+        // authority: a password with an unescaped `/` (`mqtt://bob:se/cret@host`) would
+        // otherwise leave its `@` in what parses as a path, and the error about the port would
+        // quote the secret. MQTT WebSocket paths have no use for `@`.
+        if s.contains('@') {
+            return Err(UrlError::UserInfo);
+        }
         let (scheme, rest) = match s.split_once("://") {
             Some(("mqtt" | "tcp", rest)) => (Scheme::Mqtt, rest),
             Some(("mqtts" | "ssl", rest)) => (Scheme::Mqtts, rest),
@@ -166,6 +185,55 @@ impl<'de> Deserialize<'de> for BrokerUrl {
     }
 }
 
+/// `--broker URL` and `PIFLEET_BROKER` for clap. clap's own error for a bad value quotes the
+/// value (`invalid value 'mqtt://bob:secret@host' for '--broker'`), which would put a password
+/// given in the URL on screen; this parser's errors say only what [`UrlError`] says (which, for
+/// a URL with a password, is not the URL). Still a usage error: exit code 2.
+#[cfg(feature = "clap")]
+mod cli {
+    use std::ffi::OsStr;
+
+    use clap::builder::{TypedValueParser, ValueParserFactory};
+    use clap::error::ErrorKind;
+
+    use super::BrokerUrl;
+
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct BrokerUrlParser;
+
+    impl TypedValueParser for BrokerUrlParser {
+        type Value = BrokerUrl;
+
+        fn parse_ref(
+            &self,
+            cmd: &clap::Command,
+            arg: Option<&clap::Arg>,
+            value: &OsStr,
+        ) -> Result<BrokerUrl, clap::Error> {
+            let name = arg.map_or_else(|| "the broker URL".to_string(), |a| format!("'{a}'"));
+            let why = match value.to_str().map(str::parse::<BrokerUrl>) {
+                Some(Ok(url)) => return Ok(url),
+                Some(Err(e)) => e.to_string(),
+                None => "broker URL is not valid UTF-8".to_string(),
+            };
+            let message = format!("invalid value for {name}: {why}\n");
+            Err(clap::Error::raw(ErrorKind::ValueValidation, message).with_cmd(cmd))
+        }
+    }
+
+    /// Picked by `#[arg]` for every `BrokerUrl` field, so no flag can forget it.
+    impl ValueParserFactory for BrokerUrl {
+        type Parser = BrokerUrlParser;
+
+        fn value_parser() -> BrokerUrlParser {
+            BrokerUrlParser
+        }
+    }
+}
+
+#[cfg(feature = "clap")]
+pub use cli::BrokerUrlParser;
+
 #[cfg(test)]
 mod test {
     use super::*;
@@ -226,6 +294,35 @@ mod test {
             "mqtt://h:70000".parse::<BrokerUrl>(),
             Err(UrlError::Port(_))
         ));
+    }
+
+    #[test]
+    fn a_user_or_password_in_the_url_is_refused_without_repeating_them() {
+        for s in [
+            "mqtt://bob:secret@host",
+            "mqtt://bob:secret@host:1883",
+            "bob:secret@host",
+            "mqtts://secret@h",
+            "ws://bob:secret@h:8083/mqtt",
+            "wss://bob:secret@[::1]/mqtt",
+            "http://bob:secret@x",
+            "mqtt://bob:se/cret@host",
+            "mqtt://bob:secret@host:x",
+        ] {
+            let e = s.parse::<BrokerUrl>().unwrap_err();
+            assert_eq!(e, UrlError::UserInfo, "{s}");
+            let shown = e.to_string();
+            assert!(
+                !shown.contains("secret") && !shown.contains("bob") && !shown.contains("cret"),
+                "{shown}"
+            );
+        }
+        assert_eq!(
+            UrlError::UserInfo.to_string(),
+            "broker URL must not contain a user name or password; use --user and \
+             PIFLEET_PASSWORD_FILE/PIFLEET_PASSWORD (the agent: username and password_file in \
+             its config)"
+        );
     }
 
     #[test]

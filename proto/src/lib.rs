@@ -5,7 +5,8 @@
 //! - [`broker_url`]: `mqtt://`, `mqtts://`, `ws://` and `wss://` broker addresses.
 //! - [`filter`]: MQTT topic names and filters: validity and matching (§4.7), for broker and
 //!   clients alike.
-//! - [`logging`]: the binaries' shared log setup.
+//! - [`logging`]: the binaries' shared log setup, and [`say!`]/[`tell!`], the `println!` and
+//!   `eprintln!` that cannot panic on a closed stdout or stderr.
 //! - [`mqtt`]: rumqttc set up the way pifleet needs it (TCP_NODELAY, TLS, login, backoff, error
 //!   sentences).
 //! - [`security`]: the MQTT login (user name, redacted password) and TLS trust (CA file or the

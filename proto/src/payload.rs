@@ -207,6 +207,9 @@ pub enum EventKind {
     SensorRecovered,
     /// The state file could not be written.
     StateFileError,
+    /// The broker refused one of the device's subscriptions (SUBACK return code 0x80), e.g. a
+    /// group its credentials do not list: commands to it will not arrive. `filter` names it.
+    SubscriptionRefused,
     #[serde(other)]
     Other,
 }
@@ -219,6 +222,9 @@ pub struct Event {
     /// The command this event refuses, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<CommandId>,
+    /// The subscription filter a `subscription_refused` event is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
     pub ts: u64,
 }
 
@@ -302,12 +308,24 @@ mod test {
             kind: EventKind::UnknownOutput,
             message: "no output 'fan'".into(),
             cmd: Some(CommandId("x".into())),
+            filter: None,
             ts: 2,
         };
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
             r#"{"kind":"unknown_output","message":"no output 'fan'","cmd":"x","ts":2}"#
         );
+    }
+
+    #[test]
+    fn a_refused_subscription_event_names_its_filter() {
+        // The fixture of docs/protocol.md, "Event".
+        let fixture = r#"{"kind":"subscription_refused","message":"broker refused subscription to group 'upstairs' (pifleet/group/upstairs/cmnd): check the device's groups in the broker's credentials","filter":"pifleet/group/upstairs/cmnd","ts":1700000005000}"#;
+        let e: Event = serde_json::from_str(fixture).unwrap();
+        assert_eq!(e.kind, EventKind::SubscriptionRefused);
+        assert_eq!(e.filter.as_deref(), Some("pifleet/group/upstairs/cmnd"));
+        assert_eq!(e.cmd, None);
+        assert_eq!(serde_json::to_string(&e).unwrap(), fixture);
     }
 
     #[test]

@@ -158,6 +158,61 @@ impl Proc {
         }
     }
 
+    /// Starts a child whose stderr is a pipe nobody reads: its read end is closed at once, so
+    /// every write to stderr fails (EPIPE), as under `2>&1 | head -1` or a supervisor that went
+    /// away. stdout is read until a line starting with `ready` (if given), which is returned,
+    /// and then its read end is closed too. The returned [`Proc`]'s `stdout` and `stderr` stay
+    /// empty.
+    pub fn spawn_unheard(label: &str, mut cmd: Command, ready: Option<&str>) -> (Proc, String) {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info,rumqttc=warn");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
+        drop(child.stderr.take());
+        let stdout = child.stdout.take().unwrap();
+        let mut proc = Proc {
+            stdin: child.stdin.take(),
+            child,
+            stdout: Lines::default(),
+            stderr: Lines::default(),
+            label: label.to_string(),
+        };
+        let mut line = String::new();
+        match ready {
+            None => drop(stdout),
+            Some(prefix) => {
+                // A reading thread with a deadline: a child that dies or hangs fails the test.
+                let (tx, rx) = std::sync::mpsc::channel();
+                let prefix = prefix.to_string();
+                std::thread::spawn(move || {
+                    // Dropping the reader (at the end of the chain) closes the read end.
+                    let found = BufReader::new(stdout)
+                        .lines()
+                        .map_while(Result::ok)
+                        .find(|l| l.starts_with(&prefix));
+                    let _ = tx.send(found);
+                });
+                line = match rx.recv_timeout(Duration::from_secs(15)) {
+                    Ok(Some(l)) => l,
+                    Ok(None) => panic!(
+                        "{label} closed stdout before its readiness line: {:?}",
+                        proc.child.wait()
+                    ),
+                    Err(_) => panic!("{label} printed no readiness line within 15 s"),
+                };
+            }
+        }
+        (proc, line)
+    }
+
+    /// Whether the process is still running (it has not exited, by any signal or code).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
     /// Writes one line to the child's standard input.
     pub fn send_line(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");
@@ -346,6 +401,65 @@ pub fn cli_env(broker_url: &str, args: &[&str], env: &[(&str, &str)]) -> Output 
     output_logged(&format!("pifleet {}", args.join(" ")), &mut cmd)
 }
 
+/// A credentials file in a temporary directory, filled with `pifleet-broker device|controller
+/// add`, exactly as an administrator would.
+pub struct Creds {
+    pub dir: TempDir,
+    pub path: PathBuf,
+}
+
+#[allow(clippy::new_without_default)]
+impl Creds {
+    pub fn new() -> Creds {
+        let dir = TempDir::new("creds");
+        let path = dir.path().join("credentials.toml");
+        Creds { dir, path }
+    }
+
+    /// Runs `pifleet-broker --credentials FILE <args>` and returns its standard output, which
+    /// for `device add` and `controller add` is the generated secret alone.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let out = output_logged(
+            &format!("pifleet-broker {}", args.join(" ")),
+            Command::new(bin("pifleet-broker"))
+                .arg("--credentials")
+                .arg(&self.path)
+                .args(args),
+        );
+        assert!(out.status.success(), "pifleet-broker {args:?} failed");
+        String::from_utf8(out.stdout).expect("UTF-8")
+    }
+
+    /// Adds an identity and returns its secret (one line on standard output, nothing else).
+    pub fn add(&self, args: &[&str]) -> String {
+        let out = self.admin(args);
+        let secret = out.strip_suffix('\n').unwrap_or(&out);
+        assert!(
+            !secret.is_empty() && !secret.contains(char::is_whitespace),
+            "`add` prints the secret alone on stdout, got {out:?}"
+        );
+        secret.to_string()
+    }
+
+    /// A broker that requires logins, on ephemeral loopback ports.
+    pub fn broker(&self) -> Broker {
+        let path = self.path.to_str().unwrap();
+        let broker =
+            Broker::start_with(&["--credentials", path, "--mqtt", "127.0.0.1:0", "--no-ws"]);
+        auth_announced(&broker);
+        broker
+    }
+}
+
+/// Waits for the broker's statement that clients must log in (printed after the listeners).
+pub fn auth_announced(broker: &Broker) {
+    broker.proc.stdout.wait_for(
+        "the broker to require logins",
+        Duration::from_secs(10),
+        |l| l.contains("clients must log in"),
+    );
+}
+
 /// `pifleet status --json`, decoded with the documented types.
 pub fn status(broker_url: &str) -> FleetStatus {
     let out = cli(broker_url, &["status", "--json"]);
@@ -392,8 +506,27 @@ pub fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Gives up on a test whose requirement (a tool, root, free ports) is missing here. Outside CI
+/// it prints `SKIPPED: reason` and the caller returns; under `CI=true` it panics with the
+/// reason, because in CI a test must not pass by skipping (`.ci/run` installs what they need).
+pub fn skip(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("cannot run under CI=true: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
 /// Publishes one message with a plain MQTT client (rumqttc), as any third-party tool would.
 pub fn publish_raw(broker_url: &str, topic: &str, payload: &[u8]) {
+    publish_raw_with(broker_url, topic, payload, false)
+}
+
+/// [`publish_raw`] with the RETAIN flag set: what a careless tool does to a command topic.
+pub fn publish_raw_retained(broker_url: &str, topic: &str, payload: &[u8]) {
+    publish_raw_with(broker_url, topic, payload, true)
+}
+
+fn publish_raw_with(broker_url: &str, topic: &str, payload: &[u8], retain: bool) {
     let addr = broker_url.trim_start_matches("mqtt://").to_string();
     let (host, port) = addr.rsplit_once(':').expect("host:port");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -405,7 +538,7 @@ pub fn publish_raw(broker_url: &str, topic: &str, payload: &[u8]) {
         opts.set_keep_alive(Duration::from_secs(5));
         let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10);
         client
-            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec())
+            .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.to_vec())
             .await
             .unwrap();
         let acked = async {
@@ -427,11 +560,19 @@ pub fn publish_raw(broker_url: &str, topic: &str, payload: &[u8]) {
 
 /// `pifleet watch --json` running in the background, ready once it printed its banner.
 pub fn watch(broker_url: &str, args: &[&str]) -> Proc {
+    watch_env(broker_url, args, &[])
+}
+
+/// [`watch`] with extra environment variables, e.g. a login.
+pub fn watch_env(broker_url: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(bin("pifleet"));
     cmd.arg("watch")
         .arg("--json")
         .args(args)
         .env("PIFLEET_BROKER", broker_url);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let proc = Proc::spawn("watch", cmd);
     proc.stderr
         .wait_for("watch readiness", Duration::from_secs(10), |l| {
@@ -443,7 +584,7 @@ pub fn watch(broker_url: &str, args: &[&str]) -> Proc {
 /// Runs `tests/legacy_client.py` (a client written like the originals); `None` without python3.
 pub fn legacy_client(addr: &str, args: &[&str]) -> Option<Vec<String>> {
     if !have("python3") {
-        eprintln!("SKIPPED: python3 is not installed");
+        skip("python3 is not installed");
         return None;
     }
     let (host, port) = addr.rsplit_once(':').expect("host:port");
@@ -464,6 +605,29 @@ pub fn legacy_client(addr: &str, args: &[&str]) -> Option<Vec<String>> {
             .map(str::to_string)
             .collect(),
     )
+}
+
+/// `pifleet on|off|toggle ... --json` against `broker_url`: the report and the exit code.
+pub fn switch(broker_url: &str, args: &[&str]) -> (SwitchReport, Option<i32>) {
+    switch_env(broker_url, args, &[])
+}
+
+/// [`switch`] with extra environment variables, e.g. a login.
+pub fn switch_env(
+    broker_url: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (SwitchReport, Option<i32>) {
+    let mut full = args.to_vec();
+    full.push("--json");
+    let out = cli_env(broker_url, &full, env);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "switch --json is a SwitchReport ({e}); exit {:?}",
+            out.status.code()
+        )
+    });
+    (report, out.status.code())
 }
 
 /// What a switch report says about `device` (panics, naming the report, if it is missing).

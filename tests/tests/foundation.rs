@@ -3,16 +3,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pifleet_proto::report::{Outcome, SwitchReport, WatchEvent};
+use pifleet_proto::report::{Outcome, WatchEvent};
 use pifleet_tests::*;
-
-fn switch(broker: &str, args: &[&str]) -> (SwitchReport, Option<i32>) {
-    let mut full = args.to_vec();
-    full.push("--json");
-    let out = cli(broker, &full);
-    let report = serde_json::from_slice(&out.stdout).expect("switch --json is a SwitchReport");
-    (report, out.status.code())
-}
 
 #[test]
 fn switch_all_then_a_group_and_status_shows_what_agents_report() {
@@ -223,7 +215,7 @@ fn restore_brings_the_led_back_after_a_restart() {
 #[test]
 fn mosquitto_clients_interoperate_using_the_documented_protocol() {
     if !have("mosquitto_pub") || !have("mosquitto_sub") {
-        eprintln!("SKIPPED: mosquitto-clients is not installed (.ci/run installs it)");
+        skip("mosquitto-clients is not installed (.ci/run installs it)");
         return;
     }
     let broker = Broker::start();

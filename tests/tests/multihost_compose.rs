@@ -83,7 +83,7 @@ fn online(url: &str, device: &str) -> bool {
 #[ignore = "needs Docker; run by .ci/run"]
 fn a_compose_fleet_survives_kills_broker_restarts_and_partitions() {
     if !have("docker") || !have("docker-compose") || !docker(&["info"]).status.success() {
-        eprintln!("SKIPPED: no Docker engine or docker-compose here");
+        skip("no Docker engine or docker-compose here");
         return;
     }
     let image = docker(&["image", "inspect", "-f", "{{.Size}}", "pifleet:latest"]);

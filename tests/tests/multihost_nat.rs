@@ -50,7 +50,7 @@ fn can_make_namespaces() -> bool {
 #[ignore = "needs root, ip and iptables; run by .ci/run"]
 fn an_agent_behind_nat_gets_commands_but_cannot_be_reached_directly() {
     if !can_make_namespaces() {
-        eprintln!("SKIPPED: needs root with ip and iptables to build network namespaces");
+        skip("needs root with ip and iptables to build network namespaces");
         return;
     }
     let id = std::process::id() % 100_000;

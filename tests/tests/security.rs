@@ -20,64 +20,6 @@ use rumqttc::{
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 
-/// A credentials file in a temporary directory, filled with `pifleet-broker device|controller
-/// add`, exactly as an administrator would.
-struct Creds {
-    dir: TempDir,
-    path: PathBuf,
-}
-
-impl Creds {
-    fn new() -> Creds {
-        let dir = TempDir::new("creds");
-        let path = dir.path().join("credentials.toml");
-        Creds { dir, path }
-    }
-
-    /// Runs `pifleet-broker --credentials FILE <args>` and returns its standard output, which
-    /// for `device add` and `controller add` is the generated secret alone.
-    fn admin(&self, args: &[&str]) -> String {
-        let out = output_logged(
-            &format!("pifleet-broker {}", args.join(" ")),
-            Command::new(bin("pifleet-broker"))
-                .arg("--credentials")
-                .arg(&self.path)
-                .args(args),
-        );
-        assert!(out.status.success(), "pifleet-broker {args:?} failed");
-        String::from_utf8(out.stdout).expect("UTF-8")
-    }
-
-    /// Adds an identity and returns its secret (one line on standard output, nothing else).
-    fn add(&self, args: &[&str]) -> String {
-        let out = self.admin(args);
-        let secret = out.strip_suffix('\n').unwrap_or(&out);
-        assert!(
-            !secret.is_empty() && !secret.contains(char::is_whitespace),
-            "`add` prints the secret alone on stdout, got {out:?}"
-        );
-        secret.to_string()
-    }
-
-    /// A broker that requires logins, on ephemeral loopback ports.
-    fn broker(&self) -> Broker {
-        let path = self.path.to_str().unwrap();
-        let broker =
-            Broker::start_with(&["--credentials", path, "--mqtt", "127.0.0.1:0", "--no-ws"]);
-        auth_announced(&broker);
-        broker
-    }
-}
-
-/// Waits for the broker's statement that clients must log in (printed after the listeners).
-fn auth_announced(broker: &Broker) {
-    broker.proc.stdout.wait_for(
-        "the broker to require logins",
-        Duration::from_secs(10),
-        |l| l.contains("clients must log in"),
-    );
-}
-
 /// The `pifleet` CLI logged in as a controller (password in `PIFLEET_PASSWORD`, never a flag).
 struct Controller {
     url: String,

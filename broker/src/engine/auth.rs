@@ -134,7 +134,6 @@ pub(crate) fn client_id_allowed(identity: &Identity, id: &str) -> bool {
     }
 }
 
-
 /// The verifier threads, started on the first login that needs a hash.
 pub(crate) struct Verifiers {
     threads: usize,
