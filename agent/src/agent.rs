@@ -10,7 +10,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pifleet_proto::mqtt::{Backoff, Security, Who};
+use pifleet_client::mqtt::{Backoff, Security, Who};
 use pifleet_proto::payload::{
     EventKind, InputState, OutputState, Presence, PresenceState, SensorReading, StateSource,
 };
@@ -359,7 +359,7 @@ impl Agent {
         let status_topic = self.topics.status(&device);
         // The client id stays the device name whatever the user name: a pifleet broker with
         // authentication requires a device's client id to equal its name.
-        let (client, eventloop) = pifleet_proto::mqtt::client(
+        let (client, eventloop) = pifleet_client::mqtt::client(
             &url,
             device.as_str(),
             &self.security,

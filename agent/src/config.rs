@@ -5,11 +5,11 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use pifleet_proto::mqtt::{Password, Security};
+use pifleet_client::mqtt::{Password, Security};
 use pifleet_proto::{Name, Topics};
 use serde::Deserialize;
 
-use pifleet_proto::BrokerUrl;
+use pifleet_client::BrokerUrl;
 
 /// The commented example printed by `pifleet-agent print-config`; a test keeps it loadable.
 pub const EXAMPLE: &str = include_str!("../pifleet-agent.example.toml");
@@ -415,7 +415,7 @@ impl Config {
     /// not a reconnect loop. The user name defaults to the device name, and is sent only with a
     /// password or when configured.
     pub fn security(&self) -> Result<Security, ConfigError> {
-        let invalid = |e: pifleet_proto::mqtt::SecurityError| ConfigError::Invalid(e.to_string());
+        let invalid = |e: pifleet_client::mqtt::SecurityError| ConfigError::Invalid(e.to_string());
         let password = match (&self.password, &self.password_file) {
             (Some(p), _) => Some(p.clone()),
             (None, Some(file)) => Some(Password::from_file(file).map_err(invalid)?),
@@ -431,7 +431,7 @@ impl Config {
             password,
             ca_file: self.ca_file.clone(),
         };
-        pifleet_proto::mqtt::transport(&self.broker, &security).map_err(invalid)?;
+        pifleet_client::mqtt::transport(&self.broker, &security).map_err(invalid)?;
         Ok(security)
     }
 
@@ -548,7 +548,7 @@ mod test {
 
     fn testdata(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../proto/testdata/tls")
+            .join("../client/testdata/tls")
             .join(name)
     }
 

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use pifleet_proto::mqtt::{describe, is_auth_refusal, Backoff, Who};
-use pifleet_proto::BrokerUrl;
+use pifleet_client::mqtt::{describe, is_auth_refusal, Backoff, Who};
+use pifleet_client::BrokerUrl;
 use rumqttc::{Event, EventLoop, Outgoing, Packet, Publish, SubAck};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
@@ -88,7 +88,7 @@ mod test {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    use pifleet_proto::mqtt::{Password, Security};
+    use pifleet_client::mqtt::{Password, Security};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::sync::mpsc;
@@ -130,7 +130,7 @@ mod test {
             password: Some(Password::new("wrong")),
             ca_file: None,
         };
-        let (client, eventloop) = pifleet_proto::mqtt::client(
+        let (client, eventloop) = pifleet_client::mqtt::client(
             url,
             "kitchen",
             &security,

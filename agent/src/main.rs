@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use pifleet_agent::config::{Config, GpioChoice, EXAMPLE};
 use pifleet_agent::{console, gpio, Agent, AgentError};
-use pifleet_proto::mqtt::{Password, Security};
-use pifleet_proto::{say, tell, BrokerUrl, Name};
+use pifleet_client::mqtt::{Password, Security};
+use pifleet_client::{say, tell, BrokerUrl};
+use pifleet_proto::Name;
 
 /// Runs on a Raspberry Pi: dials out to an MQTT broker, switches outputs (LEDs, relays) on
 /// command, and publishes inputs (buttons) and sensors.
@@ -153,7 +154,7 @@ fn login_summary(config: &Config, security: &Security) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    pifleet_proto::logging::init("info,rumqttc=warn");
+    pifleet_client::logging::init("info,rumqttc=warn");
 
     match cli.command {
         Some(Cmd::PrintConfig) => {
@@ -216,7 +217,7 @@ fn main() -> ExitCode {
             tracing::info!("simulator console on stdin: {}", console::HELP);
             tokio::spawn(console::run_stdin(handle.clone()));
         }
-        match agent.run(pifleet_proto::signal::shutdown()).await {
+        match agent.run(pifleet_client::signal::shutdown()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tell!("pifleet-agent: {e}");

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use pifleet_agent::config::{Config, GpioChoice, InputConfig, OutputConfig, Pull};
 use pifleet_agent::{gpio, Agent, AgentHandle};
+use pifleet_client::BrokerUrl;
 use pifleet_proto::fleet::decode;
 use pifleet_proto::report::{FleetStatus, WatchEvent};
-use pifleet_proto::{Action, BrokerUrl, Command as Cmd, CommandId, Name, Target, Topics};
+use pifleet_proto::{Action, Command as Cmd, CommandId, Name, Target, Topics};
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, watch};
 
@@ -106,10 +107,10 @@ struct Controller {
 
 impl Controller {
     async fn connect(url: &BrokerUrl, id: &str) -> Controller {
-        let (client, mut ev) = pifleet_proto::mqtt::client(
+        let (client, mut ev) = pifleet_client::mqtt::client(
             url,
             id,
-            &pifleet_proto::mqtt::Security::default(),
+            &pifleet_client::mqtt::Security::default(),
             Duration::from_secs(60),
             Duration::from_secs(10),
             |o| {
@@ -341,10 +342,10 @@ async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results
         let per = args.telemetry;
         let mut pubs = Vec::new();
         for k in 0..2 {
-            let (client, mut ev) = pifleet_proto::mqtt::client(
+            let (client, mut ev) = pifleet_client::mqtt::client(
                 &t.url,
                 &format!("bench-tele-pub{k}:{}", CommandId::generate()),
-                &pifleet_proto::mqtt::Security::default(),
+                &pifleet_client::mqtt::Security::default(),
                 Duration::from_secs(60),
                 Duration::from_secs(10),
                 |_| {},

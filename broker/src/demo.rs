@@ -8,7 +8,8 @@ use std::time::Duration;
 use pifleet_agent::agent::AgentHandle;
 use pifleet_agent::config::{Config as AgentConfig, GpioChoice, SensorConfig, SensorKind};
 use pifleet_agent::{console, gpio, Agent};
-use pifleet_proto::{BrokerUrl, Name};
+use pifleet_client::BrokerUrl;
+use pifleet_proto::Name;
 
 use crate::credentials::Role;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -49,7 +50,7 @@ pub fn device_config(i: usize, broker: SocketAddr, prefix: &str) -> AgentConfig 
     AgentConfig {
         device: Name::new(name).expect("valid demo name"),
         broker: BrokerUrl {
-            scheme: pifleet_proto::Scheme::Mqtt,
+            scheme: pifleet_client::Scheme::Mqtt,
             host,
             port: broker.port(),
             path: String::new(),
@@ -88,9 +89,12 @@ impl Demo {
         for i in 0..count {
             let mut config = device_config(i, running.mqtt, prefix);
             let groups = config.groups.iter().map(|g| g.to_string()).collect();
-            let login = running
-                .engine
-                .login_for(config.device.as_str(), Role::Device, groups);
+            let login = crate::services::login(
+                &running.engine,
+                config.device.as_str(),
+                Role::Device,
+                groups,
+            );
             config.password = login.password;
             let name = config.device.clone();
             let (mut backend, sim) = gpio::open(GpioChoice::Sim)?;

@@ -13,11 +13,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pifleet_client::mqtt::{describe, Backoff};
+use pifleet_client::{BrokerUrl, Scheme};
 use pifleet_legacy::command::{button_reply, led_reply};
 use pifleet_legacy::{Handler, ListenerConfig, Request, Verb, Who};
 use pifleet_proto::fleet::{decode, CommandReply, Fleet};
-use pifleet_proto::mqtt::{describe, Backoff};
-use pifleet_proto::{Action, BrokerUrl, Command, CommandId, Name, Scheme, Target, Topics};
+use pifleet_proto::{Action, Command, CommandId, Name, Target, Topics};
 use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeFilter};
 use tokio::sync::oneshot;
 
@@ -63,11 +64,11 @@ impl Relay {
         };
         // With authentication on, the relay logs in as an in-process controller identity.
         const NAME: &str = "pifleet-broker-legacy";
-        let security = running.engine.login_for(NAME, Role::Controller, Vec::new());
-        let who = pifleet_proto::mqtt::Who::new("controller", &security);
+        let security = crate::services::login(&running.engine, NAME, Role::Controller, Vec::new());
+        let who = pifleet_client::mqtt::Who::new("controller", &security);
         // A controller's client id: its name, `:`, anything (see engine/auth.rs).
         let client_id = format!("{NAME}:{}", CommandId::generate());
-        let (client, mut eventloop) = pifleet_proto::mqtt::client(
+        let (client, mut eventloop) = pifleet_client::mqtt::client(
             &url,
             &client_id,
             &security,

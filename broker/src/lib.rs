@@ -8,8 +8,10 @@
 //! - [`acl`]: what an identity may publish and subscribe to.
 //! - [`tls`]: server TLS configuration and `tls self-signed`.
 //! - [`admin`]: the `device` / `controller` / `tls` subcommands.
-//! - [`legacy`]: the shim that relays old TCP clients' on/off/go to devices over MQTT.
-//! - [`demo`]: a small simulated fleet in the same process, for the quickstart.
+//! - [`services`]: the fleet services' login: in-process MQTT clients of this broker, seen by the
+//!   engine as any other client:
+//!   - [`legacy`]: the shim that relays old TCP clients' on/off/go to devices over MQTT;
+//!   - [`demo`]: a small simulated fleet in the same process, for the quickstart.
 
 pub mod acl;
 pub mod admin;
@@ -18,6 +20,7 @@ pub mod credentials;
 pub mod demo;
 pub mod engine;
 pub mod legacy;
+pub mod services;
 pub mod tls;
 
 pub use config::Config;

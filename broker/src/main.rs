@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use pifleet_broker::config::DEFAULT_TOML;
 use pifleet_broker::demo::Demo;
 use pifleet_broker::Config;
-use pifleet_proto::{say, tell};
+use pifleet_client::{say, tell};
 
 /// An MQTT broker for a fleet of Raspberry Pis: per-device identities, topic ACLs, TLS.
 #[derive(Parser)]
@@ -71,7 +71,7 @@ fn stop_signal() -> tokio::sync::oneshot::Receiver<()> {
                 .enable_all()
                 .build()
                 .expect("signal runtime");
-            rt.block_on(pifleet_proto::signal::shutdown());
+            rt.block_on(pifleet_client::signal::shutdown());
             let _ = tx.send(());
             std::thread::sleep(std::time::Duration::from_secs(10));
             tell!("pifleet-broker: could not stop gracefully within 10 s; exiting");
@@ -104,7 +104,7 @@ fn exit_on_panic() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     exit_on_panic();
-    pifleet_proto::logging::init("info,rumqttc=warn");
+    pifleet_client::logging::init("info,rumqttc=warn");
     if let Some(Cmd::PrintConfig) = cli.command {
         use std::io::Write;
         // `print!` would panic on a closed stdout (`print-config | head`).

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use pifleet_proto::mqtt::{Password, Security};
-use pifleet_proto::{BrokerUrl, Name};
+use pifleet_client::mqtt::{Password, Security};
+use pifleet_client::BrokerUrl;
+use pifleet_proto::Name;
 
 use crate::error::CliError;
 
@@ -84,7 +85,7 @@ impl Global {
     /// password file; an empty `PIFLEET_USER` or `PIFLEET_PASSWORD` counts as unset, as in most
     /// env files.
     pub fn security_with(&self, env_password: Option<String>) -> Result<Security, CliError> {
-        let usage = |e: pifleet_proto::mqtt::SecurityError| CliError::Usage(e.to_string());
+        let usage = |e: pifleet_client::mqtt::SecurityError| CliError::Usage(e.to_string());
         let password = match &self.password_file {
             Some(file) => Some(Password::from_file(file).map_err(usage)?),
             None => env_password.filter(|p| !p.is_empty()).map(Password::new),

@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = pifleet_controller::cli::Cli::parse();
-    pifleet_proto::logging::init("warn");
+    pifleet_client::logging::init("warn");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

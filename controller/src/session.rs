@@ -8,8 +8,9 @@
 
 use std::time::Duration;
 
-use pifleet_proto::mqtt::{describe, is_auth_refusal, Security, Who};
-use pifleet_proto::{BrokerUrl, CommandId, Topics};
+use pifleet_client::mqtt::{describe, is_auth_refusal, Security, Who};
+use pifleet_client::BrokerUrl;
+use pifleet_proto::{CommandId, Topics};
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
 
@@ -43,7 +44,7 @@ impl Session {
         connect_timeout: Duration,
     ) -> Result<Session, CliError> {
         let client_id = client_id(security);
-        let (client, mut eventloop) = pifleet_proto::mqtt::client(
+        let (client, mut eventloop) = pifleet_client::mqtt::client(
             url,
             &client_id,
             security,
@@ -184,7 +185,7 @@ impl Session {
 
 #[cfg(test)]
 mod test {
-    use pifleet_proto::mqtt::Password;
+    use pifleet_client::mqtt::Password;
 
     use super::*;
 

@@ -112,15 +112,16 @@ impl FromStr for Action {
 pub struct CommandId(pub String);
 
 impl CommandId {
-    /// A fresh id, unique enough to match acknowledgements across a fleet: time plus randomness
-    /// from the standard library's hasher seed (no RNG crate needed for 64 bits of noise).
+    /// A fresh id: 64 random bits from the operating system, so acknowledgements from a fleet
+    /// never match another controller's command.
     pub fn generate() -> Self {
-        use std::collections::hash_map::RandomState;
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(crate::time::now_ms());
-        h.write_u32(std::process::id());
-        CommandId(format!("{:016x}", h.finish()))
+        let mut bytes = [0u8; 8];
+        // The OS generator does not fail on the systems pifleet runs on; should it, the clock
+        // still makes ids distinct between commands.
+        if getrandom::fill(&mut bytes).is_err() {
+            bytes = (crate::time::now_ms() ^ u64::from(std::process::id()) << 40).to_le_bytes();
+        }
+        CommandId(format!("{:016x}", u64::from_le_bytes(bytes)))
     }
 
     pub fn as_str(&self) -> &str {

@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::acl::Acl;
 use crate::config::{Config, Limits};
-use crate::credentials::{Credentials, Identity, Role};
+use crate::credentials::{Credentials, Identity};
 use counters::{CounterSnapshot, Counters};
 use outbox::Budget;
 use packet::Message;
@@ -226,29 +226,6 @@ impl Engine {
         let secret = crate::credentials::generate_secret();
         lock(&self.internal).insert(identity.name.clone(), (secret.clone(), identity));
         secret
-    }
-
-    /// What an in-process client needs to log in as `name` with `role`: nothing when
-    /// authentication is off, otherwise a fresh internal identity.
-    pub fn login_for(
-        &self,
-        name: &str,
-        role: Role,
-        groups: Vec<String>,
-    ) -> pifleet_proto::mqtt::Security {
-        if !self.auth_enabled() {
-            return pifleet_proto::mqtt::Security::default();
-        }
-        let secret = self.internal_identity(Identity {
-            name: name.to_string(),
-            role,
-            groups,
-        });
-        pifleet_proto::mqtt::Security {
-            username: Some(name.to_string()),
-            password: Some(pifleet_proto::mqtt::Password::new(secret)),
-            ca_file: None,
-        }
     }
 
     fn id(&self) -> u64 {

@@ -6,8 +6,8 @@
 use std::io::Write;
 use std::time::Duration;
 
+use pifleet_client::mqtt::Backoff;
 use pifleet_proto::fleet::decode;
-use pifleet_proto::mqtt::Backoff;
 use pifleet_proto::report::WatchEvent;
 use pifleet_proto::time::now_ms;
 use pifleet_proto::Topics;

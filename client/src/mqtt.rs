@@ -92,7 +92,6 @@ pub struct Backoff {
     base: Duration,
     max: Duration,
     failures: u32,
-    rng: u64,
 }
 
 impl Backoff {
@@ -101,7 +100,6 @@ impl Backoff {
             base,
             max: max.max(base),
             failures: 0,
-            rng: seed(),
         }
     }
 
@@ -110,12 +108,7 @@ impl Backoff {
         let exp = self.base.saturating_mul(1u32 << self.failures.min(16));
         let ceiling = exp.min(self.max);
         self.failures = self.failures.saturating_add(1);
-        // xorshift64*: plenty for jitter, and no RNG crate in the build.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let r = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        let frac = (r >> 11) as f64 / (1u64 << 53) as f64;
+        let frac: f64 = rand::random();
         let floor = self.base / 2;
         floor + ceiling.saturating_sub(floor).mul_f64(frac)
     }
@@ -124,14 +117,6 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.failures = 0;
     }
-}
-
-fn seed() -> u64 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(crate::time::now_ms());
-    h.finish() | 1
 }
 
 /// Every error behind `e`, outermost first. An `io::Error`'s `source()` skips the error it wraps,

@@ -1,0 +1,23 @@
+//! How pifleet's programs talk to a broker: the agent, the CLI, the benchmark and the broker's
+//! own fleet services (the legacy relay, the demo fleet) are all MQTT clients, and this crate
+//! makes them behave alike. The wire contract itself (topics, payloads) is `pifleet-proto`; a
+//! server never needs this crate for its own listeners.
+//!
+//! Layout:
+//! - [`broker_url`]: `mqtt://`, `mqtts://`, `ws://` and `wss://` broker addresses (never with a
+//!   user name or password in them).
+//! - [`mqtt`]: rumqttc set up the way pifleet needs it (TCP_NODELAY, TLS, login), the
+//!   reconnect backoff, and connection errors as one sentence each.
+//! - [`security`]: the MQTT login (user name, redacted password) and TLS trust (CA file or the
+//!   system's roots).
+//! - [`logging`]: the binaries' shared log setup, and [`say!`]/[`tell!`], the `println!` and
+//!   `eprintln!` that cannot panic on a closed stdout or stderr.
+//! - [`signal`]: the binaries' stop signal (SIGINT, SIGTERM).
+
+pub mod broker_url;
+pub mod logging;
+pub mod mqtt;
+pub mod security;
+pub mod signal;
+
+pub use broker_url::{BrokerUrl, Scheme};
