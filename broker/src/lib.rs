@@ -17,6 +17,7 @@ pub mod acl;
 pub mod admin;
 pub mod config;
 pub mod credentials;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod engine;
 pub mod legacy;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pifleet_broker::config::DEFAULT_TOML;
+#[cfg(feature = "demo")]
 use pifleet_broker::demo::Demo;
 use pifleet_broker::Config;
 use pifleet_client::{say, tell};
@@ -210,40 +211,19 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_START);
             }
         }
-        let demo = match cli.demo {
-            Some(n) if n > 0 => match Demo::start(n, &running, &config.prefix) {
-                Ok(d) => {
-                    let names: Vec<_> = d.handles.iter().map(|(n, _)| n.to_string()).collect();
-                    say!(
-                        "pifleet-broker: demo fleet of {n} simulated Pis: {}",
-                        names.join(", ")
-                    );
-                    let port = running.mqtt.port();
-                    let broker_flag = if port == 1883 {
-                        String::new()
-                    } else {
-                        format!(" --broker mqtt://127.0.0.1:{port}")
-                    };
-                    say!("  In another terminal try:  pifleet{broker_flag} status      (from the repository: cargo run -q -p pifleet-controller --{broker_flag} status)");
-                    say!("                            pifleet{broker_flag} on --all");
-                    say!("                            pifleet{broker_flag} watch");
-                    say!("  Type here to press a simulated button:  kitchen press   (or: show, kitchen release)");
-                    tokio::spawn(Demo::console(d.handles.clone()));
-                    Some(d)
-                }
-                Err(e) => {
-                    tell!("pifleet-broker: cannot start the demo fleet: {e}");
-                    return ExitCode::from(EXIT_START);
-                }
-            },
-            _ => None,
+        let demo = match start_demo(cli.demo, &running, &config.prefix) {
+            Ok(d) => d,
+            Err(code) => return code,
         };
         use std::io::Write;
         let _ = std::io::stdout().flush();
         let _ = stop.await;
+        #[cfg(feature = "demo")]
         if let Some(d) = demo {
             d.stop().await;
         }
+        #[cfg(not(feature = "demo"))]
+        let () = demo;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     });
@@ -251,4 +231,55 @@ fn main() -> ExitCode {
     // do not wait for either.
     runtime.shutdown_background();
     code
+}
+
+/// Starts `--demo N` simulated Pis in this process, with the hints the quickstart shows.
+#[cfg(feature = "demo")]
+fn start_demo(
+    n: Option<usize>,
+    running: &pifleet_broker::Running,
+    prefix: &str,
+) -> Result<Option<Demo>, ExitCode> {
+    Ok(match n {
+        Some(n) if n > 0 => match Demo::start(n, running, prefix) {
+            Ok(d) => {
+                let names: Vec<_> = d.handles.iter().map(|(n, _)| n.to_string()).collect();
+                say!(
+                    "pifleet-broker: demo fleet of {n} simulated Pis: {}",
+                    names.join(", ")
+                );
+                let port = running.mqtt.port();
+                let broker_flag = if port == 1883 {
+                    String::new()
+                } else {
+                    format!(" --broker mqtt://127.0.0.1:{port}")
+                };
+                say!("  In another terminal try:  pifleet{broker_flag} status      (from the repository: cargo run -q -p pifleet-controller --{broker_flag} status)");
+                say!("                            pifleet{broker_flag} on --all");
+                say!("                            pifleet{broker_flag} watch");
+                say!("  Type here to press a simulated button:  kitchen press   (or: show, kitchen release)");
+                tokio::spawn(Demo::console(d.handles.clone()));
+                Some(d)
+            }
+            Err(e) => {
+                tell!("pifleet-broker: cannot start the demo fleet: {e}");
+                return Err(ExitCode::from(EXIT_START));
+            }
+        },
+        _ => None,
+    })
+}
+
+/// A broker built without the `demo` feature (no agent, no rppal) refuses `--demo`.
+#[cfg(not(feature = "demo"))]
+fn start_demo(
+    n: Option<usize>,
+    _running: &pifleet_broker::Running,
+    _prefix: &str,
+) -> Result<(), ExitCode> {
+    if n.is_some_and(|n| n > 0) {
+        tell!("pifleet-broker: --demo: this pifleet-broker was built without the demo fleet (cargo feature `demo`)");
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
+    Ok(())
 }
