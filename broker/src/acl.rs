@@ -591,8 +591,8 @@ mod test {
 
     #[test]
     fn the_extra_file_is_read_from_disk() {
-        let dir = crate::credentials::test::TempDir::new("acl");
-        let path = dir.0.join("acl.toml");
+        let dir = crate::credentials::test::temp_dir("acl");
+        let path = dir.path().join("acl.toml");
         std::fs::write(&path, EXTRA).unwrap();
         let acl = Acl::new("pifleet", Some(&path)).unwrap();
         assert!(acl.may_subscribe(&device("kitchen", &[]), "weather/#"));

@@ -463,8 +463,8 @@ mod test {
 
     #[test]
     fn removing_with_the_wrong_role_is_refused() {
-        let dir = crate::credentials::test::TempDir::new("admin-role");
-        let path = dir.0.join("c.toml");
+        let dir = crate::credentials::test::temp_dir("admin-role");
+        let path = dir.path().join("c.toml");
         let mut c = Credentials::load_or_new(&path).unwrap();
         c.add("laptop", Role::Controller, vec![], None).unwrap();
         c.save().unwrap();

@@ -653,24 +653,11 @@ pub(crate) mod test {
     use super::*;
 
     /// A fresh directory under the system temp dir, removed on drop.
-    pub(crate) struct TempDir(pub PathBuf);
-
-    impl TempDir {
-        pub fn new(tag: &str) -> TempDir {
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let p = std::env::temp_dir()
-                .join(format!("pifleet-creds-{tag}-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    pub(crate) fn temp_dir(tag: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("pifleet-{tag}-"))
+            .tempdir()
+            .unwrap()
     }
 
     fn groups(g: &[&str]) -> Vec<String> {
@@ -679,8 +666,8 @@ pub(crate) mod test {
 
     #[test]
     fn round_trip_through_a_real_file() {
-        let dir = TempDir::new("roundtrip");
-        let path = dir.0.join("sub/credentials.toml");
+        let dir = temp_dir("roundtrip");
+        let path = dir.path().join("sub/credentials.toml");
         let mut c = Credentials::load_or_new(&path).unwrap();
         assert!(c.is_empty());
         let s1 = c
@@ -753,8 +740,8 @@ pub(crate) mod test {
 
     #[test]
     fn the_file_holds_no_secret_and_is_private() {
-        let dir = TempDir::new("nosecret");
-        let path = dir.0.join("credentials.toml");
+        let dir = temp_dir("nosecret");
+        let path = dir.path().join("credentials.toml");
         let mut c = Credentials::load_or_new(&path).unwrap();
         let s = c.add("kitchen", Role::Device, vec![], None).unwrap();
         c.save().unwrap();
@@ -768,7 +755,7 @@ pub(crate) mod test {
             assert_eq!(mode & 0o777, 0o600);
         }
         // No temporary file is left behind.
-        assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
@@ -853,8 +840,8 @@ pub(crate) mod test {
 
     #[test]
     fn load_errors_are_clear() {
-        let dir = TempDir::new("loaderr");
-        let path = dir.0.join("missing.toml");
+        let dir = temp_dir("loaderr");
+        let path = dir.path().join("missing.toml");
         let e = Credentials::load(&path).unwrap_err();
         assert!(matches!(e, CredentialsError::Missing(_)));
         assert!(e.to_string().contains("does not exist"), "{e}");

@@ -282,7 +282,7 @@ fn valid_dns_name(h: &str) -> bool {
 #[cfg(test)]
 mod test {
     use super::*;
-    use crate::credentials::test::TempDir;
+    use crate::credentials::test::temp_dir;
     use rustls_pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -333,8 +333,13 @@ mod test {
 
     #[tokio::test]
     async fn self_signed_certificates_serve_real_handshakes() {
-        let dir = TempDir::new("tls");
-        let out = self_signed(&["pi.example".into(), "192.168.1.5".into()], &dir.0, false).unwrap();
+        let dir = temp_dir("tls");
+        let out = self_signed(
+            &["pi.example".into(), "192.168.1.5".into()],
+            dir.path(),
+            false,
+        )
+        .unwrap();
         assert_eq!(
             out.names,
             ["pi.example", "192.168.1.5", "localhost", "127.0.0.1", "::1"]
@@ -362,8 +367,8 @@ mod test {
         .is_err());
 
         // A client that trusts a different CA refuses the server.
-        let other = TempDir::new("tls-other");
-        let other = self_signed(&[], &other.0, false).unwrap();
+        let other = temp_dir("tls-other");
+        let other = self_signed(&[], other.path(), false).unwrap();
         let e = handshake(server, client_trusting(&other.ca_cert), "localhost")
             .await
             .unwrap_err();
@@ -372,39 +377,39 @@ mod test {
 
     #[test]
     fn existing_files_are_kept_unless_forced() {
-        let dir = TempDir::new("tls-force");
-        let first = self_signed(&[], &dir.0, false).unwrap();
+        let dir = temp_dir("tls-force");
+        let first = self_signed(&[], dir.path(), false).unwrap();
         let ca = std::fs::read(&first.ca_cert).unwrap();
-        let e = self_signed(&[], &dir.0, false).unwrap_err();
+        let e = self_signed(&[], dir.path(), false).unwrap_err();
         assert!(e.to_string().contains("--force"), "{e}");
         assert!(e.to_string().contains("ca.pem"), "{e}");
         assert_eq!(std::fs::read(&first.ca_cert).unwrap(), ca);
-        self_signed(&[], &dir.0, true).unwrap();
+        self_signed(&[], dir.path(), true).unwrap();
         assert_ne!(std::fs::read(&first.ca_cert).unwrap(), ca);
     }
 
     #[test]
     fn bad_hosts_are_refused() {
-        let dir = TempDir::new("tls-host");
+        let dir = temp_dir("tls-host");
         for bad in ["a b", "", "x..y", "-x", "küche.local", "a/b"] {
             assert!(
                 matches!(
-                    self_signed(&[bad.to_string()], &dir.0, false),
+                    self_signed(&[bad.to_string()], dir.path(), false),
                     Err(TlsError::BadHost(_))
                 ),
                 "{bad:?}"
             );
         }
-        assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
     fn loading_errors_name_the_file_and_the_problem() {
-        let dir = TempDir::new("tls-err");
-        let a = self_signed(&[], &dir.0.join("a"), false).unwrap();
-        let b = self_signed(&[], &dir.0.join("b"), false).unwrap();
-        let missing = dir.0.join("missing.pem");
-        let garbage = dir.0.join("garbage.pem");
+        let dir = temp_dir("tls-err");
+        let a = self_signed(&[], &dir.path().join("a"), false).unwrap();
+        let b = self_signed(&[], &dir.path().join("b"), false).unwrap();
+        let missing = dir.path().join("missing.pem");
+        let garbage = dir.path().join("garbage.pem");
         std::fs::write(&garbage, b"\x30\x82\x01\x0a binary DER").unwrap();
 
         let msg = |r: Result<_, TlsError>| r.map(|_| ()).unwrap_err().to_string();

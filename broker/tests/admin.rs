@@ -2,7 +2,7 @@
 //! temporary directory: what scripts and people see.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn broker() -> Command {
@@ -14,21 +14,11 @@ fn broker() -> Command {
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("pifleet-admin-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("pifleet-admin-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn admin(creds: &Path, args: &[&str]) -> Output {
@@ -47,8 +37,8 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn devices_are_added_listed_and_removed() {
-    let dir = TempDir::new("devices");
-    let creds = dir.0.join("credentials.toml");
+    let dir = temp_dir("devices");
+    let creds = dir.path().join("credentials.toml");
 
     let out = admin(&creds, &["device", "add", "kitchen", "--group", "down"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -126,8 +116,8 @@ fn devices_are_added_listed_and_removed() {
 
 #[test]
 fn controllers_and_given_secrets() {
-    let dir = TempDir::new("controllers");
-    let creds = dir.0.join("credentials.toml");
+    let dir = temp_dir("controllers");
+    let creds = dir.path().join("credentials.toml");
     let mut child = broker()
         .arg("--credentials")
         .arg(&creds)
@@ -160,12 +150,12 @@ fn controllers_and_given_secrets() {
 
 #[test]
 fn the_credentials_file_comes_from_the_config_or_is_asked_for() {
-    let dir = TempDir::new("config");
+    let dir = temp_dir("config");
     let out = broker().args(["device", "list"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--credentials"));
 
-    let config = dir.0.join("broker.toml");
+    let config = dir.path().join("broker.toml");
     std::fs::write(&config, "[auth]\ncredentials = \"creds.toml\"\n").unwrap();
     let out = broker()
         .arg("--config")
@@ -175,18 +165,18 @@ fn the_credentials_file_comes_from_the_config_or_is_asked_for() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     // Relative to the config file.
-    assert!(dir.0.join("creds.toml").exists());
+    assert!(dir.path().join("creds.toml").exists());
 
     // A missing file is a clear error for the commands that need one.
-    let out = admin(&dir.0.join("nope.toml"), &["device", "list"]);
+    let out = admin(&dir.path().join("nope.toml"), &["device", "list"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("does not exist"));
 }
 
 #[test]
 fn tls_self_signed_creates_the_four_files() {
-    let dir = TempDir::new("tls");
-    let out_dir = dir.0.join("tls");
+    let dir = temp_dir("tls");
+    let out_dir = dir.path().join("tls");
     let run = |extra: &[&str]| {
         broker()
             .args([

@@ -222,25 +222,22 @@ pub(crate) mod fixtures {
     }
 
     /// A file under the system temp directory that is removed when dropped.
-    pub struct TempFile(pub PathBuf);
+    /// A file with `contents` under the system temp dir, removed on drop.
+    pub struct TempFile(tempfile::NamedTempFile);
 
     impl TempFile {
         pub fn new(tag: &str, contents: &[u8]) -> TempFile {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "pifleet-test-{}-{}-{tag}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::write(&path, contents).expect("write temp file");
-            TempFile(path)
+            let mut f = tempfile::Builder::new()
+                .prefix("pifleet-test-")
+                .suffix(&format!("-{tag}"))
+                .tempfile()
+                .expect("create temp file");
+            std::io::Write::write_all(&mut f, contents).expect("write temp file");
+            TempFile(f)
         }
-    }
 
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
+        pub fn path(&self) -> &std::path::Path {
+            self.0.path()
         }
     }
 }
@@ -282,16 +279,16 @@ mod test {
     fn password_files_lose_their_trailing_newline_only() {
         let f = TempFile::new("pw", b"  s3cret pass \r\n");
         assert_eq!(
-            Password::from_file(&f.0).unwrap().expose(),
+            Password::from_file(f.path()).unwrap().expose(),
             "  s3cret pass "
         );
         let f = TempFile::new("pw", b"s3cret");
-        assert_eq!(Password::from_file(&f.0).unwrap().expose(), "s3cret");
+        assert_eq!(Password::from_file(f.path()).unwrap().expose(), "s3cret");
         let f = TempFile::new("pw", b"\n");
-        let e = Password::from_file(&f.0).unwrap_err();
+        let e = Password::from_file(f.path()).unwrap_err();
         assert_eq!(
             e.to_string(),
-            format!("the password file {} is empty", f.0.display())
+            format!("the password file {} is empty", f.path().display())
         );
         let e = Password::from_file(Path::new("/nonexistent/pifleet-pw")).unwrap_err();
         assert!(
@@ -327,7 +324,7 @@ mod test {
         bundle.extend(std::fs::read(path("server.key")).unwrap());
         bundle.extend(std::fs::read(path("ca.pem")).unwrap());
         let f = TempFile::new("bundle.pem", &bundle);
-        assert_eq!(ca_file_roots(&f.0).unwrap().len(), 2);
+        assert_eq!(ca_file_roots(f.path()).unwrap().len(), 2);
     }
 
     #[test]
@@ -343,13 +340,13 @@ mod test {
         );
 
         let f = TempFile::new("empty.pem", b"this is not a certificate\n");
-        let e = transport(&u, &with_ca(&f.0)).err().expect("refused");
+        let e = transport(&u, &with_ca(f.path())).err().expect("refused");
         assert_eq!(
             e.to_string(),
             format!(
                 "the CA file {} holds no certificate (expected PEM blocks that start with \
                  -----BEGIN CERTIFICATE-----)",
-                f.0.display()
+                f.path().display()
             )
         );
 
@@ -363,11 +360,11 @@ mod test {
             "broken.pem",
             b"-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
         );
-        let e = transport(&u, &with_ca(&f.0)).err().expect("refused");
+        let e = transport(&u, &with_ca(f.path())).err().expect("refused");
         assert!(
             e.to_string().starts_with(&format!(
                 "the CA file {} cannot be used: bad PEM (",
-                f.0.display()
+                f.path().display()
             )),
             "{e}"
         );
@@ -376,7 +373,7 @@ mod test {
             "truncated.pem",
             b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n",
         );
-        let e = transport(&u, &with_ca(&f.0)).err().expect("refused");
+        let e = transport(&u, &with_ca(f.path())).err().expect("refused");
         assert!(matches!(e, SecurityError::CaFileInvalid { .. }), "{e}");
 
         // Well-formed PEM around bytes that are not a certificate.
@@ -384,7 +381,7 @@ mod test {
             "garbage.pem",
             b"-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n",
         );
-        let e = transport(&u, &with_ca(&f.0)).err().expect("refused");
+        let e = transport(&u, &with_ca(f.path())).err().expect("refused");
         assert!(
             e.to_string()
                 .contains("certificate 1 is not a usable X.509 certificate ("),

@@ -12,7 +12,6 @@ pub mod raw;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,30 +33,14 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A directory removed on drop.
-pub struct TempDir(PathBuf);
+pub use tempfile::TempDir;
 
-impl TempDir {
-    pub fn new(label: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "pifleet-test-{label}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory under the system temp dir, removed on drop.
+pub fn temp_dir(label: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("pifleet-test-{label}-"))
+        .tempdir()
+        .expect("create temp dir")
 }
 
 /// Lines a child printed, with a condition variable to wait on.
@@ -329,7 +312,7 @@ pub struct Agent {
 impl Agent {
     /// `extra` is appended to a minimal config (device, broker, sim GPIO, fast reconnects).
     pub fn start(broker_url: &str, device: &str, extra: &str) -> Agent {
-        let dir = TempDir::new(device);
+        let dir = temp_dir(device);
         Agent::start_in(dir, broker_url, device, extra)
     }
 
@@ -411,7 +394,7 @@ pub struct Creds {
 #[allow(clippy::new_without_default)]
 impl Creds {
     pub fn new() -> Creds {
-        let dir = TempDir::new("creds");
+        let dir = temp_dir("creds");
         let path = dir.path().join("credentials.toml");
         Creds { dir, path }
     }

@@ -196,7 +196,7 @@ fn restore_brings_the_led_back_after_a_restart() {
     let (r, code) = switch(&url, &["off", "--group", "upstairs"]);
     assert_eq!((code, outcome(&r, "hotel")), (Some(1), Outcome::Offline));
 
-    let dir = std::mem::replace(&mut agent.dir, TempDir::new("unused"));
+    let dir = std::mem::replace(&mut agent.dir, temp_dir("unused"));
     let _agent = Agent::start_in(dir, &url, "hotel", config);
     wait_until(
         "hotel is back online with the LED on",

@@ -64,7 +64,7 @@ fn an_agent_whose_stderr_is_gone_keeps_running_and_reconnects() {
     let broker = Broker::start_with(&["--mqtt", "127.0.0.1:0", "--no-ws"]);
     let url = broker.url();
     let addr = broker.mqtt.clone();
-    let dir = TempDir::new("lima");
+    let dir = temp_dir("lima");
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, agent_config(&url, "lima", "")).unwrap();
     let mut cmd = Command::new(bin("pifleet-agent"));
@@ -125,7 +125,7 @@ fn a_retained_command_is_never_executed_at_start_or_restart() {
         if run == "start" {
             agent.proc.signal("TERM");
             agent.proc.wait_exit(Duration::from_secs(10));
-            let dir = std::mem::replace(&mut agent.dir, TempDir::new("unused"));
+            let dir = std::mem::replace(&mut agent.dir, temp_dir("unused"));
             agent = Agent::start_in(dir, &url, "mike", outputs);
         }
     }

@@ -145,7 +145,7 @@ struct Creds {
 
 impl Creds {
     fn new() -> Creds {
-        let dir = TempDir::new("hardening-creds");
+        let dir = temp_dir("hardening-creds");
         let path = dir.path().join("credentials.toml");
         Creds { _dir: dir, path }
     }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pifleet_tests::raw::{self, Client, Connect, Packet, Received, REFUSED};
-use pifleet_tests::{bin, output_logged, Broker, TempDir};
+use pifleet_tests::{bin, output_logged, temp_dir, Broker, TempDir};
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -36,7 +36,7 @@ fn broker_in(dir: &TempDir, config: &str) -> Broker {
 
 /// A broker with `config` (typically a `[limits]` section) and anonymous clients.
 fn broker_with(config: &str) -> (Broker, TempDir) {
-    let dir = TempDir::new("hardening");
+    let dir = temp_dir("hardening");
     (broker_in(&dir, config), dir)
 }
 
@@ -203,7 +203,7 @@ fn an_anonymous_subscription_deeper_than_max_topic_levels_is_refused_and_the_bro
 /// bound, not the ACL, must refuse it.
 #[test]
 fn a_device_subscription_deep_inside_its_own_subtree_is_refused_and_the_broker_survives() {
-    let dir = TempDir::new("hardening-deep-device");
+    let dir = temp_dir("hardening-deep-device");
     let secret = add_identity(&dir, "device", "porch");
     let mut broker = broker_in(&dir, "[auth]\ncredentials = \"credentials.toml\"\n");
     let filter = format!("pifleet/dev/porch/{}", deep("a", 10_000));
@@ -614,7 +614,7 @@ fn an_offline_persistent_session_is_forgotten_after_session_expiry_secs() {
 /// without it `ops:1` is refused with CONNACK 2 before any session limit applies).
 #[test]
 fn an_identity_beyond_max_sessions_per_identity_replaces_its_oldest_offline_session() {
-    let dir = TempDir::new("hardening-identity");
+    let dir = temp_dir("hardening-identity");
     let secret = add_identity(&dir, "controller", "ops");
     let broker = broker_in(
         &dir,

@@ -109,7 +109,7 @@ fn old_clients_drive_the_agent_directly() {
 
 #[test]
 fn old_clients_reach_a_device_through_the_broker_and_hear_when_it_is_offline() {
-    let dir = TempDir::new("legacy-broker");
+    let dir = temp_dir("legacy-broker");
     let (broker, addrs) = broker_with_shims(&dir, &["lima", "ghost"]);
     let url = broker.url();
     let mut agent = Agent::start(&url, "lima", "");
@@ -223,7 +223,7 @@ fn read_reply_after(addr: &str, request: &[u8]) -> Vec<u8> {
 fn two_hundred_concurrent_legacy_clients_through_the_broker() {
     const CLIENTS: usize = 200;
     const ROUNDS: usize = 5;
-    let dir = TempDir::new("legacy-load");
+    let dir = temp_dir("legacy-load");
     let (broker, addrs) = broker_with_shims(&dir, &["november"]);
     let url = broker.url();
     let _agent = Agent::start(&url, "november", "");

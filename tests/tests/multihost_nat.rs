@@ -126,7 +126,7 @@ fn an_agent_behind_nat_gets_commands_but_cannot_be_reached_directly() {
     let url = broker.url();
 
     // The Pi at home, with its legacy port open as the old setup had it (forwarded, back then).
-    let dir = TempDir::new("nat");
+    let dir = temp_dir("nat");
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,

@@ -483,7 +483,7 @@ fn an_agent_with_a_wrong_password_backs_off_and_never_shows_up_online() {
     let ops = Controller::new(&url, "ops", &ops_secret, &[]);
 
     // The agent's own reconnect settings (not the fast ones of `Agent::start`).
-    let dir = TempDir::new("c");
+    let dir = temp_dir("c");
     let config = format!(
         "device = \"c\"\nbroker = {url:?}\ngpio = \"sim\"\nkeep_alive_secs = 2\n\
          password = \"not-the-password-1234\"\n\n[[output]]\nname = \"led\"\npin = 17\n"
