@@ -4,7 +4,8 @@
 //! `Led ON.`. `go` answers from the device's retained input state.
 //!
 //! The relay is an ordinary MQTT client of this broker (over loopback), so it sees exactly what
-//! any controller sees and will obey the same authorization rules once they exist.
+//! any controller sees and obeys the same authorization rules (it logs in as an internal
+//! controller identity when the broker has credentials; see `crate::services`).
 
 use std::collections::HashMap;
 use std::future::Future;

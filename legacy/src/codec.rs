@@ -1,4 +1,4 @@
-//! Framing of the legacy protocols (`shared/legacy-protocols.md`), both directions.
+//! Framing of the legacy protocols (`docs/legacy.md`), both directions.
 //!
 //! - Length-prefixed: `count "_" payload`, where `count` is the number of *characters* of the
 //!   whole frame, its own digits and the `_` included (`4_on`, `11_Led OFF.`).

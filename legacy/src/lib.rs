@@ -1,6 +1,6 @@
 //! The compatibility shim for pifleet's predecessors: hobbyist TCP servers that switched an LED
 //! with `on`/`off`/`q` over a length-prefixed framing and read a button with `go` over tcpcom's
-//! NUL-terminated framing (`shared/legacy-protocols.md` has the byte-level spec).
+//! NUL-terminated framing (`docs/legacy.md` has the byte-level spec).
 //!
 //! One codec and one command parser, served by one TCP server, with two handlers: the agent's
 //! (switch the local GPIO) and the broker's (relay over MQTT and wait for the device's

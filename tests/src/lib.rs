@@ -114,7 +114,7 @@ impl Proc {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env("RUST_LOG", "info,rumqttd=off,rumqttc=warn");
+            .env("RUST_LOG", "info,rumqttc=warn");
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
