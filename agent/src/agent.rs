@@ -10,7 +10,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pifleet_client::mqtt::{Backoff, Security, Who};
+use pifleet_client::mqtt::{Account, Backoff, Security};
 use pifleet_proto::payload::{
     EventKind, InputState, OutputState, Presence, PresenceState, SensorReading, StateSource,
 };
@@ -386,7 +386,7 @@ impl Agent {
             Duration::from_millis(200),
             Duration::from_secs_f64(self.config.reconnect_max_secs),
         );
-        let who = Who::new("device", &self.security);
+        let who = Account::new("device", &self.security);
         let (net_tx, mut net) = mpsc::unbounded_channel();
         let mut conn = tokio::spawn(connection::drive(
             eventloop,

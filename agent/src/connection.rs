@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use pifleet_client::mqtt::{describe, is_auth_refusal, Backoff, Who};
+use pifleet_client::mqtt::{describe, is_auth_refusal, Account, Backoff};
 use pifleet_client::BrokerUrl;
 use rumqttc::{Event, EventLoop, Outgoing, Packet, Publish, SubAck};
 use tokio::sync::mpsc::UnboundedSender;
@@ -40,7 +40,7 @@ pub enum NetEvent {
 pub async fn drive(
     mut eventloop: EventLoop,
     url: BrokerUrl,
-    who: Who,
+    who: Account,
     mut backoff: Backoff,
     tx: UnboundedSender<NetEvent>,
 ) {
@@ -140,7 +140,7 @@ mod test {
         )
         .unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
-        let who = Who::new("device", &security);
+        let who = Account::new("device", &security);
         let backoff = Backoff::new(base, Duration::from_secs(60));
         let url = url.clone();
         tokio::spawn(async move {

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use pifleet_legacy::command::{button_reply, led_reply, UNRECOGNIZED};
-use pifleet_legacy::{Handler, Request, Verb, Who};
+use pifleet_legacy::{Addressee, Handler, Request, Verb};
 use pifleet_proto::{Action, Name, StateSource};
 
 use crate::agent::AgentHandle;
@@ -24,8 +24,8 @@ impl Handler for AgentShim {
         Box::pin(async move {
             // The agent is one device: a target, if any, must be this device.
             match &request.who {
-                Who::Default => {}
-                Who::Device(d) if *d == self.device => {}
+                Addressee::Default => {}
+                Addressee::Device(d) if *d == self.device => {}
                 _ => return UNRECOGNIZED.to_string(),
             }
             let action = match request.verb {

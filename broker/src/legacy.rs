@@ -17,7 +17,7 @@ use std::time::Duration;
 use pifleet_client::mqtt::{describe, Backoff};
 use pifleet_client::{BrokerUrl, Scheme};
 use pifleet_legacy::command::{button_reply, led_reply};
-use pifleet_legacy::{Handler, ListenerConfig, Request, Verb, Who};
+use pifleet_legacy::{Addressee, Handler, ListenerConfig, Request, Verb};
 use pifleet_proto::fleet::{decode, CommandReply, Fleet};
 use pifleet_proto::{Action, Command, CommandId, Name, Target, Topics};
 use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeFilter};
@@ -66,7 +66,7 @@ impl Relay {
         // With authentication on, the relay logs in as an in-process controller identity.
         const NAME: &str = "pifleet-broker-legacy";
         let security = crate::services::login(&running.engine, NAME, Role::Controller, Vec::new());
-        let who = pifleet_client::mqtt::Who::new("controller", &security);
+        let who = pifleet_client::mqtt::Account::new("controller", &security);
         // A controller's client id: its name, `:`, anything (see engine/auth.rs).
         let client_id = format!("{NAME}:{}", CommandId::generate());
         let (client, mut eventloop) = pifleet_client::mqtt::client(
@@ -328,17 +328,17 @@ impl Handler for BrokerShim {
                 Verb::Off => Action::Off,
                 Verb::Go => {
                     return match &request.who {
-                        Who::Default => self.button(&self.device),
-                        Who::Device(d) => self.button(d),
-                        Who::All => pifleet_legacy::command::UNRECOGNIZED.to_string(),
+                        Addressee::Default => self.button(&self.device),
+                        Addressee::Device(d) => self.button(d),
+                        Addressee::All => pifleet_legacy::command::UNRECOGNIZED.to_string(),
                     }
                 }
                 Verb::Quit => unreachable!("the server answers q itself"),
             };
             match request.who {
-                Who::Default => self.switch_one(self.device.clone(), action).await,
-                Who::Device(d) => self.switch_one(d, action).await,
-                Who::All => self.switch_all(action).await,
+                Addressee::Default => self.switch_one(self.device.clone(), action).await,
+                Addressee::Device(d) => self.switch_one(d, action).await,
+                Addressee::All => self.switch_all(action).await,
             }
         })
     }

@@ -164,20 +164,20 @@ pub fn is_auth_refusal(e: &ConnectionError) -> bool {
     )
 }
 
-/// Who is connecting, as [`describe`]'s sentences name it: "controller 'alice'", "device
+/// Which account is connecting, as [`describe`]'s sentences name it: "controller 'alice'", "device
 /// 'kitchen'". It holds no secret, so it can travel into the tasks that report connection
-/// errors. `Who::default()` is an anonymous client with no CA file.
+/// errors. `Account::default()` is an anonymous client with no CA file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Who {
+pub struct Account {
     label: Option<String>,
     ca_file: Option<PathBuf>,
 }
 
-impl Who {
+impl Account {
     /// `role` is the word for what connects ("controller", "device"); the name is the MQTT user
     /// name, since that is the identity the broker checked.
-    pub fn new(role: &str, security: &Security) -> Who {
-        Who {
+    pub fn new(role: &str, security: &Security) -> Account {
+        Account {
             label: security.user().map(|u| format!("{role} '{u}'")),
             ca_file: security.ca_file.clone(),
         }
@@ -186,7 +186,7 @@ impl Who {
 
 /// One sentence for a failed connection, naming the broker (and, for a refused login, the user):
 /// what users see instead of a Debug dump of nested enums.
-pub fn describe(e: &ConnectionError, url: &BrokerUrl, who: &Who) -> String {
+pub fn describe(e: &ConnectionError, url: &BrokerUrl, who: &Account) -> String {
     let at = url.authority();
     if url.scheme.is_tls() {
         if let Some(sentence) = describe_tls(e, url, who) {
@@ -252,7 +252,7 @@ pub fn describe(e: &ConnectionError, url: &BrokerUrl, who: &Who) -> String {
 
 /// The sentence for a failed TLS handshake, with a hint at the usual cause, or `None` when TLS
 /// is not what failed.
-fn describe_tls(e: &ConnectionError, url: &BrokerUrl, who: &Who) -> Option<String> {
+fn describe_tls(e: &ConnectionError, url: &BrokerUrl, who: &Account) -> Option<String> {
     let at = url.authority();
     let plain_port = format!(
         " (is that a plain-text port? the usual {} port is {})",
@@ -346,7 +346,7 @@ mod test {
         let url: BrokerUrl = "mqtt://127.0.0.1:9".parse().unwrap();
         let e = ConnectionError::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
         assert_eq!(
-            describe(&e, &url, &Who::default()),
+            describe(&e, &url, &Account::default()),
             "cannot reach the broker at 127.0.0.1:9: connection refused (is pifleet-broker running?)"
         );
     }
@@ -364,13 +364,13 @@ mod test {
         let url: BrokerUrl = "mqtts://broker.example.org".parse().unwrap();
         let bad = ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword);
         let denied = ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized);
-        let controller = Who::new("controller", &alice());
+        let controller = Account::new("controller", &alice());
         assert_eq!(
             describe(&bad, &url, &controller),
             "authentication failed for controller 'alice' at broker.example.org:8883 \
              (bad user name or password)"
         );
-        let device = Who::new(
+        let device = Account::new(
             "device",
             &Security {
                 username: Some("kitchen".into()),
@@ -383,7 +383,7 @@ mod test {
         );
         for e in [&bad, &denied] {
             assert_eq!(
-                describe(e, &url, &Who::default()),
+                describe(e, &url, &Account::default()),
                 "the broker at broker.example.org:8883 requires a user name and password"
             );
             assert!(is_auth_refusal(e));
@@ -411,12 +411,12 @@ mod test {
             CertificateError::UnknownIssuer,
         ));
         assert_eq!(
-            describe(&unknown, &url, &Who::default()),
+            describe(&unknown, &url, &Account::default()),
             "TLS handshake with pi.local:8883 failed: invalid peer certificate: UnknownIssuer \
              (this system does not trust the broker's certificate: give its CA certificate as \
              the CA file)"
         );
-        let with_ca = Who::new(
+        let with_ca = Account::new(
             "controller",
             &Security {
                 ca_file: Some("/etc/pifleet/ca.pem".into()),
@@ -597,7 +597,7 @@ mod test {
                 |_| {},
             )
             .unwrap();
-            let who = Who::new("controller", security);
+            let who = Account::new("controller", security);
             let outcome = async {
                 loop {
                     match eventloop.poll().await {

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use pifleet_client::mqtt::{describe, is_auth_refusal, Security, Who};
+use pifleet_client::mqtt::{describe, is_auth_refusal, Account, Security};
 use pifleet_client::BrokerUrl;
 use pifleet_proto::{CommandId, Topics};
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
@@ -55,7 +55,7 @@ impl Session {
         .map_err(|e| CliError::Usage(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let u = url.clone();
-        let who = Who::new("controller", security);
+        let who = Account::new("controller", security);
         let no_password = security.user().is_some() && security.password.is_none();
         tokio::spawn(async move {
             loop {

@@ -21,9 +21,9 @@ pub enum Verb {
     Quit,
 }
 
-/// Who a targeted command is for.
+/// Whom a targeted command is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Who {
+pub enum Addressee {
     /// The listener's configured device.
     Default,
     Device(Name),
@@ -32,7 +32,7 @@ pub enum Who {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    pub who: Who,
+    pub who: Addressee,
     pub verb: Verb,
 }
 
@@ -50,15 +50,15 @@ pub fn parse(text: &str) -> Option<Request> {
     let words: Vec<&str> = text.split_whitespace().collect();
     match words.as_slice() {
         [v] => Some(Request {
-            who: Who::Default,
+            who: Addressee::Default,
             verb: verb(v)?,
         }),
         [target, v] => {
             let verb = verb(v).filter(|v| *v != Verb::Quit)?;
             let who = if *target == "all" {
-                Who::All
+                Addressee::All
             } else {
-                Who::Device(Name::new(*target).ok()?)
+                Addressee::Device(Name::new(*target).ok()?)
             };
             Some(Request { who, verb })
         }
@@ -91,42 +91,42 @@ mod test {
         assert_eq!(
             parse("on"),
             Some(Request {
-                who: Who::Default,
+                who: Addressee::Default,
                 verb: Verb::On
             })
         );
         assert_eq!(
             parse("off\n"),
             Some(Request {
-                who: Who::Default,
+                who: Addressee::Default,
                 verb: Verb::Off
             })
         );
         assert_eq!(
             parse("go"),
             Some(Request {
-                who: Who::Default,
+                who: Addressee::Default,
                 verb: Verb::Go
             })
         );
         assert_eq!(
             parse("q"),
             Some(Request {
-                who: Who::Default,
+                who: Addressee::Default,
                 verb: Verb::Quit
             })
         );
         assert_eq!(
             parse("kitchen on"),
             Some(Request {
-                who: Who::Device(Name::new("kitchen").unwrap()),
+                who: Addressee::Device(Name::new("kitchen").unwrap()),
                 verb: Verb::On
             })
         );
         assert_eq!(
             parse("all off"),
             Some(Request {
-                who: Who::All,
+                who: Addressee::All,
                 verb: Verb::Off
             })
         );

@@ -8,7 +8,7 @@ use pifleet_proto::Name;
 use serde::Deserialize;
 
 use crate::codec::FramingMode;
-use crate::server::Limits;
+use crate::server::ServerLimits;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,8 +56,8 @@ fn default_confirm() -> u64 {
 }
 
 impl ListenerConfig {
-    pub fn limits(&self) -> Limits {
-        Limits {
+    pub fn limits(&self) -> ServerLimits {
+        ServerLimits {
             framing: self.framing,
             max_frame: self.max_frame,
             max_clients: self.max_clients,

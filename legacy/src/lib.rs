@@ -17,7 +17,7 @@ pub mod command;
 pub mod server;
 
 pub use codec::{Framing, FramingMode};
-pub use command::{Request, Verb, Who};
-pub use server::{serve, Handler, Limits};
+pub use command::{Addressee, Request, Verb};
+pub use server::{serve, Handler, ServerLimits};
 pub mod config;
 pub use config::ListenerConfig;

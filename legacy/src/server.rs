@@ -29,18 +29,18 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, request: Request) -> Pin<Box<dyn Future<Output = String> + Send + '_>>;
 }
 
-/// Limits of one listener.
+/// ServerLimits of one listener.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub struct ServerLimits {
     pub framing: FramingMode,
     pub max_frame: usize,
     pub max_clients: usize,
     pub idle_timeout: Duration,
 }
 
-impl Default for Limits {
+impl Default for ServerLimits {
     fn default() -> Self {
-        Limits {
+        ServerLimits {
             framing: FramingMode::Auto,
             max_frame: 64 * 1024,
             max_clients: 256,
@@ -53,7 +53,7 @@ impl Default for Limits {
 pub async fn serve(
     listener: TcpListener,
     handler: Arc<dyn Handler>,
-    limits: Limits,
+    limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_clients));
@@ -96,7 +96,7 @@ pub async fn serve(
 async fn session(
     mut stream: TcpStream,
     handler: &dyn Handler,
-    limits: &Limits,
+    limits: &ServerLimits,
 ) -> std::io::Result<()> {
     let mut decoder = Decoder::new(limits.framing, limits.max_frame);
     // Reads of at most 2048 bytes, like the originals: with the frame bound this caps what one
