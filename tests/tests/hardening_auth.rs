@@ -47,35 +47,7 @@ mod raw {
         frame(0x10, &body)
     }
 
-    pub fn push_str(buf: &mut Vec<u8>, s: &str) {
-        buf.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        buf.extend_from_slice(s.as_bytes());
-    }
-
-    /// A packet: first byte, remaining length, body.
-    pub fn frame(first: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![first];
-        let mut len = body.len();
-        loop {
-            let mut b = (len % 128) as u8;
-            len /= 128;
-            if len > 0 {
-                b |= 0x80;
-            }
-            out.push(b);
-            if len == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(body);
-        out
-    }
-
-    pub fn open(addr: &str) -> TcpStream {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s
-    }
+    pub use pifleet_tests::raw::{frame, open, push_str};
 
     /// What the broker sends until it closes the socket; `None` if it is still open after the
     /// read timeout.
@@ -100,14 +72,7 @@ mod raw {
         }
     }
 
-    /// Sends `connect` and returns the CONNACK's return code.
-    pub fn connack(s: &mut TcpStream, connect: &[u8]) -> u8 {
-        s.write_all(connect).unwrap();
-        let mut ack = [0u8; 4];
-        s.read_exact(&mut ack).unwrap();
-        assert_eq!(ack[..3], [0x20, 0x02, 0x00], "a CONNACK, got {ack:?}");
-        ack[3]
-    }
+    pub use pifleet_tests::raw::connack_code as connack;
 
     /// Whether the connection still answers a PINGREQ.
     pub fn answers_ping(s: &mut TcpStream) -> bool {

@@ -214,35 +214,77 @@ impl<K, V> SmallMap<K, V> {
 
 impl<V> Drop for FilterTree<V> {
     fn drop(&mut self) {
-        // Nodes own their children, so the derived drop would recurse once per level.
-        let mut stack = self.root.children.drain_values();
-        while let Some(mut node) = stack.pop() {
-            stack.extend(node.children.drain_values());
-        }
+        take_apart(&mut self.root);
     }
 }
 
-/// Where a removal may cut a path: the deepest node along `levels` that must stay (because it
-/// is the root, holds a value, or has another child), as an index into `levels`. Everything
-/// below it exists only for the removed entry. `keep(node)` says whether a node holds a value;
-/// `child(node, level)` walks one step.
-fn prune_point<'n, N>(
-    root: &'n N,
-    levels: &[&str],
-    keep: impl Fn(&N) -> bool,
-    children: impl Fn(&N) -> usize,
-    child: impl Fn(&'n N, &str) -> Option<&'n N>,
-) -> Option<usize> {
-    let mut node = root;
+/// What the two tries have in common, so pruning and taking apart are written once.
+trait Node: Sized {
+    fn children(&self) -> &SmallMap<Box<str>, Self>;
+    fn children_mut(&mut self) -> &mut SmallMap<Box<str>, Self>;
+    /// Whether the node holds a value (subscribers, a retained message) of its own.
+    fn holds(&self) -> bool;
+}
+
+impl<V> Node for FilterNode<V> {
+    fn children(&self) -> &SmallMap<Box<str>, Self> {
+        &self.children
+    }
+    fn children_mut(&mut self) -> &mut SmallMap<Box<str>, Self> {
+        &mut self.children
+    }
+    fn holds(&self) -> bool {
+        !self.subscribers.is_empty()
+    }
+}
+
+impl<M> Node for RetainNode<M> {
+    fn children(&self) -> &SmallMap<Box<str>, Self> {
+        &self.children
+    }
+    fn children_mut(&mut self) -> &mut SmallMap<Box<str>, Self> {
+        &mut self.children
+    }
+    fn holds(&self) -> bool {
+        self.message.is_some()
+    }
+}
+
+/// Takes apart everything below `node` without recursion (the derived drop would recurse once
+/// per level).
+fn take_apart<N: Node>(node: &mut N) {
+    let mut stack = node.children_mut().drain_values();
+    while let Some(mut n) = stack.pop() {
+        stack.extend(n.children_mut().drain_values());
+    }
+}
+
+/// After the value at the end of `levels` was removed: removes the nodes along `levels` that
+/// existed only for it. The deepest node that must stay (the root, one holding a value, or one
+/// with another child) keeps its place; the chain below it goes.
+fn prune<N: Node>(root: &mut N, levels: &[&str]) {
+    let mut node = &*root;
     let mut cut = 0;
     for (i, level) in levels.iter().enumerate() {
-        // `node` is at depth i; the child at levels[i] may be cut if nothing else hangs here.
-        if i > 0 && (keep(node) || children(node) > 1) {
+        // `node` is at depth i; its child at levels[i] may go if nothing else hangs here.
+        if i > 0 && (node.holds() || node.children().len() > 1) {
             cut = i;
         }
-        node = child(node, level)?;
+        match node.children().get(*level) {
+            Some(child) => node = child,
+            None => return,
+        }
     }
-    (!keep(node) && children(node) == 0).then_some(cut)
+    if node.holds() || !node.children().is_empty() {
+        return;
+    }
+    let mut node = root;
+    for level in &levels[..cut] {
+        node = node.children_mut().get_mut(*level).expect("path exists");
+    }
+    if let Some(mut chain) = node.children_mut().remove(levels[cut]) {
+        take_apart(&mut chain);
+    }
 }
 
 impl<V> FilterTree<V> {
@@ -268,26 +310,7 @@ impl<V> FilterTree<V> {
         }
         let removed = node.subscribers.remove(&key)?;
         self.len -= 1;
-        let cut = prune_point(
-            &self.root,
-            &levels,
-            |n| !n.subscribers.is_empty(),
-            |n| n.children.len(),
-            |n, l| n.children.get(l),
-        );
-        if let Some(cut) = cut {
-            let mut node = &mut self.root;
-            for level in &levels[..cut] {
-                node = node.children.get_mut(*level).expect("path exists");
-            }
-            // What hangs below is a chain with nothing in it; take it apart without recursion.
-            if let Some(mut chain) = node.children.remove(levels[cut]) {
-                let mut stack = chain.children.drain_values();
-                while let Some(mut n) = stack.pop() {
-                    stack.extend(n.children.drain_values());
-                }
-            }
-        }
+        prune(&mut self.root, &levels);
         Some(removed)
     }
 
@@ -381,10 +404,7 @@ impl<M> Default for RetainTree<M> {
 
 impl<M> Drop for RetainTree<M> {
     fn drop(&mut self) {
-        let mut stack = self.root.children.drain_values();
-        while let Some(mut node) = stack.pop() {
-            stack.extend(node.children.drain_values());
-        }
+        take_apart(&mut self.root);
     }
 }
 
@@ -412,25 +432,7 @@ impl<M: Clone> RetainTree<M> {
                 }
                 let old = node.message.take()?;
                 self.len -= 1;
-                let cut = prune_point(
-                    &self.root,
-                    &levels,
-                    |n| n.message.is_some(),
-                    |n| n.children.len(),
-                    |n, l| n.children.get(l),
-                );
-                if let Some(cut) = cut {
-                    let mut node = &mut self.root;
-                    for level in &levels[..cut] {
-                        node = node.children.get_mut(*level).expect("path exists");
-                    }
-                    if let Some(mut chain) = node.children.remove(levels[cut]) {
-                        let mut stack = chain.children.drain_values();
-                        while let Some(mut n) = stack.pop() {
-                            stack.extend(n.children.drain_values());
-                        }
-                    }
-                }
+                prune(&mut self.root, &levels);
                 Some(old)
             }
         }
