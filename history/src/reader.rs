@@ -21,16 +21,26 @@ use crate::error::HistoryError;
 use crate::layout::{day_file, device_dir, parse_day_file, relative};
 use crate::report::{HistoryRows, HistorySeries, SkippedLine, MAX_SKIPPED_LISTED};
 use crate::row::{Kind, RawRow, Row, HEADER};
-use crate::time::{format_rfc3339, Day};
+use crate::time::{format_rfc3339, Day, TimeCheck};
+
+/// How much [`scan_lines`] reads at once.
+const CHUNK: usize = 1 << 20;
 
 /// Calls `f` with every line of `r` (without its `\n`) and whether it was terminated: only the
-/// last line can be unterminated. Reads in large chunks; lines are borrowed from the chunk
-/// unless one straddles two reads.
-pub(crate) fn scan_lines<R: Read>(mut r: R, mut f: impl FnMut(&[u8], bool)) -> io::Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
+/// last line can be unterminated. Reads in chunks into `buf` (reused across files, so a query
+/// over 30 files allocates once); lines are borrowed from the chunk unless one straddles two
+/// reads.
+pub(crate) fn scan_lines<R: Read>(
+    mut r: R,
+    buf: &mut Vec<u8>,
+    mut f: impl FnMut(&[u8], bool),
+) -> io::Result<()> {
+    if buf.len() < CHUNK {
+        buf.resize(CHUNK, 0);
+    }
     let mut carry: Vec<u8> = Vec::new();
     loop {
-        let n = match r.read(&mut buf) {
+        let n = match r.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -95,7 +105,10 @@ pub struct RowFilter {
 impl RowFilter {
     fn matches(&self, raw: &RawRow<'_>) -> bool {
         self.kind.is_none_or(|k| k == raw.kind)
-            && self.name.as_deref().is_none_or(|n| n == raw.fields[2])
+            && self
+                .name
+                .as_deref()
+                .is_none_or(|n| n.as_bytes() == raw.name_bytes())
     }
 }
 
@@ -207,7 +220,7 @@ impl HistoryReader {
         device: &Name,
         day: Day,
         range: &TimeRange,
-        skipped: &mut Skipped,
+        scratch: &mut Scratch,
         mut f: impl FnMut(RawRow<'_>, &mut dyn FnMut(String)),
     ) -> Result<(), HistoryError> {
         let path = day_file(&self.dir, device, day);
@@ -219,7 +232,12 @@ impl HistoryReader {
         };
         let rel = relative(device, day);
         let mut line_no = 0u64;
-        scan_lines(file, |line, terminated| {
+        let Scratch {
+            buf,
+            check,
+            skipped,
+        } = scratch;
+        scan_lines(file, buf, |line, terminated| {
             line_no += 1;
             let mut skip = |reason: String| skipped.push(&rel, line_no, reason);
             if !terminated {
@@ -229,7 +247,7 @@ impl HistoryReader {
             if line.is_empty() || line == HEADER.as_bytes() {
                 return;
             }
-            match RawRow::parse(line) {
+            match RawRow::parse(line, check) {
                 Ok(raw) if range.contains(raw.unix_ms) => f(raw, &mut skip),
                 Ok(_) => {}
                 Err(e) => skip(e.to_string()),
@@ -248,9 +266,9 @@ impl HistoryReader {
         filter: &RowFilter,
         mut f: impl FnMut(Row),
     ) -> Result<(Vec<SkippedLine>, u64), HistoryError> {
-        let mut skipped = Skipped::default();
+        let mut scratch = Scratch::default();
         for day in self.days_in(device, range)? {
-            self.scan_day(device, day, range, &mut skipped, |raw, skip| {
+            self.scan_day(device, day, range, &mut scratch, |raw, skip| {
                 if filter.matches(&raw) {
                     match raw.into_row() {
                         Ok(row) => f(row),
@@ -259,7 +277,7 @@ impl HistoryReader {
                 }
             })?;
         }
-        Ok((skipped.listed, skipped.total))
+        Ok((scratch.skipped.listed, scratch.skipped.total))
     }
 
     /// The rows of `device` in `range` matching `filter`, sorted by time.
@@ -334,7 +352,7 @@ impl HistoryReader {
         Ok(HistorySeries {
             device: device.to_string(),
             name: name.to_string(),
-            unit: total.unit.map(|(_, u)| u),
+            unit: total.unit.map(|(_, u)| u).filter(|u| !u.is_empty()),
             since_ms: range.since_ms,
             until_ms: range.until_ms,
             bucket_ms: total.buckets.width_ms(),
@@ -354,31 +372,31 @@ impl HistoryReader {
         days: &[Day],
     ) -> Result<Part, HistoryError> {
         let mut part = Part::new(range, buckets);
+        let mut scratch = Scratch::default();
         for &day in days {
-            let Part {
-                buckets,
-                unit,
-                skipped,
-                ..
-            } = &mut part;
-            self.scan_day(device, day, range, skipped, |raw, skip| {
+            let Part { buckets, unit, .. } = &mut part;
+            self.scan_day(device, day, range, &mut scratch, |raw, skip| {
                 if !matches!(raw.kind, Kind::Sensor | Kind::Input | Kind::Output)
-                    || raw.fields[2] != name
+                    || raw.name_bytes() != name.as_bytes()
                 {
                     return;
                 }
                 match raw.value() {
                     Ok(Some(v)) => {
                         buckets.add(raw.unix_ms, v);
-                        let u = &raw.fields[4];
+                        // The unit of the newest point; compared as bytes, copied on change.
+                        let u = raw.bytes(4);
                         match unit {
                             Some((t, cur)) if *t <= raw.unix_ms => {
                                 *t = raw.unix_ms;
-                                if cur.as_str() != u {
-                                    *cur = u.to_string();
+                                if cur.as_bytes() != u {
+                                    *cur = raw.field(4).unwrap_or_default().to_string();
                                 }
                             }
-                            None if !u.is_empty() => *unit = Some((raw.unix_ms, u.to_string())),
+                            None => {
+                                let u = raw.field(4).unwrap_or_default().to_string();
+                                *unit = Some((raw.unix_ms, u));
+                            }
                             _ => {}
                         }
                     }
@@ -387,8 +405,18 @@ impl HistoryReader {
                 }
             })?;
         }
+        part.skipped = scratch.skipped;
         Ok(part)
     }
+}
+
+/// What scanning files needs besides the files: a read buffer, the date cache of the torn-line
+/// check, and the lines skipped so far. One per worker, reused across its files.
+#[derive(Default)]
+struct Scratch {
+    buf: Vec<u8>,
+    check: TimeCheck,
+    skipped: Skipped,
 }
 
 /// One worker's share of a series query.

@@ -24,12 +24,10 @@
 //! until NTP has synced, and device clocks drift apart; files are cut by the one clock that is
 //! the same for every device. The device's opinion is kept in `device_ms`.
 
-use std::borrow::Cow;
-
 use serde::{Deserialize, Serialize};
 
-use crate::csv::{push_field, split_line, CsvError};
-use crate::time::{write_rfc3339, RFC3339_LEN};
+use crate::csv::{push_field, split_line, CsvError, Fields};
+use crate::time::{write_rfc3339, TimeCheck, RFC3339_LEN};
 
 /// The first line of every history file.
 pub const HEADER: &str = "time,kind,name,value,unit,source,command_id,detail,device_ms,unix_ms";
@@ -121,8 +119,6 @@ pub struct Row {
 /// Why a line was not read as a row.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LineError {
-    #[error("not valid UTF-8")]
-    NotUtf8,
     #[error("{0}")]
     Csv(#[from] CsvError),
     #[error("unix_ms {unix_ms:?} does not match time {time:?} (a line cut short?)")]
@@ -221,7 +217,7 @@ impl Row {
 
     /// Reads one line (with or without its line end).
     pub fn parse_line(line: &[u8]) -> Result<Row, LineError> {
-        RawRow::parse(line)?.into_row()
+        RawRow::parse(line, &mut TimeCheck::default())?.into_row()
     }
 }
 
@@ -230,7 +226,7 @@ impl Row {
 pub(crate) struct RawRow<'a> {
     pub unix_ms: u64,
     pub kind: Kind,
-    pub fields: [Cow<'a, str>; COLUMNS],
+    fields: Fields<'a, COLUMNS>,
 }
 
 fn number<T: std::str::FromStr>(column: &'static str, s: &str) -> Result<Option<T>, LineError> {
@@ -250,31 +246,33 @@ fn text(c: &str) -> Option<String> {
 impl<'a> RawRow<'a> {
     /// Splits and checks a line: the right number of fields, a known kind, and `unix_ms`
     /// agreeing with `time` (the torn-line check).
-    pub fn parse(line: &'a [u8]) -> Result<RawRow<'a>, LineError> {
+    pub fn parse(line: &'a [u8], check: &mut TimeCheck) -> Result<RawRow<'a>, LineError> {
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let line = std::str::from_utf8(line).map_err(|_| LineError::NotUtf8)?;
         let fields = split_line::<COLUMNS>(line)?;
+        let (time, ms) = (fields.bytes(0), fields.bytes(9));
         let mismatch = || LineError::TimeMismatch {
-            time: fields[0].to_string(),
-            unix_ms: fields[9].to_string(),
+            time: String::from_utf8_lossy(time).into_owned(),
+            unix_ms: String::from_utf8_lossy(ms).into_owned(),
         };
-        let ms = &fields[9];
-        // No sign, no leading zero: then exactly one spelling per instant.
-        if ms.is_empty()
-            || ms.len() > 19
-            || (ms.len() > 1 && ms.starts_with('0'))
-            || !ms.bytes().all(|b| b.is_ascii_digit())
-        {
+        // Digits only, no leading zero: then exactly one spelling per instant.
+        if ms.is_empty() || ms.len() > 19 || (ms.len() > 1 && ms[0] == b'0') {
             return Err(mismatch());
         }
-        let unix_ms: u64 = ms.parse().map_err(|_| mismatch())?;
-        let mut time = [0; RFC3339_LEN];
-        write_rfc3339(unix_ms, &mut time);
-        if fields[0].as_bytes() != time {
+        let mut unix_ms = 0u64;
+        for &d in ms {
+            if !d.is_ascii_digit() {
+                return Err(mismatch());
+            }
+            unix_ms = unix_ms * 10 + u64::from(d - b'0');
+        }
+        if !check.matches(unix_ms, time) {
             return Err(mismatch());
         }
-        let kind = Kind::parse(&fields[1]).ok_or_else(|| LineError::Kind(fields[1].to_string()))?;
+        let kind = std::str::from_utf8(fields.bytes(1))
+            .ok()
+            .and_then(Kind::parse)
+            .ok_or_else(|| LineError::Kind(String::from_utf8_lossy(fields.bytes(1)).into()))?;
         Ok(RawRow {
             unix_ms,
             kind,
@@ -282,23 +280,41 @@ impl<'a> RawRow<'a> {
         })
     }
 
+    /// Column `i` (see [`HEADER`]), unquoted.
+    #[inline]
+    pub fn field(&self, i: usize) -> Result<&str, LineError> {
+        Ok(self.fields.get(i)?)
+    }
+
+    /// Column `i` as bytes, unchecked: for comparing.
+    #[inline]
+    pub fn bytes(&self, i: usize) -> &[u8] {
+        self.fields.bytes(i)
+    }
+
+    /// The `name` column as bytes, for comparing with a name (which is valid UTF-8, so equal
+    /// bytes are a valid field).
+    #[inline]
+    pub fn name_bytes(&self) -> &[u8] {
+        self.fields.bytes(2)
+    }
+
     /// The `value` column (empty: `None`).
     pub fn value(&self) -> Result<Option<f64>, LineError> {
-        number("value", &self.fields[3])
+        number("value", self.field(3)?)
     }
 
     pub fn into_row(self) -> Result<Row, LineError> {
-        let f = &self.fields;
         Ok(Row {
             unix_ms: self.unix_ms,
             kind: self.kind,
-            name: f[2].to_string(),
+            name: self.field(2)?.to_string(),
             value: self.value()?,
-            unit: text(&f[4]),
-            source: text(&f[5]),
-            command_id: text(&f[6]),
-            detail: text(&f[7]),
-            device_ms: number("device_ms", &f[8])?,
+            unit: text(self.field(4)?),
+            source: text(self.field(5)?),
+            command_id: text(self.field(6)?),
+            detail: text(self.field(7)?),
+            device_ms: number("device_ms", self.field(8)?)?,
         })
     }
 }
@@ -371,10 +387,7 @@ mod test {
         let body = line.trim_end_matches('\n');
         for cut in 0..body.len() {
             if !body.is_char_boundary(cut) {
-                assert_eq!(
-                    Row::parse_line(&body.as_bytes()[..cut]),
-                    Err(LineError::NotUtf8)
-                );
+                assert!(Row::parse_line(&body.as_bytes()[..cut]).is_err());
                 continue;
             }
             assert!(

@@ -182,6 +182,47 @@ pub fn write_rfc3339(ms: u64, out: &mut [u8; RFC3339_LEN]) {
     out[23] = b'Z';
 }
 
+/// Checks that a `time` column spells a `unix_ms` exactly, as [`write_rfc3339`] would,
+/// remembering the date part while consecutive rows fall on the same day (they nearly always
+/// do: a file is one day), so the check costs a few compares per line.
+#[derive(Debug, Default)]
+pub struct TimeCheck {
+    day: Option<u64>,
+    date: [u8; 11],
+}
+
+impl TimeCheck {
+    pub fn matches(&mut self, ms: u64, text: &[u8]) -> bool {
+        if text.len() != RFC3339_LEN {
+            return false;
+        }
+        let day = ms / MS_PER_DAY;
+        if self.day != Some(day) {
+            let mut full = [0; RFC3339_LEN];
+            write_rfc3339(ms, &mut full);
+            self.date.copy_from_slice(&full[..11]);
+            self.day = Some(day);
+        }
+        if text[..11] != self.date {
+            return false;
+        }
+        let in_day = ms % MS_PER_DAY;
+        let two = |at: usize, v: u64| {
+            text[at] == b'0' + (v / 10) as u8 && text[at + 1] == b'0' + (v % 10) as u8
+        };
+        let milli = in_day % 1000;
+        two(11, in_day / 3_600_000)
+            && text[13] == b':'
+            && two(14, in_day / 60_000 % 60)
+            && text[16] == b':'
+            && two(17, in_day / 1000 % 60)
+            && text[19] == b'.'
+            && text[20] == b'0' + (milli / 100) as u8
+            && two(21, milli % 100)
+            && text[23] == b'Z'
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, always UTC and always with milliseconds, so the column has one
 /// width and sorts as text.
 pub fn format_rfc3339(ms: u64) -> String {
@@ -364,6 +405,18 @@ mod test {
             "2023-11-14T22:13:20+0100",
         ] {
             assert!(parse_rfc3339(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_time_check_agrees_with_formatting() {
+        let mut check = TimeCheck::default();
+        for ms in (1_700_000_000_000..1_700_000_000_000 + 3 * 86_400_000).step_by(999_983) {
+            let text = format_rfc3339(ms);
+            assert!(check.matches(ms, text.as_bytes()), "{text}");
+            assert!(!check.matches(ms + 1, text.as_bytes()));
+            assert!(!check.matches(ms + 86_400_000, text.as_bytes()));
+            assert!(!check.matches(ms, &text.as_bytes()[..23]));
         }
     }
 

@@ -37,8 +37,8 @@ use crate::keep::{Budget, DropReason, Repeats};
 use crate::layout::{day_file, device_dir, parse_day_file, DEFAULT_DIR};
 use crate::message::decode_message;
 use crate::reader::scan_lines;
-use crate::row::{Kind, Row, HEADER};
-use crate::time::Day;
+use crate::row::{Kind, RawRow, Row, HEADER};
+use crate::time::{Day, TimeCheck};
 
 /// The recorder's settings. Serde-ready (`#[serde(default)]`), so a service can take a
 /// `[history]` section of its TOML file with only the fields it wants to change.
@@ -503,8 +503,9 @@ impl Recorder {
             }
         };
         let mut rows = 0;
-        let result = scan_lines(file, |line, _complete| {
-            if let Ok(row) = Row::parse_line(line) {
+        let mut check = TimeCheck::default();
+        let result = scan_lines(file, &mut Vec::new(), |line, _complete| {
+            if let Ok(row) = RawRow::parse(line, &mut check).and_then(RawRow::into_row) {
                 rows += 1;
                 dev.repeats.remember(&row);
             }
