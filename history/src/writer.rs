@@ -253,19 +253,24 @@ impl Recorder {
                 _ => self.stats.dropped_rate += 1,
             }
             if dev.budget.first_drop_today() {
-                let why = match reason {
-                    DropReason::DailyCap => format!(
-                        "reached {} rows today (max_rows_per_day)",
-                        cfg.max_rows_per_day
+                let (why, what) = match reason {
+                    DropReason::DailyCap => (
+                        format!(
+                            "reached {} rows today (max_rows_per_day)",
+                            cfg.max_rows_per_day
+                        ),
+                        "its further rows today are dropped",
                     ),
-                    _ => format!(
-                        "sends more than {} rows/s after a burst of {} (rows_per_sec, burst)",
-                        cfg.rows_per_sec, cfg.burst
+                    _ => (
+                        format!(
+                            "sends more than {} rows/s after a burst of {} (rows_per_sec, burst)",
+                            cfg.rows_per_sec, cfg.burst
+                        ),
+                        "its rows beyond that rate are dropped",
                     ),
                 };
                 tracing::warn!(
-                    "history: device {device} {why}; rows it sends faster or beyond are dropped \
-                     (warned once per device per UTC day)"
+                    "history: device {device} {why}; {what} (warned once per device per UTC day)"
                 );
                 let note = Row {
                     detail: Some(format!("from here on rows are dropped today: {why}")),
@@ -279,6 +284,8 @@ impl Recorder {
             return Recorded::Dropped(reason);
         }
         if !Self::buffer(dev, &row, cfg.max_pending_bytes) {
+            // Not written, so not counted against the day's cap either.
+            dev.budget.rows_today -= 1;
             self.stats.dropped_unwritable += 1;
             return Recorded::Dropped(DropReason::Unwritable);
         }
