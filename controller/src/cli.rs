@@ -19,6 +19,7 @@ use crate::error::CliError;
 /// Exit codes: 0 success; 1 some device did not confirm (or is unknown); 2 usage error (also an
 /// unreadable password or CA file); 3 broker unreachable, TLS handshake failed, connection
 /// refused or lost; 4 the broker refused the login (bad user name or password, not authorized).
+/// `history` exits 1 when it finds no rows.
 #[derive(Parser, Debug)]
 #[command(name = "pifleet", version)]
 pub struct Cli {
@@ -131,6 +132,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Print live events (presence, outputs, buttons, sensors, refusals) until Ctrl-C.
     Watch(WatchArgs),
+    /// Show what a device reported, from the history directory (on the broker's machine).
+    History(crate::cmd::history::HistoryArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -38,6 +38,7 @@ pub async fn run(cli: Cli) -> u8 {
         }
         Command::Status(a) => cmd::status::exec(&cli.global, topics, a).await,
         Command::Watch(a) => cmd::watch::exec(&cli.global, topics, a).await,
+        Command::History(a) => cmd::history::exec(&cli.global, a),
     };
     match result {
         Ok(code) => code,

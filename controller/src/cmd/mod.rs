@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod history;
 pub mod status;
 pub mod switch;
 pub mod watch;
