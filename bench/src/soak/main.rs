@@ -264,6 +264,18 @@ fn run(args: Args) -> Result<bool, String> {
         plan.push(f.clone());
         f
     };
+    // The retained read-back's connection, before any flood (driven by a runtime of its own).
+    let readback_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let readback = match on(Kind::Retained) {
+        true => {
+            let f = Flood::new("retained read-back", String::new());
+            readback_rt.block_on(floods::readback_connection(&ctx, &f))
+        }
+        false => None,
+    };
     let cpu_before = procfs::cpu_secs(args.broker_pid).unwrap_or(f64::NAN);
     let own_cpu_before = procfs::cpu_secs(std::process::id()).unwrap_or(f64::NAN);
     *clock.attack_started.lock().unwrap() = Some(Instant::now());
@@ -392,11 +404,7 @@ fn run(args: Args) -> Result<bool, String> {
     // After the floods: what the retained store kept.
     if let Some(f) = &retained_flood {
         if procfs::alive(args.broker_pid) {
-            let rb = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rb.block_on(floods::retained_readback(&ctx, f));
+            readback_rt.block_on(floods::retained_readback(&ctx, f, readback));
         }
     }
     std::thread::sleep(Duration::from_millis(300));
