@@ -508,7 +508,10 @@ fn run(args: Args) -> Result<bool, String> {
                 .filter_map(|s| s.ms)
                 .collect();
             v.sort_by(f64::total_cmp);
-            format!("{:.1}", pct(&v, 0.99))
+            match v.is_empty() {
+                true => "-".to_string(),
+                false => format!("{:.1}", pct(&v, 0.99)),
+            }
         })
         .collect();
     println!("  p99 per 10 s (ms): {}", per10.join(" "));
