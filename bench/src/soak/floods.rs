@@ -46,6 +46,8 @@ impl Src {
     pub const WS_SLOW: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 8);
     pub const TAKEOVERS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
     pub const LURKERS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 10);
+    pub const WS_FRAGMENTS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+    pub const WS_SILENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 12);
 }
 
 /// The sizes of the floods (flags of `pifleet-soak`).
@@ -102,11 +104,22 @@ pub struct Opts {
     /// (5) The length the unfinished frame announces, MiB.
     #[arg(long, default_value = "16")]
     pub ws_frame_mib: u64,
-    /// (5) Bytes per write while streaming the frame, KiB, and the pause between writes.
+    /// (5) Bytes per write while streaming a frame or fragment, KiB, and the pause between
+    /// writes.
     #[arg(long, default_value = "16")]
     pub ws_chunk_kib: usize,
     #[arg(long, default_value = "10")]
     pub ws_chunk_ms: u64,
+    /// (5) WebSocket connections that upgrade and stream a message that never ends: non-final
+    /// frames of one chunk each.
+    #[arg(long, default_value = "4")]
+    pub ws_fragments: usize,
+    /// (5) How much of the unending message each streams at most, MiB.
+    #[arg(long, default_value = "64")]
+    pub ws_fragment_mib: u64,
+    /// (5) WebSocket connections that upgrade and then send nothing.
+    #[arg(long, default_value = "1000")]
+    pub ws_silent: usize,
     /// (5) WebSocket connections that never finish the HTTP upgrade (beyond the per-IP cap of
     /// 1,024, the rest are refused).
     #[arg(long, default_value = "1100")]
@@ -729,26 +742,37 @@ pub async fn sessions(ctx: Arc<Ctx>, f: Arc<Flood>) {
     }
 }
 
-/// (5a) WebSocket connections that complete the upgrade, announce one `ws_frame_mib` MiB
-/// frame and stream it slowly without ever finishing it; reconnecting once the broker closes
-/// them.
-pub async fn ws_frames(ctx: Arc<Ctx>, f: Arc<Flood>) {
-    for w in 0..ctx.o.ws_frames {
+/// What an upgraded WebSocket attacker sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsMode {
+    /// One frame announcing `ws_frame_mib` MiB, streamed to one chunk short of its end.
+    Frame,
+    /// A message that never ends: non-final frames of one chunk each, up to
+    /// `ws_fragment_mib` MiB in all.
+    Fragments,
+    /// Nothing at all after the upgrade.
+    Silent,
+}
+
+/// (5a) WebSocket connections that complete the upgrade and then send `mode`, slowly and never
+/// finishing; each reconnects once the broker closes it.
+pub async fn ws_upgraded(ctx: Arc<Ctx>, f: Arc<Flood>, mode: WsMode, n: usize, src: Ipv4Addr) {
+    for w in 0..n {
         let (ctx, f) = (ctx.clone(), f.clone());
         tokio::spawn(async move {
-            sleep(Duration::from_millis(20 * w as u64)).await;
+            sleep(Duration::from_millis(5 * w as u64)).await;
             loop {
-                ws_frame_once(&ctx, &f).await;
+                ws_once(&ctx, &f, mode, src).await;
                 sleep(Duration::from_millis(100)).await;
             }
         });
     }
 }
 
-async fn ws_frame_once(ctx: &Ctx, f: &Flood) {
+async fn ws_once(ctx: &Ctx, f: &Flood, mode: WsMode, src: Ipv4Addr) {
     f.counts.bump("attempts");
     let started = Instant::now();
-    let mut s = match raw::tcp(Src::WS_FRAMES, ctx.net.ws).await {
+    let mut s = match raw::tcp(src, ctx.net.ws).await {
         Ok(s) => s,
         Err(e) => {
             f.counts.bump(&format!("bad: cannot connect: {e}"));
@@ -784,32 +808,48 @@ async fn ws_frame_once(ctx: &Ctx, f: &Flood) {
             return;
         }
     }
-    let len = ctx.o.ws_frame_mib << 20;
     let chunk = vec![0u8; ctx.o.ws_chunk_kib * 1024];
     let pause = Duration::from_millis(ctx.o.ws_chunk_ms);
-    let held = "unfinished frames held open at once";
+    let held = "upgraded connections held open at once";
     f.counts.gauge(held, 1);
     let mut sent = 0u64;
-    let mut closed = s
-        .write_all(&raw::ws_frame_header(true, 2, len))
-        .await
-        .is_err();
-    // Stream all but the last chunk: the frame never completes.
-    while !closed && sent + (chunk.len() as u64) < len {
-        if s.write_all(&chunk).await.is_err() {
-            closed = true;
-            break;
+    let mut closed = false;
+    match mode {
+        WsMode::Frame => {
+            let len = ctx.o.ws_frame_mib << 20;
+            closed = s
+                .write_all(&raw::ws_frame_header(true, 2, len))
+                .await
+                .is_err();
+            // All but the last chunk: the frame never completes.
+            while !closed && sent + (chunk.len() as u64) < len {
+                if s.write_all(&chunk).await.is_err() {
+                    closed = true;
+                    break;
+                }
+                sent += chunk.len() as u64;
+                sleep(pause).await;
+            }
         }
-        sent += chunk.len() as u64;
-        f.counts.add(
-            "info: KiB of frame payload streamed",
-            chunk.len() as u64 / 1024,
-        );
-        sleep(pause).await;
+        WsMode::Fragments => {
+            let total = ctx.o.ws_fragment_mib << 20;
+            while !closed && sent + (chunk.len() as u64) < total {
+                // The first frame opens a binary message, the rest continue it; none is final.
+                let opcode = if sent == 0 { 2 } else { 0 };
+                let mut frame = raw::ws_frame_header(false, opcode, chunk.len() as u64);
+                frame.extend_from_slice(&chunk);
+                if s.write_all(&frame).await.is_err() {
+                    closed = true;
+                    break;
+                }
+                sent += chunk.len() as u64;
+                sleep(pause).await;
+            }
+        }
+        WsMode::Silent => {}
     }
     if !closed {
-        f.counts
-            .bump("info: frame streamed to one chunk short of its end");
+        // Wait for the broker to close it (its connect deadline, at the latest).
         let mut b = [0u8; 256];
         loop {
             match s.read(&mut b).await {
@@ -819,16 +859,15 @@ async fn ws_frame_once(ctx: &Ctx, f: &Flood) {
         }
     }
     f.counts.gauge(held, -1);
-    f.counts
-        .bump("ok: unfinished frame: connection closed by the broker");
+    f.counts.bump("ok: connection closed by the broker");
     f.counts.sample(
         "closed after (s from connect)",
         started.elapsed().as_secs_f64(),
     );
-    f.counts.sample(
-        "MiB streamed before the close",
-        sent as f64 / (1 << 20) as f64,
-    );
+    if mode != WsMode::Silent {
+        f.counts
+            .sample("MiB sent before the close", sent as f64 / (1 << 20) as f64);
+    }
 }
 
 /// (5b) WebSocket connections that never finish the HTTP upgrade: half a request, then

@@ -7,8 +7,9 @@
 //! floods over TLS and plain MQTT, (2) a device subscribing to as many overlapping filters as
 //! it can, and to 10,000-level and 40 KB filters and topics, (3) retained messages with 60 KiB
 //! payloads under non-reading subscribers, (4) persistent-session floods of a controller and
-//! anonymous CONNECTs, (5) WebSocket clients streaming an unfinished 16 MiB frame and others
-//! that never finish the upgrade, (6) two connections fighting over one client id, (7)
+//! anonymous CONNECTs, (5) WebSocket clients streaming an unfinished 16 MiB frame, an unending
+//! fragmented message or nothing after the upgrade, and others that never finish the upgrade,
+//! (6) two connections fighting over one client id, (7)
 //! non-reading subscribers to a busy topic. Meanwhile the canary ([`canary`]) sends a command
 //! every 20 ms and times its confirmation, and a sampler reads the broker's VmRSS and VmHWM.
 //!
@@ -343,15 +344,38 @@ fn run(args: Args) -> Result<bool, String> {
         rt.spawn(floods::sessions(ctx.clone(), f));
     }
     if on(Kind::Websocket) {
-        let f = flood(
-            &mut plan,
-            "5 WebSocket unfinished frames",
-            format!(
-                "{} upgraded connections, one {} MiB frame each, {} KiB per {} ms, never finished",
-                o.ws_frames, o.ws_frame_mib, o.ws_chunk_kib, o.ws_chunk_ms
+        for (mode, n, src, name, what) in [
+            (
+                floods::WsMode::Frame,
+                o.ws_frames,
+                Src::WS_FRAMES,
+                "5 WebSocket unfinished frames",
+                format!(
+                    "{} upgraded connections, one {} MiB frame each, {} KiB per {} ms, never finished",
+                    o.ws_frames, o.ws_frame_mib, o.ws_chunk_kib, o.ws_chunk_ms
+                ),
             ),
-        );
-        rt.spawn(floods::ws_frames(ctx.clone(), f));
+            (
+                floods::WsMode::Fragments,
+                o.ws_fragments,
+                Src::WS_FRAGMENTS,
+                "5 WebSocket unending messages",
+                format!(
+                    "{} upgraded connections, non-final {} KiB frames every {} ms, up to {} MiB",
+                    o.ws_fragments, o.ws_chunk_kib, o.ws_chunk_ms, o.ws_fragment_mib
+                ),
+            ),
+            (
+                floods::WsMode::Silent,
+                o.ws_silent,
+                Src::WS_SILENT,
+                "5 WebSocket upgraded, then silent",
+                format!("{} upgraded connections that send nothing", o.ws_silent),
+            ),
+        ] {
+            let f = flood(&mut plan, name, what);
+            rt.spawn(floods::ws_upgraded(ctx.clone(), f, mode, n, src));
+        }
         let f = flood(
             &mut plan,
             "5 WebSocket unfinished upgrades",
