@@ -18,7 +18,8 @@ cd "$(dirname "$0")/.."
 
 command_line="bench/soak.sh${*:+ $*}"
 commit=$(git rev-parse --short HEAD)
-git diff --quiet HEAD -- . 2>/dev/null || commit="$commit (with uncommitted changes)"
+# Documentation changes do not change the binaries.
+git diff --quiet HEAD -- . ":(exclude)*.md" 2>/dev/null || commit="$commit (with uncommitted changes)"
 
 cargo build --release --bins
 # About 1,100 unfinished WebSocket upgrades and hundreds of logins are open at once, on both
