@@ -64,8 +64,10 @@ impl Engine {
                 || !TopicBounds::from_limits(&self.limits).allows(&will.topic)
             {
                 let topic: String = will.topic.chars().take(64).collect();
-                tracing::info!(%peer, client = %connect.client_id, ?topic, len = will.topic.len(),
-                    "closed: the last will's topic is not a valid topic name (MQTT 3.1.1 §3.1.2.5, §4.7)");
+                if let Some(held_back) = self.log_refusals.admit(self.now_ms()) {
+                    tracing::info!(%peer, client = %connect.client_id, ?topic, len = will.topic.len(), held_back,
+                        "closed: the last will's topic is not a valid topic name (MQTT 3.1.1 §3.1.2.5, §4.7)");
+                }
                 return Err(Refused::Close);
             }
         }
@@ -73,7 +75,9 @@ impl Engine {
             return Ok(Principal::Anonymous);
         };
         let Some(login) = &connect.login else {
-            tracing::warn!(%peer, client = %connect.client_id, "refused: no user name and password");
+            if let Some(held_back) = self.log_refusals.admit(self.now_ms()) {
+                tracing::warn!(%peer, client = %connect.client_id, held_back, "refused: no user name and password");
+            }
             return Err(Refused::Connack(ConnectCode::NotAuthorized));
         };
         let internal = lock(&self.internal)
@@ -90,12 +94,16 @@ impl Engine {
                 match tokio::time::timeout_at(deadline, verdict).await {
                     Ok(Ok(i)) => i,
                     Ok(Err(e)) => {
-                        tracing::warn!(%peer, user = %login.username, "refused: {e:?}");
+                        if let Some(held_back) = self.log_refusals.admit(self.now_ms()) {
+                            tracing::warn!(%peer, user = %login.username, held_back, "refused: {e:?}");
+                        }
                         tokio::time::sleep(REFUSAL_PAUSE).await;
                         return Err(Refused::Connack(ConnectCode::BadUserNameOrPassword));
                     }
                     Err(_) => {
-                        tracing::info!(%peer, user = %login.username, "closed: the password was not checked before the connect deadline");
+                        if let Some(held_back) = self.log_refusals.admit(self.now_ms()) {
+                            tracing::info!(%peer, user = %login.username, held_back, "closed: the password was not checked before the connect deadline");
+                        }
                         return Err(Refused::Close);
                     }
                 }
@@ -103,7 +111,9 @@ impl Engine {
         };
         let id = connect.client_id.as_str();
         if !client_id_allowed(&identity, id) {
-            tracing::warn!(%peer, user = %identity.name, client = %id, "refused: client id does not match the identity");
+            if let Some(held_back) = self.log_refusals.admit(self.now_ms()) {
+                tracing::warn!(%peer, user = %identity.name, client = %id, held_back, "refused: client id does not match the identity");
+            }
             return Err(Refused::Connack(ConnectCode::IdentifierRejected));
         }
         let who = Principal::Identity(identity);

@@ -145,7 +145,11 @@ pub(super) async fn serve<R, W>(
         End::Graceful | End::Closed | End::TakenOver => {
             tracing::debug!(%peer, client = %c.client_id, "disconnected: {end}")
         }
-        _ => tracing::info!(%peer, client = %c.client_id, "connection ended: {end}"),
+        _ => {
+            if let Some(held_back) = engine.log_ends.admit(engine.now_ms()) {
+                tracing::info!(%peer, client = %c.client_id, held_back, "connection ended: {end}")
+            }
+        }
     }
     if !matches!(end, End::TakenOver) {
         engine.detach(&c.client_id, conn_id, graceful);
@@ -387,7 +391,9 @@ impl Conn<'_> {
             return Ok(SubscribeCode::Failure);
         }
         if !self.engine.may_subscribe(&self.who, filter) {
-            tracing::warn!(client = %self.client_id, %filter, "subscription denied");
+            if let Some(held_back) = self.engine.log_refusals.admit(self.engine.now_ms()) {
+                tracing::warn!(client = %self.client_id, %filter, held_back, "subscription denied");
+            }
             return Ok(SubscribeCode::Failure);
         }
         match self
@@ -414,7 +420,9 @@ impl Conn<'_> {
         let allowed = self.engine.may_publish(&self.who, &p.topic);
         if !allowed {
             self.denied += 1;
-            tracing::warn!(client = %self.client_id, topic = %p.topic, "publish denied: dropped");
+            if let Some(held_back) = self.engine.log_refusals.admit(self.engine.now_ms()) {
+                tracing::warn!(client = %self.client_id, topic = %p.topic, held_back, "publish denied: dropped");
+            }
         }
         let deliver = match p.qos {
             QoS::AtMostOnce => true,

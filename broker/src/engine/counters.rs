@@ -3,6 +3,7 @@
 //! logged, at powers of two so a flood cannot flood the log).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -66,5 +67,64 @@ impl Counters {
             sessions_not_resumed: get(&self.sessions_not_resumed),
             queue_dropped,
         }
+    }
+}
+
+/// Lines of one kind the engine logs per second at most: refusals and dropped connections are
+/// triggered by clients, so without a bound an attacker decides how fast the log grows.
+pub const LOG_LINES_PER_SEC: u32 = 20;
+
+/// A per-kind log budget: [`LogGate::admit`] says whether a line may be written now and how
+/// many were held back since the last one that was, so the log says what it left out.
+#[derive(Debug, Default)]
+pub struct LogGate {
+    /// (second the window started, lines in it, lines held back since the last admitted one)
+    window: Mutex<(u64, u32, u64)>,
+}
+
+impl LogGate {
+    /// `Some(held_back)` if a line may be logged at `now_ms`, `None` if this second's budget
+    /// is spent (the line is counted as held back).
+    pub fn admit(&self, now_ms: u64) -> Option<u64> {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let second = now_ms / 1000;
+        if w.0 != second {
+            w.0 = second;
+            w.1 = 0;
+        }
+        if w.1 >= LOG_LINES_PER_SEC {
+            w.2 += 1;
+            return None;
+        }
+        w.1 += 1;
+        Some(std::mem::take(&mut w.2))
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn a_log_gate_admits_a_budget_per_second_and_reports_what_it_held_back() {
+        let gate = LogGate::default();
+        for _ in 0..LOG_LINES_PER_SEC {
+            assert_eq!(gate.admit(5_000), Some(0));
+        }
+        assert_eq!(gate.admit(5_999), None);
+        assert_eq!(gate.admit(5_999), None);
+        assert_eq!(
+            gate.admit(6_000),
+            Some(2),
+            "the next second says how many were held back"
+        );
+        assert_eq!(gate.admit(6_001), Some(0));
+    }
+
+    #[test]
+    fn bump_says_log_at_powers_of_two() {
+        let c = AtomicU64::new(0);
+        let logged: Vec<bool> = (0..8).map(|_| bump(&c)).collect();
+        assert_eq!(logged, [true, true, false, true, false, false, false, true]);
     }
 }

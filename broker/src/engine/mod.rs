@@ -51,7 +51,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::acl::Acl;
 use crate::config::{Config, Limits};
 use crate::credentials::{Credentials, Identity};
-use counters::{CounterSnapshot, Counters};
+use counters::{CounterSnapshot, Counters, LogGate};
 use outbox::Budget;
 use packet::Message;
 use pifleet_proto::Topics;
@@ -155,6 +155,10 @@ pub struct Engine {
     /// The queue bounds all sessions share.
     budget: Arc<Budget>,
     counters: Counters,
+    /// Budgets for the log lines clients can trigger: refused logins, and connections that
+    /// ended with an error.
+    log_refusals: LogGate,
+    log_ends: LogGate,
 }
 
 /// The tables behind the engine's one lock: sessions, subscriptions and retained messages.
@@ -191,6 +195,8 @@ impl Engine {
             per_ip: Mutex::new(HashMap::new()),
             started: std::time::Instant::now(),
             counters: Counters::default(),
+            log_refusals: LogGate::default(),
+            log_ends: LogGate::default(),
         })
     }
 
