@@ -436,3 +436,43 @@ fn hostile_input_closes_only_its_own_connection() {
         );
     });
 }
+
+/// rumqttc never retransmits, so the test above passes even without duplicate detection. This
+/// one sends the retransmission itself: the same QoS 2 PUBLISH twice (the second with DUP), as a
+/// client does after a lost PUBREC. It is delivered once; after PUBREL the packet id starts a new
+/// message (MQTT 3.1.1 §4.3.3).
+#[test]
+fn a_retransmitted_qos2_publish_is_delivered_once_until_it_is_released() {
+    use raw::{frame, publish_packet, Client, Connect};
+    let broker = Broker::start();
+    let mut sub = Client::accepted(&broker.mqtt, &Connect::new("q2-dup-sub"));
+    assert_eq!(sub.subscribe(1, &[("q2/#", 0)]), [0]);
+    let mut publisher = Client::accepted(&broker.mqtt, &Connect::new("q2-dup-pub"));
+    let first = publish_packet("q2/x", b"once", 2, false, 7);
+    let mut dup = first.clone();
+    dup[0] |= 0x08; // DUP
+    publisher.send(&first);
+    publisher.send(&dup);
+    for _ in 0..2 {
+        publisher.read_until("PUBREC 7", |p| {
+            matches!(p, raw::Packet::Other { first: 0x50, body } if body[..] == [0, 7])
+                .then_some(())
+        });
+    }
+    publisher.send(&frame(0x62, &7u16.to_be_bytes())); // PUBREL
+    publisher.read_until("PUBCOMP 7", |p| {
+        matches!(p, raw::Packet::Other { first: 0x70, body } if body[..] == [0, 7]).then_some(())
+    });
+    // Released: the same id is a new message now.
+    publisher.send(&publish_packet("q2/x", b"again", 2, false, 7));
+    publisher.read_until("PUBREC 7", |p| {
+        matches!(p, raw::Packet::Other { first: 0x50, body } if body[..] == [0, 7]).then_some(())
+    });
+    publisher.send(&publish_packet("q2/end", b"", 0, false, 0));
+    let got: Vec<String> = sub
+        .publishes_until("q2/end")
+        .iter()
+        .map(|p| p.text())
+        .collect();
+    assert_eq!(got, ["once", "again"]);
+}
