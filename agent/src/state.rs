@@ -552,3 +552,577 @@ impl AgentState {
         })
     }
 }
+
+#[cfg(test)]
+mod test {
+    use pifleet_proto::Topics;
+    use rumqttc::QoS;
+
+    use super::*;
+    use crate::backlog::Backlog;
+    use crate::sensor::Reading;
+
+    /// Every timestamp in these tests.
+    const T: u64 = 1_700_000_000_000;
+
+    fn clock() -> u64 {
+        T
+    }
+
+    fn n(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    fn id(s: &str) -> CommandId {
+        CommandId(s.to_string())
+    }
+
+    /// Device `k` in group `downstairs`: outputs `led` (off) and `relay` (restorable, on),
+    /// input `button` (released), sensors `cpu` and `probe`.
+    fn kitchen() -> AgentState {
+        let wire = Wire::new(Topics::new("pifleet").unwrap(), n("k"));
+        let mut k = AgentState::new(wire, vec![n("downstairs")], clock);
+        k.add_output(n("led"), false, false, StateSource::Initial);
+        k.add_output(n("relay"), true, true, StateSource::Restore);
+        k.add_input(n("button"), false);
+        k.add_sensor(n("cpu"));
+        k.add_sensor(n("probe"));
+        k
+    }
+
+    fn connected() -> AgentState {
+        let mut k = kitchen();
+        k.handle_connected();
+        k
+    }
+
+    fn msg(topic: &str, payload: &str, qos: QoS, retain: bool) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain,
+        }
+    }
+
+    /// An event as the agent publishes it: QoS 1, not retained.
+    fn event(payload: &str) -> Message {
+        msg("pifleet/dev/k/event", payload, QoS::AtLeastOnce, false)
+    }
+
+    fn publish(topic: &str, payload: &str) -> Publish {
+        Publish::new(topic, QoS::AtLeastOnce, payload)
+    }
+
+    fn command(payload: &str) -> Publish {
+        publish("pifleet/dev/k/cmnd", payload)
+    }
+
+    fn presence(state: &str) -> Message {
+        let v = pifleet_proto::VERSION;
+        msg(
+            "pifleet/dev/k/status",
+            &format!(
+                r#"{{"state":"{state}","version":"{v}","groups":["downstairs"],"outputs":["led","relay"],"inputs":["button"],"sensors":["cpu","probe"],"started_at":{T},"ts":{T}}}"#
+            ),
+            QoS::AtLeastOnce,
+            true,
+        )
+    }
+
+    fn cpu_reading() -> ReadResult {
+        Ok((
+            Reading {
+                value: 41.5,
+                unit: "°C",
+            },
+            "cpu_temp",
+        ))
+    }
+
+    /// Runs a command through both steps with a pin that works.
+    fn execute(k: &mut AgentState, payload: &str) -> Switched {
+        match k.handle_incoming_publish(&command(payload)) {
+            Incoming::Switch(order) => k.handle_switched(order, Ok(())),
+            other => panic!("expected a switch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_connack_subscribes_then_republishes_presence_outputs_inputs_and_sensors_in_order() {
+        let mut k = kitchen();
+        k.handle_sensor_reading(0, cpu_reading());
+        assert!(!k.is_connected());
+        let connect = k.handle_connected();
+        assert!(k.is_connected());
+        let paths: Vec<_> = connect.subscribe.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "pifleet/dev/k/cmnd",
+                "pifleet/group/downstairs/cmnd",
+                "pifleet/all/cmnd",
+                "pifleet/dev/k/status",
+            ]
+        );
+        let q1 = QoS::AtLeastOnce;
+        assert_eq!(
+            connect.republish,
+            vec![
+                presence("online"),
+                msg(
+                    "pifleet/dev/k/out/led",
+                    &format!(r#"{{"on":false,"source":"initial","ts":{T}}}"#),
+                    q1,
+                    true
+                ),
+                msg(
+                    "pifleet/dev/k/out/relay",
+                    &format!(r#"{{"on":true,"source":"restore","ts":{T}}}"#),
+                    q1,
+                    true
+                ),
+                msg(
+                    "pifleet/dev/k/in/button",
+                    &format!(r#"{{"active":false,"ts":{T}}}"#),
+                    q1,
+                    true
+                ),
+                // `probe` has no reading yet, so nothing is said for it.
+                msg(
+                    "pifleet/dev/k/sensor/cpu",
+                    &format!(r#"{{"value":41.5,"unit":"°C","kind":"cpu_temp","ts":{T}}}"#),
+                    QoS::AtMostOnce,
+                    true
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_republish_carries_the_latest_states_with_the_commands_that_caused_them() {
+        let mut k = connected();
+        execute(&mut k, r#"{"id":"c1","action":"on"}"#);
+        k.handle_input_edge(0, true);
+        k.handle_disconnected("the broker went away", Duration::from_secs(1), false);
+        let republish = k.handle_connected().republish;
+        assert_eq!(
+            republish[1].payload,
+            format!(r#"{{"on":true,"cmd":"c1","source":"command","ts":{T}}}"#).into_bytes()
+        );
+        assert_eq!(
+            republish[3].payload,
+            format!(r#"{{"active":true,"ts":{T}}}"#).into_bytes()
+        );
+    }
+
+    #[test]
+    fn a_command_is_acknowledged_with_its_id_once_its_pin_is_set() {
+        let mut k = connected();
+        let order = match k.handle_incoming_publish(&command(r#"{"id":"c1","action":"toggle"}"#)) {
+            Incoming::Switch(order) => order,
+            other => panic!("expected a switch, got {other:?}"),
+        };
+        assert_eq!(
+            order,
+            SwitchOrder {
+                index: 0,
+                on: true,
+                source: StateSource::Command,
+                cmd: Some(id("c1")),
+            }
+        );
+        assert!(
+            !k.outputs()[0].state.on,
+            "nothing changes before the pin is set"
+        );
+        let done = k.handle_switched(order, Ok(()));
+        assert_eq!(
+            done,
+            Switched {
+                result: Ok(true),
+                persist: None,
+                publish: vec![msg(
+                    "pifleet/dev/k/out/led",
+                    &format!(r#"{{"on":true,"cmd":"c1","source":"command","ts":{T}}}"#),
+                    QoS::AtLeastOnce,
+                    true
+                )],
+            }
+        );
+        assert!(k.outputs()[0].state.on);
+    }
+
+    #[test]
+    fn a_command_that_changes_nothing_is_acknowledged_all_the_same() {
+        let mut k = connected();
+        let done = execute(&mut k, r#"{"id":"c1","action":"off"}"#);
+        assert_eq!(done.result, Ok(false));
+        assert_eq!(
+            done.publish[0].payload,
+            format!(r#"{{"on":false,"cmd":"c1","source":"command","ts":{T}}}"#).into_bytes()
+        );
+    }
+
+    #[test]
+    fn a_group_or_fleet_command_names_its_output_like_a_device_command() {
+        let mut k = connected();
+        let p = publish(
+            "pifleet/group/downstairs/cmnd",
+            r#"{"id":"g1","action":"off","output":"relay"}"#,
+        );
+        let Incoming::Switch(order) = k.handle_incoming_publish(&p) else {
+            panic!("a group command switches");
+        };
+        assert_eq!((order.index, order.on), (1, false));
+        let p = publish("pifleet/all/cmnd", r#"{"id":"a1","action":"on"}"#);
+        assert!(matches!(
+            k.handle_incoming_publish(&p),
+            Incoming::Switch(SwitchOrder {
+                index: 0,
+                on: true,
+                ..
+            })
+        ));
+        // Not a command topic: nothing to do.
+        let other = publish("pifleet/dev/k/out/led", r#"{"id":"o1","action":"on"}"#);
+        assert_eq!(k.handle_incoming_publish(&other), Incoming::Nothing);
+    }
+
+    #[test]
+    fn a_repeated_command_id_is_ignored_without_switching_twice() {
+        let mut k = connected();
+        let toggle = r#"{"id":"c1","action":"toggle"}"#;
+        assert_eq!(execute(&mut k, toggle).result, Ok(true));
+        // The QoS 1 redelivery: no switch, no second acknowledgement, no event.
+        assert_eq!(
+            k.handle_incoming_publish(&command(toggle)),
+            Incoming::Nothing
+        );
+        assert!(k.outputs()[0].state.on, "toggled once, not twice");
+        // A new id toggles again.
+        assert_eq!(
+            execute(&mut k, r#"{"id":"c2","action":"toggle"}"#).result,
+            Ok(false)
+        );
+    }
+
+    #[test]
+    fn a_command_for_an_unknown_output_is_refused_with_an_unknown_output_event() {
+        let mut k = connected();
+        assert_eq!(
+            k.handle_incoming_publish(&command(r#"{"id":"c2","action":"on","output":"fan"}"#)),
+            Incoming::Publish(vec![event(&format!(
+                r#"{{"kind":"unknown_output","message":"refused command c2: no output named \"fan\"","cmd":"c2","ts":{T}}}"#
+            ))])
+        );
+        // A device without outputs refuses every command the same way.
+        let wire = Wire::new(Topics::new("pifleet").unwrap(), n("k"));
+        let mut bare = AgentState::new(wire, vec![], clock);
+        assert_eq!(
+            bare.handle_incoming_publish(&command(r#"{"id":"c3","action":"on"}"#)),
+            Incoming::Publish(vec![event(&format!(
+                r#"{{"kind":"unknown_output","message":"refused command c3: this device has no outputs","cmd":"c3","ts":{T}}}"#
+            ))])
+        );
+    }
+
+    #[test]
+    fn bad_json_is_refused_with_a_bad_command_event_naming_a_readable_id() {
+        let mut k = connected();
+        assert_eq!(
+            k.handle_incoming_publish(&command("on please")),
+            Incoming::Publish(vec![event(&format!(
+                r#"{{"kind":"bad_command","message":"refused command on pifleet/dev/k/cmnd: expected value at line 1 column 1: \"on please\"","ts":{T}}}"#
+            ))])
+        );
+        let Incoming::Publish(out) =
+            k.handle_incoming_publish(&command(r#"{"id":"c5","action":"blink"}"#))
+        else {
+            panic!("an unknown action is refused");
+        };
+        let e: Event = serde_json::from_slice(&out[0].payload).unwrap();
+        assert_eq!((e.kind, e.cmd), (EventKind::BadCommand, Some(id("c5"))));
+        assert!(!k.outputs()[0].state.on);
+    }
+
+    #[test]
+    fn a_retained_command_is_ignored_without_an_event_or_a_switch() {
+        let mut k = connected();
+        let mut ghost = command(r#"{"id":"g1","action":"on"}"#);
+        ghost.retain = true;
+        assert_eq!(k.handle_incoming_publish(&ghost), Incoming::Nothing);
+        // Replayed at the next reconnect: still nothing.
+        k.handle_disconnected("gone", Duration::from_secs(1), false);
+        k.handle_connected();
+        assert_eq!(k.handle_incoming_publish(&ghost), Incoming::Nothing);
+        assert!(!k.outputs()[0].state.on);
+        // Ignoring it did not take its id: sent properly, the same command runs.
+        assert_eq!(
+            execute(&mut k, r#"{"id":"g1","action":"on"}"#).result,
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn a_failed_pin_refuses_the_command_with_a_gpio_error_and_keeps_the_old_state() {
+        let mut k = connected();
+        let Incoming::Switch(order) =
+            k.handle_incoming_publish(&command(r#"{"id":"c4","action":"on"}"#))
+        else {
+            panic!("expected a switch");
+        };
+        let broken = GpioError::Pin {
+            pin: 17,
+            message: "busy".into(),
+        };
+        assert_eq!(
+            k.handle_switched(order, Err(broken)),
+            Switched {
+                result: Err(RequestError::Gpio("BCM pin 17: busy".into())),
+                persist: None,
+                publish: vec![event(&format!(
+                    r#"{{"kind":"gpio_error","message":"refused command c4: BCM pin 17: busy","cmd":"c4","ts":{T}}}"#
+                ))],
+            }
+        );
+        assert_eq!(
+            k.outputs()[0].state,
+            OutputState {
+                on: false,
+                cmd: None,
+                source: StateSource::Initial,
+                ts: T
+            }
+        );
+    }
+
+    #[test]
+    fn switching_a_restorable_output_asks_for_the_state_file_before_the_acknowledgement() {
+        let mut k = connected();
+        let done = execute(&mut k, r#"{"id":"c6","action":"off","output":"relay"}"#);
+        // Only restorable outputs are saved; `led` is not one.
+        assert_eq!(
+            done.persist,
+            Some(Saved::from([("relay".to_string(), false)]))
+        );
+        assert_eq!(done.publish[0].topic, "pifleet/dev/k/out/relay");
+        // A non-restorable output writes no state file.
+        assert_eq!(
+            execute(&mut k, r#"{"id":"c7","action":"on"}"#).persist,
+            None
+        );
+        assert_eq!(
+            k.state_file_failed("cannot write state file /x: denied".into()),
+            event(&format!(
+                r#"{{"kind":"state_file_error","message":"cannot write state file /x: denied","ts":{T}}}"#
+            ))
+        );
+    }
+
+    #[test]
+    fn a_local_switch_is_acknowledged_without_an_id_and_a_failed_pin_only_answers_the_requester() {
+        let mut k = connected();
+        let order = k
+            .switch_order(Some(&n("led")), Action::On, StateSource::Legacy, None)
+            .unwrap();
+        let done = k.handle_switched(order.clone(), Ok(()));
+        assert_eq!(done.result, Ok(true));
+        assert_eq!(
+            done.publish,
+            vec![msg(
+                "pifleet/dev/k/out/led",
+                &format!(r#"{{"on":true,"source":"legacy","ts":{T}}}"#),
+                QoS::AtLeastOnce,
+                true
+            )]
+        );
+        let broken = GpioError::Pin {
+            pin: 17,
+            message: "busy".into(),
+        };
+        let failed = k.handle_switched(order, Err(broken));
+        assert_eq!(
+            failed.result,
+            Err(RequestError::Gpio("BCM pin 17: busy".into()))
+        );
+        assert_eq!(failed.publish, vec![], "no command, so no refusal event");
+    }
+
+    #[test]
+    fn local_requests_name_outputs_and_inputs_or_say_why_not() {
+        let k = kitchen();
+        let fan = k.switch_order(Some(&n("fan")), Action::On, StateSource::Legacy, None);
+        assert_eq!(fan, Err(RequestError::UnknownOutput("fan".into())));
+        assert_eq!(k.input_index(None), Ok(0));
+        assert_eq!(
+            k.input_index(Some(&n("door"))),
+            Err(RequestError::UnknownInput("door".into()))
+        );
+        let wire = Wire::new(Topics::new("pifleet").unwrap(), n("k"));
+        let bare = AgentState::new(wire, vec![], clock);
+        assert_eq!(bare.output_index(None), Err(RequestError::NoOutputs));
+        assert_eq!(bare.input_index(None), Err(RequestError::NoInputs));
+    }
+
+    #[test]
+    fn an_input_edge_publishes_the_new_state_once() {
+        let mut k = connected();
+        assert_eq!(
+            k.handle_input_edge(0, true),
+            vec![msg(
+                "pifleet/dev/k/in/button",
+                &format!(r#"{{"active":true,"ts":{T}}}"#),
+                QoS::AtLeastOnce,
+                true
+            )]
+        );
+        assert_eq!(
+            k.handle_input_edge(0, true),
+            vec![],
+            "no change, no message"
+        );
+        assert_eq!(k.handle_input_edge(0, false).len(), 1);
+        assert_eq!(k.handle_input_edge(7, true), vec![], "no such input");
+    }
+
+    #[test]
+    fn a_sensor_reading_is_published_at_qos_0_retained() {
+        let mut k = connected();
+        assert_eq!(
+            k.handle_sensor_reading(0, cpu_reading()),
+            vec![msg(
+                "pifleet/dev/k/sensor/cpu",
+                &format!(r#"{{"value":41.5,"unit":"°C","kind":"cpu_temp","ts":{T}}}"#),
+                QoS::AtMostOnce,
+                true
+            )]
+        );
+        assert_eq!(k.handle_sensor_reading(9, cpu_reading()), vec![]);
+    }
+
+    #[test]
+    fn a_failing_sensor_is_reported_once_per_reason_and_its_recovery_once() {
+        let mut k = connected();
+        let gone = || Err("cannot read /sys/bus/w1/devices: gone".to_string());
+        let error = event(&format!(
+            r#"{{"kind":"sensor_error","message":"sensor probe: cannot read /sys/bus/w1/devices: gone","ts":{T}}}"#
+        ));
+        assert_eq!(k.handle_sensor_reading(1, gone()), vec![error.clone()]);
+        assert_eq!(k.handle_sensor_reading(1, gone()), vec![], "same reason");
+        let crc = k.handle_sensor_reading(1, Err("CRC failed".into()));
+        assert_eq!(crc.len(), 1, "a new reason is reported");
+        let back = k.handle_sensor_reading(1, cpu_reading());
+        assert_eq!(
+            back[0],
+            event(&format!(
+                r#"{{"kind":"sensor_recovered","message":"sensor probe can be read again","ts":{T}}}"#
+            ))
+        );
+        assert_eq!(back[1].topic, "pifleet/dev/k/sensor/probe");
+        assert_eq!(back.len(), 2);
+        assert_eq!(k.handle_sensor_reading(1, cpu_reading()).len(), 1);
+        assert_eq!(k.handle_sensor_reading(1, gone()), vec![error]);
+    }
+
+    #[test]
+    fn suback_refusals_become_subscription_refused_events_naming_the_filter() {
+        let mut k = connected();
+        let ok = SubscribeReasonCode::Success(QoS::AtLeastOnce);
+        let no = SubscribeReasonCode::Failure;
+        assert_eq!(
+            k.handle_suback(&[ok, no, ok, ok]),
+            vec![event(&format!(
+                r#"{{"kind":"subscription_refused","message":"broker refused subscription to group 'downstairs' (pifleet/group/downstairs/cmnd): check the device's groups in the broker's credentials","filter":"pifleet/group/downstairs/cmnd","ts":{T}}}"#
+            ))]
+        );
+        // That SUBACK answered the SUBSCRIBE; another is for none of ours.
+        assert_eq!(k.handle_suback(&[no, no, no, no]), vec![]);
+        // After the next CONNACK, a SUBACK whose count does not match says nothing.
+        k.handle_connected();
+        assert_eq!(k.handle_suback(&[no, no]), vec![]);
+        // Refused at every connection, reported at every connection.
+        k.handle_connected();
+        assert_eq!(k.handle_suback(&[no, ok, ok, ok]).len(), 1);
+    }
+
+    #[test]
+    fn a_subscribe_that_could_not_be_sent_expects_no_suback() {
+        let mut k = connected();
+        k.handle_subscribe_unsent();
+        let no = SubscribeReasonCode::Failure;
+        assert_eq!(k.handle_suback(&[no, no, no, no]), vec![]);
+    }
+
+    #[test]
+    fn our_own_offline_presence_while_connected_is_answered_with_online() {
+        let mut k = kitchen();
+        let offline = publish("pifleet/dev/k/status", r#"{"state":"offline"}"#);
+        assert_eq!(
+            k.handle_incoming_publish(&offline),
+            Incoming::Nothing,
+            "not connected: the CONNACK's republish will say online"
+        );
+        k.handle_connected();
+        assert_eq!(
+            k.handle_incoming_publish(&offline),
+            Incoming::Publish(vec![presence("online")])
+        );
+        let online = publish("pifleet/dev/k/status", r#"{"state":"online"}"#);
+        assert_eq!(k.handle_incoming_publish(&online), Incoming::Nothing);
+        let other = publish("pifleet/dev/other/status", r#"{"state":"offline"}"#);
+        assert_eq!(k.handle_incoming_publish(&other), Incoming::Nothing);
+    }
+
+    #[test]
+    fn a_heartbeat_announces_presence_only_while_connected() {
+        let mut k = kitchen();
+        assert_eq!(k.handle_heartbeat(), vec![]);
+        k.handle_connected();
+        assert_eq!(k.handle_heartbeat(), vec![presence("online")]);
+        k.handle_disconnected("gone", Duration::from_secs(1), false);
+        assert_eq!(k.handle_heartbeat(), vec![]);
+    }
+
+    #[test]
+    fn the_goodbye_is_retained_offline_presence() {
+        assert_eq!(connected().goodbye(), presence("offline"));
+    }
+
+    #[test]
+    fn changes_made_offline_reach_the_broker_as_the_republish_and_events_follow_it() {
+        let mut k = kitchen();
+        let mut backlog = Backlog::default();
+        let mut queue = |k: &AgentState, out: Vec<Message>| {
+            for m in out {
+                backlog.push(m, k.is_connected());
+            }
+        };
+        // Offline: a local switch, an input edge and a refused command.
+        let order = k
+            .switch_order(None, Action::On, StateSource::Legacy, None)
+            .unwrap();
+        let out = k.handle_switched(order, Ok(())).publish;
+        queue(&k, out);
+        let out = k.handle_input_edge(0, true);
+        queue(&k, out);
+        let Incoming::Publish(out) = k.handle_incoming_publish(&command("nope")) else {
+            panic!("refused");
+        };
+        let refusal = out[0].clone();
+        queue(&k, out);
+        // Only the event waited; the states come with the CONNACK's republish, first.
+        let connect = k.handle_connected();
+        backlog.reconnect(connect.republish.clone());
+        let sent: Vec<_> = std::iter::from_fn(|| backlog.pop()).collect();
+        assert_eq!(sent, [connect.republish, vec![refusal]].concat());
+        assert_eq!(
+            sent[1].payload,
+            format!(r#"{{"on":true,"source":"legacy","ts":{T}}}"#).into_bytes()
+        );
+        assert_eq!(
+            sent[3].payload,
+            format!(r#"{{"active":true,"ts":{T}}}"#).into_bytes()
+        );
+    }
+}
