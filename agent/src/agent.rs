@@ -42,7 +42,7 @@ pub enum AgentError {
 
 /// An agent ready to run: pins claimed, nothing on the network yet.
 pub struct Agent {
-    shell: Shell,
+    pub(crate) shell: Shell,
 }
 
 impl Agent {

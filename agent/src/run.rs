@@ -370,3 +370,350 @@ impl Shell {
         }
     }
 }
+
+#[cfg(test)]
+mod test {
+    use std::cell::{Cell, RefCell};
+    use std::path::Path;
+
+    use pifleet_proto::payload::StateSource;
+    use pifleet_proto::{Action, Name};
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::Agent;
+
+    /// What the shell handed to the client, with the LED pin's level at that moment.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Sent {
+        Subscribe(Vec<String>),
+        Publish {
+            topic: String,
+            payload: String,
+            led_high: bool,
+        },
+    }
+
+    /// A client whose request channel takes `room` more publishes, then is full.
+    struct Recorder {
+        board: SimBoard,
+        room: Cell<usize>,
+        sent: RefCell<Vec<Sent>>,
+    }
+
+    impl Client for Recorder {
+        fn try_publish(
+            &self,
+            topic: String,
+            qos: QoS,
+            retain: bool,
+            payload: Vec<u8>,
+        ) -> Result<(), ClientError> {
+            if self.room.get() == 0 {
+                let mut back = Publish::new(topic, qos, payload);
+                back.retain = retain;
+                return Err(ClientError::TryRequest(rumqttc::Request::Publish(back)));
+            }
+            self.room.set(self.room.get() - 1);
+            self.sent.borrow_mut().push(Sent::Publish {
+                topic,
+                payload: String::from_utf8(payload).unwrap(),
+                led_high: self.board.level(17) == Some(true),
+            });
+            Ok(())
+        }
+
+        fn try_subscribe_many(&self, filters: Vec<SubscribeFilter>) -> Result<(), ClientError> {
+            let paths = filters.into_iter().map(|f| f.path).collect();
+            self.sent.borrow_mut().push(Sent::Subscribe(paths));
+            Ok(())
+        }
+    }
+
+    impl Recorder {
+        fn topics(&self) -> Vec<String> {
+            self.sent
+                .borrow()
+                .iter()
+                .map(|s| match s {
+                    Sent::Subscribe(_) => "SUBSCRIBE".to_string(),
+                    Sent::Publish { topic, .. } => topic.clone(),
+                })
+                .collect()
+        }
+
+        fn last(&self) -> Sent {
+            self.sent
+                .borrow()
+                .last()
+                .cloned()
+                .expect("something was sent")
+        }
+    }
+
+    /// What a test script can reach while the shell serves.
+    struct Ctx {
+        client: Recorder,
+        net: mpsc::UnboundedSender<NetEvent>,
+        readings: mpsc::Sender<(usize, ReadResult)>,
+        handle: AgentHandle,
+    }
+
+    /// Device `k`: an LED on BCM 17, a pulled-up button on BCM 27, a sensor (whose readings
+    /// the test sends), a heartbeat every second.
+    const CONFIG: &str = r#"
+        device = "k"
+        heartbeat_secs = 1
+        [[output]]
+        name = "led"
+        pin = 17
+        [[input]]
+        name = "button"
+        pin = 27
+        pull = "up"
+        active_low = true
+        [[sensor]]
+        name = "probe"
+        kind = "sim"
+    "#;
+
+    /// Serves a simulated agent, with `room` free slots in its client's channel, until
+    /// `script` is done.
+    async fn with_agent(room: usize, script: impl AsyncFnOnce(&Ctx)) {
+        let config = Config::from_toml_str(CONFIG, Path::new("test.toml")).unwrap();
+        let board = SimBoard::new();
+        let (agent, handle) = Agent::new(config, &mut board.clone(), Some(board.clone())).unwrap();
+        let mut shell = agent.shell;
+        let (net, mut net_rx) = mpsc::unbounded_channel();
+        let (readings, mut readings_rx) = mpsc::channel(1);
+        let ctx = Ctx {
+            client: Recorder {
+                board,
+                room: Cell::new(room),
+                sent: RefCell::new(Vec::new()),
+            },
+            net,
+            readings,
+            handle,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        tokio::join!(
+            shell.serve(&ctx.client, &mut net_rx, &mut readings_rx, stopped),
+            async {
+                script(&ctx).await;
+                let _ = stop.send(());
+            }
+        );
+    }
+
+    /// Lets the shell take in everything sent to it, without moving the (paused) clock.
+    async fn settle() {
+        for _ in 0..32 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn connect(ctx: &Ctx) {
+        ctx.net.send(NetEvent::Connected).unwrap();
+        settle().await;
+    }
+
+    fn n(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_connack_the_subscribe_goes_before_the_republish() {
+        with_agent(usize::MAX, async |ctx| {
+            connect(ctx).await;
+            let sent = ctx.client.sent.borrow();
+            assert_eq!(
+                sent[0],
+                Sent::Subscribe(vec![
+                    "pifleet/dev/k/cmnd".into(),
+                    "pifleet/all/cmnd".into(),
+                    "pifleet/dev/k/status".into(),
+                ])
+            );
+            drop(sent);
+            assert_eq!(
+                ctx.client.topics()[1..],
+                [
+                    "pifleet/dev/k/status",
+                    "pifleet/dev/k/out/led",
+                    "pifleet/dev/k/in/button"
+                ]
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_sets_the_pin_before_its_acknowledgement_is_handed_to_the_client() {
+        with_agent(usize::MAX, async |ctx| {
+            connect(ctx).await;
+            let cmd = Publish::new(
+                "pifleet/dev/k/cmnd",
+                QoS::AtLeastOnce,
+                r#"{"id":"c1","action":"on"}"#,
+            );
+            ctx.net.send(NetEvent::Message(cmd)).unwrap();
+            settle().await;
+            match ctx.client.last() {
+                Sent::Publish {
+                    topic,
+                    payload,
+                    led_high,
+                } => {
+                    assert_eq!(topic, "pifleet/dev/k/out/led");
+                    assert!(payload.contains(r#""cmd":"c1""#), "{payload}");
+                    assert!(led_high, "the pin was set when the acknowledgement left");
+                }
+                other => panic!("expected the acknowledgement, got {other:?}"),
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_request_channel_keeps_the_rest_in_order_for_the_retry_tick() {
+        with_agent(1, async |ctx| {
+            let reading = Ok((
+                sensor::Reading {
+                    value: 21.5,
+                    unit: "°C",
+                },
+                "sim",
+            ));
+            ctx.readings.send((0, reading)).await.unwrap();
+            settle().await;
+            connect(ctx).await;
+            // Room for presence only; the LED, the button and the sensor wait.
+            assert_eq!(ctx.client.topics(), ["SUBSCRIBE", "pifleet/dev/k/status"]);
+            ctx.client.room.set(usize::MAX);
+            settle().await;
+            tokio::time::advance(Duration::from_millis(49)).await;
+            settle().await;
+            assert_eq!(
+                ctx.client.topics().len(),
+                2,
+                "nothing before the retry tick"
+            );
+            tokio::time::advance(Duration::from_millis(1)).await;
+            settle().await;
+            assert_eq!(
+                ctx.client.topics()[2..],
+                [
+                    "pifleet/dev/k/out/led",
+                    "pifleet/dev/k/in/button",
+                    "pifleet/dev/k/sensor/probe"
+                ]
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_heartbeat_republishes_presence_every_heartbeat_secs_while_connected() {
+        with_agent(usize::MAX, async |ctx| {
+            let presences = || {
+                ctx.client
+                    .topics()
+                    .iter()
+                    .filter(|t| *t == "pifleet/dev/k/status")
+                    .count()
+            };
+            connect(ctx).await;
+            assert_eq!(presences(), 1, "the CONNACK's announcement");
+            tokio::time::advance(Duration::from_millis(999)).await;
+            settle().await;
+            assert_eq!(presences(), 1);
+            tokio::time::advance(Duration::from_millis(1)).await;
+            settle().await;
+            assert_eq!(presences(), 2);
+            tokio::time::advance(Duration::from_secs(1)).await;
+            settle().await;
+            assert_eq!(presences(), 3);
+            ctx.net
+                .send(NetEvent::Disconnected {
+                    why: "the broker went away".into(),
+                    retry_in: Duration::from_secs(1),
+                    refused: false,
+                })
+                .unwrap();
+            settle().await;
+            tokio::time::advance(Duration::from_secs(3)).await;
+            settle().await;
+            assert_eq!(presences(), 3, "no heartbeat while disconnected");
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_simulated_button_press_is_published_and_read_back() {
+        with_agent(usize::MAX, async |ctx| {
+            connect(ctx).await;
+            ctx.handle.drive_input(n("button"), true).await.unwrap();
+            settle().await;
+            match ctx.client.last() {
+                Sent::Publish { topic, payload, .. } => {
+                    assert_eq!(topic, "pifleet/dev/k/in/button");
+                    assert!(payload.starts_with(r#"{"active":true,"ts":"#), "{payload}");
+                }
+                other => panic!("expected the input state, got {other:?}"),
+            }
+            assert_eq!(ctx.handle.read_input(None).await, Ok(true));
+            assert_eq!(
+                ctx.handle.snapshot().await,
+                Some(Snapshot {
+                    outputs: vec![(n("led"), false)],
+                    inputs: vec![(n("button"), true)],
+                    connected: true,
+                })
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn offline_only_events_wait_and_the_next_connack_sends_the_current_state_first() {
+        with_agent(usize::MAX, async |ctx| {
+            let on = ctx
+                .handle
+                .switch(None, Action::On, StateSource::Legacy)
+                .await;
+            assert_eq!(on, Ok(true));
+            let failed = Err("no probe".to_string());
+            ctx.readings.send((0, failed)).await.unwrap();
+            settle().await;
+            assert!(ctx.client.sent.borrow().is_empty(), "nothing sent offline");
+            connect(ctx).await;
+            assert_eq!(
+                ctx.client.topics(),
+                [
+                    "SUBSCRIBE",
+                    "pifleet/dev/k/status",
+                    "pifleet/dev/k/out/led",
+                    "pifleet/dev/k/in/button",
+                    "pifleet/dev/k/event",
+                ]
+            );
+            let sent = ctx.client.sent.borrow();
+            let Sent::Publish {
+                payload, led_high, ..
+            } = &sent[2]
+            else {
+                panic!("expected the LED's state, got {:?}", sent[2]);
+            };
+            assert!(
+                payload.starts_with(r#"{"on":true,"source":"legacy","#),
+                "{payload}"
+            );
+            assert!(led_high);
+        })
+        .await;
+    }
+}
