@@ -18,8 +18,8 @@ pub const EXAMPLE: &str = include_str!("../pifleet-agent.example.toml");
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum GpioChoice {
-    /// rppal when the machine looks like a Raspberry Pi (`/dev/gpiomem` or `/dev/gpiochip0`
-    /// plus a Raspberry Pi device-tree model), the simulator otherwise.
+    /// rppal when the device tree names a Raspberry Pi (`/proc/device-tree/model` contains
+    /// "Raspberry Pi"), the simulator otherwise.
     #[default]
     Auto,
     Rppal,

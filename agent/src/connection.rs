@@ -1,6 +1,6 @@
-//! The task that owns rumqttc's event loop. It only polls and forwards: the agent core publishes
-//! through the `AsyncClient`, never from here, so a slow publish can never stop the loop that
-//! would drain it. rumqttc retries a failed connection on the very next poll; this task sleeps a
+//! The task that owns rumqttc's event loop. It only polls and forwards: the agent's shell
+//! (`run.rs`) publishes through the `AsyncClient`, never from here, so a slow publish can never
+//! stop the loop that would drain it. rumqttc retries a failed connection on the very next poll; this task sleeps a
 //! jittered, capped exponential backoff between attempts instead of hammering the broker. Every
 //! failure takes that path, a refused login (CONNACK 4 or 5) and a failed TLS handshake included.
 
@@ -17,7 +17,8 @@ use tokio::time::Instant;
 /// disconnecting, another agent taking over our client id) turn the backoff into a tight loop.
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 
-/// What the connection reports to the agent core.
+/// What the connection reports to the agent's shell, which hands it to the core
+/// ([`crate::state::AgentState`]).
 #[derive(Debug)]
 pub enum NetEvent {
     /// A CONNACK arrived: subscribe and republish everything (rumqttc restores neither).

@@ -9,7 +9,7 @@
 use pifleet_proto::Name;
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use crate::agent::AgentHandle;
+use crate::handle::AgentHandle;
 
 pub const HELP: &str = "commands: press [input] | release [input] | click [input] | show | help";
 

@@ -2,6 +2,7 @@
 //! on the same port, so old clients keep working unchanged. `on`/`off` switch the configured
 //! output and reply once the pin is set; the change is published over MQTT like any command
 //! (source `legacy`), so the rest of the fleet sees it. `go` reads the configured input.
+//! [`start`] binds the listener when the agent starts.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,7 +11,8 @@ use pifleet_legacy::command::{button_reply, led_reply, UNRECOGNIZED};
 use pifleet_legacy::{Addressee, Handler, Request, Verb};
 use pifleet_proto::{Action, Name, StateSource};
 
-use crate::agent::AgentHandle;
+use crate::agent::AgentError;
+use crate::handle::AgentHandle;
 
 pub struct AgentShim {
     pub handle: AgentHandle,
@@ -49,4 +51,33 @@ impl Handler for AgentShim {
             }
         })
     }
+}
+
+/// Binds the legacy listener (a bind failure is fatal: the user asked for that port) and
+/// serves it in the background.
+pub(crate) async fn start(
+    l: pifleet_legacy::ListenerConfig,
+    handle: AgentHandle,
+    device: Name,
+) -> Result<tokio::task::JoinHandle<()>, AgentError> {
+    let listener = tokio::net::TcpListener::bind(l.listen)
+        .await
+        .map_err(|source| AgentError::Legacy {
+            addr: l.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().expect("bound");
+    tracing::info!("legacy shim listening on {addr}");
+    let shim = AgentShim {
+        handle,
+        device,
+        output: l.output.clone(),
+        input: l.input.clone(),
+    };
+    Ok(tokio::spawn(pifleet_legacy::serve(
+        listener,
+        std::sync::Arc::new(shim),
+        l.limits(),
+        std::future::pending(),
+    )))
 }
