@@ -5,7 +5,6 @@
 //! middle of a write leaves the previous file, never a truncated one.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Output name to on/off.
@@ -49,24 +48,9 @@ pub fn save(path: &Path, saved: &Saved) -> Result<(), StateFileError> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        let json = serde_json::to_vec_pretty(saved).expect("a map of bools serializes");
-        f.write_all(&json).map_err(err)?;
-        f.write_all(b"\n").map_err(err)?;
-        f.sync_all().map_err(err)?;
-    }
-    std::fs::rename(&tmp, path).map_err(err)?;
-    // Make the rename itself durable.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    let mut json = serde_json::to_vec_pretty(saved).expect("a map of bools serializes");
+    json.push(b'\n');
+    pifleet_client::files::write_atomic(path, &json, 0o644).map_err(err)?;
     Ok(())
 }
 

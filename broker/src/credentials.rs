@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -313,12 +312,15 @@ impl Credentials {
             path: self.path.clone(),
             source: std::io::Error::other(e),
         })?;
-        write_atomic(&self.path, format!("{FILE_HEADER}{body}").as_bytes(), 0o600).map_err(
-            |source| CredentialsError::Write {
-                path: self.path.clone(),
-                source,
-            },
+        pifleet_client::files::write_atomic(
+            &self.path,
+            format!("{FILE_HEADER}{body}").as_bytes(),
+            0o600,
         )
+        .map_err(|source| CredentialsError::Write {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Adds an identity and returns its secret: `secret` if given (at least
@@ -601,51 +603,6 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| {
         hash_secret(generate_secret().as_bytes()).expect("hashing a generated secret")
     })
-}
-
-/// Writes `contents` to `path` through a temporary file in the same directory and a rename,
-/// creating the directory if needed; the file gets `mode` (Unix) from its creation on, so it
-/// is never readable by others even for a moment.
-pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the path names no file"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let result = (|| {
-        let mut f = options.open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable; not every file system supports syncing a directory.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

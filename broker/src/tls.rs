@@ -253,7 +253,7 @@ pub fn self_signed(hosts: &[String], out_dir: &Path, force: bool) -> Result<Self
         (&out.server_cert, server_cert.pem(), 0o644),
     ];
     for (path, pem, mode) in files {
-        crate::credentials::write_atomic(path, pem.as_bytes(), mode).map_err(|source| {
+        pifleet_client::files::write_atomic(path, pem.as_bytes(), mode).map_err(|source| {
             TlsError::Write {
                 path: path.clone(),
                 source,

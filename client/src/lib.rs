@@ -13,8 +13,10 @@
 //! - [`logging`]: the binaries' shared log setup, and [`say!`]/[`tell!`], the `println!` and
 //!   `eprintln!` that cannot panic on a closed stdout or stderr.
 //! - [`signal`]: the binaries' stop signal (SIGINT, SIGTERM).
+//! - [`files`]: files written atomically (temporary file, fsync, rename, fsync of the directory).
 
 pub mod broker_url;
+pub mod files;
 pub mod logging;
 pub mod mqtt;
 pub mod security;
