@@ -50,7 +50,7 @@ fn a_busy_port_is_a_clear_error_and_exit_1() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let out = broker()
-        .args(["--mqtt", &addr, "--no-ws"])
+        .args(["--mqtt", &addr, "--no-ws", "--no-state"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -76,8 +76,10 @@ fn sigterm_stops_the_broker_cleanly() {
     use std::process::Stdio;
     use std::time::Duration;
 
+    let state = tempfile::tempdir().unwrap();
     let mut child = broker()
-        .args(["--mqtt", "127.0.0.1:0", "--no-ws", "--demo", "2"])
+        .args(["--mqtt", "127.0.0.1:0", "--no-ws", "--demo", "2", "--state-dir"])
+        .arg(state.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
