@@ -78,7 +78,14 @@ fn sigterm_stops_the_broker_cleanly() {
 
     let state = tempfile::tempdir().unwrap();
     let mut child = broker()
-        .args(["--mqtt", "127.0.0.1:0", "--no-ws", "--demo", "2", "--state-dir"])
+        .args([
+            "--mqtt",
+            "127.0.0.1:0",
+            "--no-ws",
+            "--demo",
+            "2",
+            "--state-dir",
+        ])
         .arg(state.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

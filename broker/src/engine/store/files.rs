@@ -344,8 +344,8 @@ fn report(path: &Path, walk: &Walk, loaded: &mut Loaded) {
         Err(e) => format!("could not keep a copy ({e})"),
     };
     tracing::warn!(
-        "state file {} is damaged at byte offset {} of {size} ({}): kept the {} records before it, \
-         dropped the remaining {} bytes; {kept}",
+        "state file {} is damaged at byte offset {} of {size} ({}): kept the intact records \
+         before it ({}), dropped the remaining {} bytes; {kept}",
         path.display(),
         damage.offset,
         damage.why,

@@ -327,7 +327,9 @@ impl Opened {
         };
         let path = dir.path.clone();
         let generation = loaded.generation;
-        engine.restore(loaded.recovered, &path);
+        if loaded.files > 0 {
+            engine.restore(loaded.recovered, &path);
+        }
         let weak = Arc::downgrade(engine);
         let capture = Box::new(move || weak.upgrade().map(|e| e.capture()));
         let journal = self.store.0.clone().expect("a store with files is on");

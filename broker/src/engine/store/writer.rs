@@ -181,7 +181,12 @@ impl Writer {
             self.dirty.get_or_insert(generation);
         }
         let dir = self.dir.clone();
-        let write = move || {
+        let mut snapshot = snapshot;
+        let mut write = move || {
+            // In topic order: the same state always makes the same file.
+            snapshot
+                .retained
+                .sort_unstable_by(|a, b| a.topic.cmp(&b.topic));
             let bytes = dir.write_snapshot(generation, |put| snapshot.write(put))?;
             dir.remove_logs_before(generation)?;
             Ok(bytes)
