@@ -19,6 +19,7 @@ pub struct Config {
     pub tls: TlsListener,
     pub auth: Auth,
     pub limits: Limits,
+    pub state: StateConfig,
     /// Legacy TCP listeners (`[[legacy]]`), each fronting one device.
     #[serde(rename = "legacy")]
     pub legacy: Vec<pifleet_legacy::ListenerConfig>,
@@ -88,6 +89,30 @@ pub struct Auth {
     pub acl_file: Option<PathBuf>,
     /// Serve anonymous clients on non-loopback addresses (a trusted network only).
     pub allow_anonymous: bool,
+}
+
+/// Where retained messages and persistent sessions are kept across restarts (`[state]`,
+/// docs/broker.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// False (`--no-state`): everything in memory, as before.
+    pub enabled: bool,
+    /// The state directory (`--state-dir`). Unset: `$STATE_DIRECTORY`, else
+    /// `$XDG_STATE_HOME/pifleet/broker`, else `~/.local/state/pifleet/broker`.
+    pub dir: Option<PathBuf>,
+    /// Changes are written and fsynced this often (the durability window).
+    pub commit_interval_ms: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            enabled: true,
+            dir: None,
+            commit_interval_ms: 200,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -178,6 +203,7 @@ impl Default for Config {
             tls: TlsListener::default(),
             auth: Auth::default(),
             limits: Limits::default(),
+            state: StateConfig::default(),
             legacy: Vec::new(),
         }
     }
@@ -210,6 +236,7 @@ impl Config {
             &mut c.tls.key,
             &mut c.auth.credentials,
             &mut c.auth.acl_file,
+            &mut c.state.dir,
         ]
         .into_iter()
         .flatten()
@@ -278,6 +305,9 @@ impl Config {
                     l.max_packet_size
                 )));
             }
+        }
+        if !(1..=60_000).contains(&self.state.commit_interval_ms) {
+            return bad("state.commit_interval_ms must be between 1 and 60000");
         }
         for l in &self.legacy {
             l.validate().map_err(ConfigError::Invalid)?;

@@ -42,6 +42,13 @@ struct Cli {
     /// file `device` and `controller` commands change.
     #[arg(long, value_name = "PATH", env = "PIFLEET_CREDENTIALS", global = true)]
     credentials: Option<PathBuf>,
+    /// State directory (overrides `[state] dir`): retained messages and persistent sessions
+    /// survive restarts there (docs/broker.md). Refused if another broker holds it.
+    #[arg(long, value_name = "PATH", global = true, conflicts_with = "no_state")]
+    state_dir: Option<PathBuf>,
+    /// Keep all state in memory (`[state] enabled = false`).
+    #[arg(long, global = true)]
+    no_state: bool,
 }
 
 #[derive(Subcommand)]
@@ -144,6 +151,13 @@ fn main() -> ExitCode {
     if cli.allow_anonymous {
         config.auth.allow_anonymous = true;
     }
+    if let Some(d) = cli.state_dir {
+        config.state.enabled = true;
+        config.state.dir = Some(d);
+    }
+    if cli.no_state {
+        config.state.enabled = false;
+    }
     if let Err(e) = config.validate() {
         tell!("pifleet-broker: {e}");
         return ExitCode::from(EXIT_CONFIG);
@@ -224,6 +238,7 @@ fn main() -> ExitCode {
         }
         #[cfg(not(feature = "demo"))]
         let () = demo;
+        running.engine.close_store();
         tracing::info!("stopped");
         ExitCode::SUCCESS
     });

@@ -50,7 +50,7 @@ fn a_busy_port_is_a_clear_error_and_exit_1() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let out = broker()
-        .args(["--mqtt", &addr, "--no-ws"])
+        .args(["--mqtt", &addr, "--no-ws", "--no-state"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -76,8 +76,17 @@ fn sigterm_stops_the_broker_cleanly() {
     use std::process::Stdio;
     use std::time::Duration;
 
+    let state = tempfile::tempdir().unwrap();
     let mut child = broker()
-        .args(["--mqtt", "127.0.0.1:0", "--no-ws", "--demo", "2"])
+        .args([
+            "--mqtt",
+            "127.0.0.1:0",
+            "--no-ws",
+            "--demo",
+            "2",
+            "--state-dir",
+        ])
+        .arg(state.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -96,4 +105,75 @@ fn sigterm_stops_the_broker_cleanly() {
         "the broker did not stop after SIGTERM",
     );
     assert_eq!(exit.code(), Some(0));
+}
+
+/// Starts a broker on ephemeral ports with `args` and `env`, and waits for its readiness line.
+fn running(args: &[&str], env: &[(&str, &std::path::Path)]) -> std::process::Child {
+    let mut cmd = broker();
+    cmd.args(["--mqtt", "127.0.0.1:0", "--no-ws"])
+        .args(args)
+        .env_remove("STATE_DIRECTORY")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    read_until(child.stdout.as_mut().unwrap(), "MQTT on");
+    child
+}
+
+#[test]
+fn a_state_directory_in_use_is_refused_when_given_and_left_alone_when_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let given = dir.path().join("given");
+    let given_s = given.to_str().unwrap();
+    let mut first = running(&["--state-dir", given_s], &[]);
+    let out = broker()
+        .args(["--mqtt", "127.0.0.1:0", "--no-ws", "--state-dir", given_s])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a given directory in use: exit 2"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "state directory {given_s}: it is in use by another running pifleet-broker, pid {}",
+            first.id()
+        )),
+        "{err}"
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+
+    // The default directory ($XDG_STATE_HOME/pifleet/broker) is left to the first broker; a
+    // second one serves from memory after a warning.
+    let xdg = dir.path().join("xdg");
+    let env = [("XDG_STATE_HOME", xdg.as_path())];
+    let mut a = running(&[], &env);
+    assert!(xdg.join("pifleet/broker/lock").exists());
+    let mut b = running(&[], &env);
+    let mut stderr = b.stderr.take().unwrap();
+    let warning = read_until(&mut stderr, "running in memory");
+    assert!(
+        warning.contains("in use by another running pifleet-broker"),
+        "{warning}"
+    );
+    for c in [&mut a, &mut b] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let both = broker()
+        .args(["--state-dir", given_s, "--no-state"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "--state-dir and --no-state conflict"
+    );
 }

@@ -320,6 +320,7 @@ fn random_and_mutated_packets_leave_the_engine_serving() {
         let mut config = Config::default();
         config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
         config.websocket.enabled = false;
+        config.state.enabled = false;
         let running = pifleet_broker::start(&config).await.expect("engine starts");
         let addr = running.mqtt;
 

@@ -226,7 +226,14 @@ fn a_real_kill_9_leaves_whole_lines_only_and_the_next_recorder_appends() {
     let got = reader
         .rows(&kitchen(), &whole_day(), &RowFilter::default())
         .unwrap();
-    assert_eq!(got.skipped_total, 0, "no torn line: {:?}", got.skipped);
+    // A kill can land inside the one `write` of a flush, which the kernel may have done in
+    // part: at most the last line is then cut, and it is skipped and reported, never read.
+    let torn = got.skipped_total;
+    assert!(
+        torn == 0 || (torn == 1 && got.skipped[0].reason.starts_with("partial last line")),
+        "only a cut last line may be skipped: {:?}",
+        got.skipped
+    );
     let n = got.rows.len() as u64;
     assert!(n > 1_000, "{n}");
     let seqs: Vec<u64> = got.rows.iter().map(|r| r.value.unwrap() as u64).collect();
@@ -245,5 +252,6 @@ fn a_real_kill_9_leaves_whole_lines_only_and_the_next_recorder_appends() {
     let got = reader
         .rows(&kitchen(), &whole_day(), &RowFilter::default())
         .unwrap();
-    assert_eq!((got.rows.len() as u64, got.skipped_total), (n + 1, 0));
+    // The new recorder started a fresh line after any cut one, which stays skipped.
+    assert_eq!((got.rows.len() as u64, got.skipped_total), (n + 1, torn));
 }

@@ -260,6 +260,9 @@ pub struct Broker {
     pub proc: Proc,
     pub mqtt: String,
     pub ws: Option<String>,
+    /// Its own state directory (removed after the broker is killed), unless the test chose
+    /// one (`--state-dir`) or none (`--no-state`).
+    pub state: Option<TempDir>,
 }
 
 impl Broker {
@@ -267,11 +270,20 @@ impl Broker {
         Broker::start_with(&["--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"])
     }
 
-    /// Starts with explicit arguments; waits for the printed listener addresses.
+    /// Starts with explicit arguments; waits for the printed listener addresses. Each broker
+    /// keeps its state in a fresh temporary directory unless `args` say `--state-dir` or
+    /// `--no-state`, so parallel tests never share state (nor touch the user's own).
     pub fn start_with(args: &[&str]) -> Broker {
         let mut cmd = Command::new(bin("pifleet-broker"));
         cmd.args(args);
-        Broker::ready(Proc::spawn("broker", cmd), !args.contains(&"--no-ws"))
+        let state = (!args.contains(&"--state-dir") && !args.contains(&"--no-state")).then(|| {
+            let dir = temp_dir("broker-state");
+            cmd.arg("--state-dir").arg(dir.path());
+            dir
+        });
+        let mut broker = Broker::ready(Proc::spawn("broker", cmd), !args.contains(&"--no-ws"));
+        broker.state = state;
+        broker
     }
 
     /// Waits until an already started broker process printed its listener addresses (the
@@ -290,7 +302,12 @@ impl Broker {
                 "pifleet-broker: MQTT over WebSocket on ",
             )
         });
-        Broker { proc, mqtt, ws }
+        Broker {
+            proc,
+            mqtt,
+            ws,
+            state: None,
+        }
     }
 
     pub fn url(&self) -> String {

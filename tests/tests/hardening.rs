@@ -25,9 +25,12 @@ fn a_broker_whose_stderr_and_stdout_are_gone_keeps_serving_however_much_it_logs(
     let creds = Creds::new();
     let ops = creds.add(&["controller", "add", "ops"]);
     let mut cmd = Command::new(bin("pifleet-broker"));
-    cmd.arg("--credentials")
-        .arg(&creds.path)
-        .args(["--mqtt", "127.0.0.1:0", "--no-ws"]);
+    cmd.arg("--credentials").arg(&creds.path).args([
+        "--mqtt",
+        "127.0.0.1:0",
+        "--no-ws",
+        "--no-state",
+    ]);
     let (mut broker, ready) = Proc::spawn_unheard("broker", cmd, Some("pifleet-broker: MQTT on "));
     let url = format!("mqtt://{}", ready.rsplit(' ').next().unwrap());
 

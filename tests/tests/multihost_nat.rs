@@ -121,7 +121,13 @@ fn an_agent_behind_nat_gets_commands_but_cannot_be_reached_directly() {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &net])
         .arg(bin("pifleet-broker"))
-        .args(["--mqtt", "10.231.2.1:0", "--no-ws", "--allow-anonymous"]);
+        .args([
+            "--mqtt",
+            "10.231.2.1:0",
+            "--no-ws",
+            "--allow-anonymous",
+            "--no-state",
+        ]);
     let broker = Broker::ready(Proc::spawn("broker@internet", cmd), false);
     let url = broker.url();
 

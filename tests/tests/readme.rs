@@ -62,12 +62,21 @@ fn the_readme_quickstart_works_as_written() {
     let (broker_bin, args) = as_binary(&start[0]);
     let mut cmd = Command::new(broker_bin);
     cmd.args(&args);
+    // As written, the broker keeps its state in the default (XDG) state directory: here one of
+    // the test's own, so the user's is never touched.
+    let state = temp_dir("quickstart-state");
+    cmd.env("XDG_STATE_HOME", state.path())
+        .env_remove("STATE_DIRECTORY");
     let broker = Proc::spawn("quickstart broker", cmd);
     broker
         .stdout
         .wait_for("the demo fleet", Duration::from_secs(15), |l| {
             l.contains("demo fleet of 3")
         });
+    assert!(
+        state.path().join("pifleet/broker/lock").exists(),
+        "the default state directory is $XDG_STATE_HOME/pifleet/broker"
+    );
     for device in ["kitchen", "garage", "porch"] {
         wait_online("mqtt://localhost:1883", device);
     }

@@ -30,6 +30,9 @@ pub struct Counters {
     pub sessions_expired: AtomicU64,
     /// Persistent sessions of another identity that were not resumed.
     pub sessions_not_resumed: AtomicU64,
+    /// Retained messages, sessions, subscriptions and queued messages read from the state
+    /// directory but not restored: beyond today's limits, or against a rule.
+    pub state_dropped: AtomicU64,
 }
 
 /// The counters at one moment, with the queue drops (counted by the queues themselves).
@@ -44,6 +47,7 @@ pub struct CounterSnapshot {
     pub sessions_evicted: u64,
     pub sessions_expired: u64,
     pub sessions_not_resumed: u64,
+    pub state_dropped: u64,
     pub queue_dropped: u64,
 }
 
@@ -65,6 +69,7 @@ impl Counters {
             sessions_evicted: get(&self.sessions_evicted),
             sessions_expired: get(&self.sessions_expired),
             sessions_not_resumed: get(&self.sessions_not_resumed),
+            state_dropped: get(&self.state_dropped),
             queue_dropped,
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::admission::Admitted;
-use super::{conn, Access, BrokerError, Engine, Running};
+use super::{conn, store, Access, BrokerError, Engine, Running};
 use crate::config::{Config, Limits};
 use pifleet_proto::Topics;
 
@@ -20,12 +20,22 @@ pub(super) enum Kind {
     Tls,
 }
 
-/// Binds every listener in `config` and starts accepting. Returns once all are bound, so a
-/// client may connect as soon as this returns.
+/// Rebuilds the engine from the state directory (`[state]`), then binds every listener in
+/// `config` and starts accepting. Returns once all are bound, so a client may connect as soon
+/// as this returns.
 pub async fn start(config: &Config) -> Result<Running, BrokerError> {
     let security = Access::load(config)?;
     let topics = Topics::new(&config.prefix).map_err(|e| BrokerError::Setup(e.to_string()))?;
-    let engine = Engine::with_topics(config.limits.clone(), security, topics);
+    let state = config.state.clone();
+    // Reading and rewriting the state directory is blocking file I/O.
+    let opened = tokio::task::spawn_blocking(move || store::open(&state))
+        .await
+        .map_err(|e| BrokerError::Setup(e.to_string()))??;
+    let engine = Engine::with_store(config.limits.clone(), security, topics, opened.store());
+    let e = engine.clone();
+    tokio::task::spawn_blocking(move || opened.attach(&e))
+        .await
+        .map_err(|e| BrokerError::Setup(e.to_string()))?;
     start_with(config, engine).await
 }
 

@@ -27,6 +27,8 @@
 //! - [`routing`]: PUBLISH to subscribers, the retained store, SUBSCRIBE/UNSUBSCRIBE.
 //! - [`outbox`]: a session's queue and its sans-IO QoS 1/2 state machine, bounded in messages
 //!   and bytes.
+//! - [`store`]: persistence: what registry, routing and outbox change is recorded there, committed
+//!   to the state directory by a writer thread, and read back at start (docs/broker.md).
 //! - [`tree`]: the topic tries; [`counters`]: how often each bound bit.
 
 mod admission;
@@ -38,6 +40,7 @@ pub mod outbox;
 pub mod packet;
 mod registry;
 mod routing;
+mod store;
 #[cfg(test)]
 mod tests;
 pub mod tree;
@@ -57,6 +60,7 @@ use packet::Message;
 use pifleet_proto::Topics;
 use registry::SessionEntry;
 use routing::Subscription;
+use store::Store;
 use tree::{FilterTree, RetainTree, TopicBounds};
 
 pub use listener::{start, start_with};
@@ -159,7 +163,13 @@ pub struct Engine {
     /// ended with an error.
     log_refusals: LogGate,
     log_ends: LogGate,
+    /// The state directory's writer, when state is kept ([`store`]).
+    persistence: Mutex<Option<store::Writer>>,
 }
+
+/// Where [`Engine::now_ms`] starts: far enough from zero that a session restored from the
+/// state directory can be dated before this engine started.
+const CLOCK_BASE_MS: u64 = 1 << 40;
 
 /// The tables behind the engine's one lock: sessions, subscriptions and retained messages.
 #[derive(Default)]
@@ -171,6 +181,8 @@ struct Tables {
     retained_bytes: usize,
     /// Client ids of each identity's sessions, for `max_sessions_per_identity`.
     by_identity: HashMap<Box<str>, Vec<Box<str>>>,
+    /// Where changes to persistent state are recorded (a no-op for an in-memory engine).
+    store: Store,
 }
 
 impl Engine {
@@ -180,13 +192,20 @@ impl Engine {
 
     /// An engine for a fleet under a topic prefix other than the default.
     pub fn with_topics(limits: Limits, security: Access, topics: Topics) -> Arc<Engine> {
+        Engine::with_store(limits, security, topics, Store::default())
+    }
+
+    fn with_store(limits: Limits, security: Access, topics: Topics, store: Store) -> Arc<Engine> {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Arc::new(Engine {
             bounds: TopicBounds::from_limits(&limits),
             budget: Budget::new(&limits),
             limits,
             topics,
-            state: Mutex::new(Tables::default()),
+            state: Mutex::new(Tables {
+                store,
+                ..Tables::default()
+            }),
             next_id: AtomicU64::new(1),
             security,
             internal: Mutex::new(HashMap::new()),
@@ -197,7 +216,17 @@ impl Engine {
             counters: Counters::default(),
             log_refusals: LogGate::default(),
             log_ends: LogGate::default(),
+            persistence: Mutex::new(None),
         })
+    }
+
+    /// Commits what is not yet in the state directory and stops writing to it (a graceful
+    /// stop). Later changes are kept in memory only.
+    pub fn close_store(&self) {
+        let writer = lock(&self.persistence).take();
+        if let Some(w) = writer {
+            w.close();
+        }
     }
 
     /// How often each bound bit, since the engine started.
@@ -238,9 +267,10 @@ impl Engine {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Milliseconds since the engine started (the clock of [`Link::last_heard`]).
+    /// Milliseconds since the engine started, plus [`CLOCK_BASE_MS`] (the clock of
+    /// [`Link::last_heard`] and of session expiry).
     pub(crate) fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.started.elapsed().as_millis() as u64 + CLOCK_BASE_MS
     }
 
     fn state(&self) -> MutexGuard<'_, Tables> {

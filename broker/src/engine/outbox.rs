@@ -22,6 +22,11 @@
 //! Only the connection that owns the session ([`Queue::owner`]) may take messages out or
 //! acknowledge them: after a takeover, a connection still draining its buffered packets can
 //! neither steal the new connection's messages nor strand them in flight.
+//!
+//! A persistent session's queue, when the broker keeps state, records each change to its QoS
+//! 1/2 messages (queued, sent, released, acknowledged) through its [`SessionLog`] while it
+//! holds its own lock, so the records are in the order the queue changed. That is an append to
+//! an in-memory buffer; the store's writer thread does the I/O.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -30,6 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::Notify;
 
 use super::packet::{Message, QoS};
+use super::store::{MessageId, SessionLog};
 use crate::config::{Limits, QUEUE_RESERVE};
 
 /// What one queued retained reference is charged: a slot, plus the allocation header it keeps
@@ -43,6 +49,9 @@ pub struct Delivery {
     pub qos: QoS,
     /// Set for retained messages sent because of a new subscription (§3.3.1.3).
     pub retain: bool,
+    /// The message's body in the state directory, for a QoS 1/2 delivery to a persistent
+    /// session (`None` otherwise, and when the broker keeps no state).
+    pub stored: Option<MessageId>,
 }
 
 /// A queue entry: a live delivery, or a retained message answering a SUBSCRIBE.
@@ -157,10 +166,12 @@ pub struct Queue {
     /// QoS 1/2.
     owner: u64,
     budget: Arc<Budget>,
+    /// Where a persistent session's changes are recorded.
+    log: Option<SessionLog>,
 }
 
 impl Queue {
-    fn new(budget: Arc<Budget>) -> Queue {
+    fn new(budget: Arc<Budget>, log: Option<SessionLog>) -> Queue {
         Queue {
             pending: VecDeque::new(),
             inflight: VecDeque::new(),
@@ -172,6 +183,7 @@ impl Queue {
             dropped: 0,
             owner: 0,
             budget,
+            log,
         }
     }
 
@@ -213,6 +225,16 @@ impl Queue {
         if !self.is_online() && delivery.qos == QoS::AtMostOnce {
             return Err(Refused::Offline);
         }
+        let stored = delivery.stored.filter(|_| delivery.qos != QoS::AtMostOnce);
+        let qos = delivery.qos;
+        self.enqueue(delivery)?;
+        if let (Some(log), Some(mid)) = (&self.log, stored) {
+            log.queued(mid, qos);
+        }
+        Ok(())
+    }
+
+    fn enqueue(&mut self, delivery: Delivery) -> Result<(), Refused> {
         let cost = delivery.message.cost();
         if self.live >= self.budget.max_messages
             || !self.budget.charge(self.bytes, cost, self.is_online())
@@ -223,6 +245,55 @@ impl Queue {
         self.live += 1;
         self.pending.push_back(Pending::Live(delivery));
         Ok(())
+    }
+
+    /// Queues a message read back from the state directory (not recorded again), within the
+    /// bounds in force now. False if a bound refused it.
+    pub(super) fn restore_pending(&mut self, delivery: Delivery) -> bool {
+        self.enqueue(delivery).is_ok()
+    }
+
+    /// Puts back a message that was in flight when the broker stopped, under its packet id, so
+    /// that it is re-sent with DUP when the session resumes. False if a bound refused it.
+    pub(super) fn restore_inflight(&mut self, delivery: Delivery, pkid: u16, stage: Stage) -> bool {
+        let charge = match stage {
+            Stage::Published => delivery.message.cost(),
+            Stage::Released => 0,
+        };
+        if charge > 0 && !self.budget.charge(self.bytes, charge, false) {
+            self.refuse();
+            return false;
+        }
+        self.bytes += charge;
+        self.inflight.push_back(Inflight {
+            pkid,
+            delivery,
+            stage,
+            charged: charge,
+        });
+        true
+    }
+
+    /// The QoS 1/2 messages the state directory holds for this session: in flight (with
+    /// packet id and stage, oldest first) and queued.
+    pub(super) fn stored(&self) -> (Vec<(Delivery, u16, Stage)>, Vec<Delivery>) {
+        let inflight = self
+            .inflight
+            .iter()
+            .filter(|i| i.delivery.stored.is_some())
+            .map(|i| (i.delivery.clone(), i.pkid, i.stage))
+            .collect();
+        let pending = self
+            .pending
+            .iter()
+            .filter_map(|p| match p {
+                Pending::Live(d) if d.stored.is_some() && d.qos != QoS::AtMostOnce => {
+                    Some(d.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        (inflight, pending)
     }
 
     fn push_retained(&mut self, message: &Arc<Message>, qos: QoS) -> Result<(), Refused> {
@@ -291,6 +362,7 @@ impl Queue {
                         message,
                         qos,
                         retain: true,
+                        stored: None,
                     }
                 }
             };
@@ -303,6 +375,9 @@ impl Queue {
             let pkid = self.next_pkid();
             // A live message stays charged while in flight; a retained one is held by the
             // store anyway and is bounded by `max_inflight`.
+            if let (Some(log), Some(mid)) = (&self.log, delivery.stored) {
+                log.sent(mid, pkid);
+            }
             self.inflight.push_back(Inflight {
                 pkid,
                 delivery: delivery.clone(),
@@ -321,11 +396,19 @@ impl Queue {
         self.inflight.remove(i)
     }
 
+    /// Records that the message of `i` left the session.
+    fn record_done(&self, i: &Inflight) {
+        if let (Some(log), Some(mid)) = (&self.log, i.delivery.stored) {
+            log.done(mid);
+        }
+    }
+
     /// PUBACK: the QoS 1 message `pkid` arrived. False for an id not in flight.
     pub fn on_puback(&mut self, pkid: u16) -> bool {
         match self.take_inflight(pkid, Stage::Published) {
             Some(i) => {
                 self.uncharge(i.charged);
+                self.record_done(&i);
                 true
             }
             None => false,
@@ -342,6 +425,9 @@ impl Queue {
                 self.uncharge(i.charged);
                 i.charged = 0;
                 i.stage = Stage::Released;
+                if let (Some(log), Some(mid)) = (&self.log, i.delivery.stored) {
+                    log.released(mid);
+                }
                 self.inflight.push_back(i);
                 true
             }
@@ -351,7 +437,13 @@ impl Queue {
 
     /// PUBCOMP: the QoS 2 exchange `pkid` is over.
     pub fn on_pubcomp(&mut self, pkid: u16) -> bool {
-        self.take_inflight(pkid, Stage::Released).is_some()
+        match self.take_inflight(pkid, Stage::Released) {
+            Some(i) => {
+                self.record_done(&i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// An incoming QoS 2 PUBLISH `pkid`: true if it is new and must be delivered, false for a
@@ -392,8 +484,11 @@ impl Drop for Queue {
 /// A session's queue plus the means to wake the connection that drains it.
 #[derive(Debug)]
 pub struct Outbox {
-    /// Unique per session, the key of its subscriptions in the filter tree.
+    /// Unique per session, the key of its subscriptions in the filter tree (and the session's
+    /// id in the state directory).
     pub id: u64,
+    /// Whether its QoS 1/2 messages are recorded in the state directory.
+    logged: bool,
     queue: Mutex<Queue>,
     notify: Notify,
     /// Backpressure (see [`Pushed::Congested`]): set when the queue passes [`SOFT_LIMIT`],
@@ -425,14 +520,26 @@ pub enum Pushed {
 impl Outbox {
     /// A new session's outbox, offline until a connection claims it ([`Outbox::claim`]).
     pub fn new(id: u64, budget: Arc<Budget>) -> Arc<Outbox> {
+        Outbox::with_log(id, budget, None)
+    }
+
+    /// [`Outbox::new`] for a persistent session whose QoS 1/2 messages go to the state
+    /// directory through `log`.
+    pub(crate) fn with_log(id: u64, budget: Arc<Budget>, log: Option<SessionLog>) -> Arc<Outbox> {
         Arc::new(Outbox {
             id,
-            queue: Mutex::new(Queue::new(budget)),
+            logged: log.is_some(),
+            queue: Mutex::new(Queue::new(budget, log)),
             notify: Notify::new(),
             congested: AtomicBool::new(false),
             slow: AtomicBool::new(false),
             drained: Notify::new(),
         })
+    }
+
+    /// Whether QoS 1/2 messages queued here need a stored body ([`Delivery::stored`]).
+    pub fn is_logged(&self) -> bool {
+        self.logged
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -587,6 +694,7 @@ mod test {
             message: m.clone(),
             qos,
             retain: false,
+            stored: None,
         }
     }
 

@@ -4,9 +4,10 @@
 //! identity that created the session, with its subscriptions checked again) and the session
 //! bounds (`max_sessions`, `max_sessions_per_identity`, `session_expiry_secs`).
 //!
-//! A session store (persistence across restarts) would plug in here: every change to
-//! [`SessionEntry`] happens in [`Engine::attach`], [`Engine::detach`], [`Tables::discard`] and the
-//! routing module's subscribe/unsubscribe, all under the one state lock.
+//! Every change to a persistent [`SessionEntry`] happens in [`Engine::attach`],
+//! [`Engine::detach`], [`Tables::discard`] and the routing module's subscribe/unsubscribe, all
+//! under the one state lock, and each is recorded there in the [`store`](super::store): created,
+//! online, offline, discarded (expired, evicted, replaced).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -183,7 +184,14 @@ impl Engine {
         if !resume {
             st.discard(client_id);
             self.admit_session(&mut st, owner.as_ref(), client_id)?;
-            let outbox = Outbox::new(self.id(), self.budget.clone());
+            let id = self.id();
+            let outbox = match clean_session {
+                true => Outbox::new(id, self.budget.clone()),
+                false => {
+                    st.store.session_created(id, client_id, owner.as_ref());
+                    Outbox::with_log(id, self.budget.clone(), st.store.session_log(id))
+                }
+            };
             if let Some(o) = &owner {
                 st.by_identity
                     .entry(o.name.clone())
@@ -205,6 +213,7 @@ impl Engine {
         let Tables {
             sessions,
             subscriptions,
+            store,
             ..
         } = &mut *st;
         let entry = sessions.get_mut(client_id).expect("just ensured");
@@ -216,6 +225,7 @@ impl Engine {
                 let keep = self.may_subscribe(who, f);
                 if !keep {
                     subscriptions.remove(f, id);
+                    store.unsubscribed(id, f);
                     tracing::warn!(client = client_id, filter = %f, "resumed session: subscription no longer allowed, dropped");
                 }
                 keep
@@ -233,6 +243,9 @@ impl Engine {
             grace_ms: keep_alive.as_millis() as u64 * 3 / 2,
         });
         entry.offline_since_ms = 0;
+        if entry.persistent {
+            store.online(entry.outbox.id);
+        }
         entry.outbox.claim(conn);
         Ok(Attachment {
             outbox: entry.outbox.clone(),
@@ -300,7 +313,10 @@ impl Engine {
         let attached = entry.attached.take().expect("checked");
         entry.outbox.release(conn);
         entry.offline_since_ms = now;
-        if !entry.persistent {
+        if entry.persistent {
+            let id = entry.outbox.id;
+            st.store.offline(id);
+        } else {
             st.discard(client_id);
         }
         if let (false, Some(w)) = (graceful, attached.will) {
@@ -313,6 +329,9 @@ impl Tables {
     /// Forgets a session: its subscriptions and anything queued for it.
     pub(super) fn discard(&mut self, client_id: &str) {
         if let Some(old) = self.sessions.remove(client_id) {
+            if old.persistent {
+                self.store.session_gone(old.outbox.id);
+            }
             for f in &old.filters {
                 self.subscriptions.remove(f, old.outbox.id);
             }

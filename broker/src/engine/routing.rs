@@ -1,7 +1,10 @@
 //! Routing: a PUBLISH to every matching subscription (one copy per session), the retained store
 //! with its bounds, and SUBSCRIBE/UNSUBSCRIBE (answered with the matching retained messages,
 //! queued under the same lock so a live message can never overtake them). Commands are never
-//! retained: a stored command would switch a device again on every reconnect.
+//! retained: a stored command would switch a device again on every reconnect. Each change to
+//! the retained store or to a persistent session's subscriptions is recorded in the
+//! [`store`](super::store), and a QoS 1/2 message for persistent sessions has its body stored
+//! once.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -63,8 +66,13 @@ impl Engine {
         // One copy per session however many of its filters match, at the highest QoS granted
         // (what MQTT 5 requires and 3.1.1 allows): overlapping filters cannot multiply a
         // publish.
+        let Tables {
+            subscriptions,
+            store,
+            ..
+        } = st;
         let mut hits: Vec<(u64, QoS, &Arc<Outbox>)> = Vec::new();
-        st.subscriptions.for_each_match(&message.topic, |id, sub| {
+        subscriptions.for_each_match(&message.topic, |id, sub| {
             hits.push((id, sub.qos, &sub.outbox));
         });
         if hits.len() > 1 {
@@ -78,11 +86,19 @@ impl Engine {
                 }
             });
         }
+        // A QoS 1/2 message for persistent sessions is stored once, however many it reaches.
+        let mut stored = None;
         for (id, qos, outbox) in hits {
+            let qos = message.qos.min(qos);
+            let stored = match qos != QoS::AtMostOnce && outbox.is_logged() {
+                true => *stored.get_or_insert_with(|| store.message(&message)),
+                false => None,
+            };
             let pushed = outbox.push(Delivery {
                 message: message.clone(),
-                qos: message.qos.min(qos),
+                qos,
                 retain: false,
+                stored,
             });
             // A client's own subscription never holds it back: it drains its own queue.
             if pushed == Pushed::Congested && id != from && !congested.iter().any(|o| o.id == id) {
@@ -93,10 +109,11 @@ impl Engine {
 
     /// Updates the retained store for `message`, within `max_retained_messages` and
     /// `max_retained_bytes` (a message that does not fit is delivered but not stored).
-    fn retain(&self, st: &mut Tables, message: &Arc<Message>) {
+    pub(super) fn retain(&self, st: &mut Tables, message: &Arc<Message>) {
         if message.payload.is_empty() {
             if let Some(old) = st.retained.set(&message.topic, None) {
                 st.retained_bytes -= retained_cost(&old);
+                st.store.unretained(&message.topic);
             }
             return;
         }
@@ -117,6 +134,7 @@ impl Engine {
         }
         st.retained.set(&message.topic, Some(message.clone()));
         st.retained_bytes = bytes;
+        st.store.retained(message);
     }
 
     /// Adds (or replaces) connection `conn`'s subscription to `filter` and queues the retained
@@ -134,6 +152,7 @@ impl Engine {
             sessions,
             subscriptions,
             retained,
+            store,
             ..
         } = &mut *st;
         let Some(entry) = sessions
@@ -161,6 +180,9 @@ impl Engine {
                 qos,
             },
         );
+        if entry.persistent {
+            store.subscribed(outbox.id, filter, qos);
+        }
         let mut found = Vec::new();
         retained.matching(
             filter,
@@ -184,6 +206,7 @@ impl Engine {
         let Tables {
             sessions,
             subscriptions,
+            store,
             ..
         } = &mut *st;
         let Some(entry) = sessions
@@ -194,6 +217,9 @@ impl Engine {
         };
         if subscriptions.remove(filter, entry.outbox.id).is_some() {
             entry.filters.retain(|f| &**f != filter);
+            if entry.persistent {
+                store.unsubscribed(entry.outbox.id, filter);
+            }
         }
     }
 }

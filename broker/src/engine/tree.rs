@@ -314,6 +314,15 @@ impl<V> FilterTree<V> {
         Some(removed)
     }
 
+    /// `key`'s subscription to exactly `filter`.
+    pub fn get(&self, filter: &str, key: u64) -> Option<&V> {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            node = node.children.get(level)?;
+        }
+        node.subscribers.get(&key)
+    }
+
     /// Calls `visit` once per subscription whose filter matches `topic`.
     pub fn for_each_match<'a>(&'a self, topic: &str, mut visit: impl FnMut(u64, &'a V)) {
         // Topics are short; a fixed array keeps the hot path free of allocation.
@@ -445,6 +454,17 @@ impl<M: Clone> RetainTree<M> {
             node = node.children.get(level)?;
         }
         node.message.as_ref()
+    }
+
+    /// Every retained message, `$` topics included (what a snapshot of the store holds).
+    pub fn all(&self, out: &mut Vec<M>) {
+        let mut stack = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            if let Some(m) = &node.message {
+                out.push(m.clone());
+            }
+            node.children.for_each(|_, child| stack.push(child));
+        }
     }
 
     /// The retained messages matching `filter`, at most `limit` of them.
