@@ -160,9 +160,10 @@ pub struct Engine {
     budget: Arc<Budget>,
     counters: Counters,
     /// Budgets for the log lines clients can trigger: refused logins, and connections that
-    /// ended with an error.
+    /// ended with an error, and client-id takeovers (two clients fighting over one id).
     log_refusals: LogGate,
     log_ends: LogGate,
+    log_takeovers: LogGate,
     /// The state directory's writer, when state is kept ([`store`]).
     persistence: Mutex<Option<store::Writer>>,
 }
@@ -216,6 +217,7 @@ impl Engine {
             counters: Counters::default(),
             log_refusals: LogGate::default(),
             log_ends: LogGate::default(),
+            log_takeovers: LogGate::default(),
             persistence: Mutex::new(None),
         })
     }

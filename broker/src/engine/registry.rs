@@ -159,10 +159,13 @@ impl Engine {
         let mut old_will = None;
         if let Some(entry) = st.sessions.get_mut(client_id) {
             if let Some(old) = entry.attached.take() {
-                tracing::info!(
-                    client = client_id,
-                    "client id taken over by a new connection"
-                );
+                if let Some(held_back) = self.log_takeovers.admit(self.now_ms()) {
+                    tracing::info!(
+                        client = client_id,
+                        held_back,
+                        "client id taken over by a new connection"
+                    );
+                }
                 old_will = old.will;
                 entry.outbox.release(old.conn);
                 old.link.taken_over.store(true, Ordering::Release);
