@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::HistoryError;
 use crate::keep::{Budget, DropReason, Repeats};
-use crate::layout::{day_file, device_dir, parse_day_file, DEFAULT_DIR};
+use crate::layout::{day_file, default_dir, device_dir, parse_day_file};
 use crate::message::decode_message;
 use crate::reader::scan_lines;
 use crate::row::{Kind, RawRow, Row, HEADER};
@@ -45,7 +45,7 @@ use crate::time::{Day, TimeCheck};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RecorderConfig {
-    /// `DATA_DIR`: one subdirectory per device.
+    /// `DATA_DIR`: one subdirectory per device. Default: [`crate::layout::default_dir`].
     pub dir: PathBuf,
     /// Day files are deleted once their day is more than this many days before today (UTC),
     /// so history always reaches back at least `keep_days` × 24 h.
@@ -68,7 +68,7 @@ pub struct RecorderConfig {
 impl Default for RecorderConfig {
     fn default() -> Self {
         RecorderConfig {
-            dir: PathBuf::from(DEFAULT_DIR),
+            dir: default_dir(),
             keep_days: 30,
             max_rows_per_day: 100_000,
             rows_per_sec: 2.0,
