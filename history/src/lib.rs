@@ -3,8 +3,8 @@
 //! spreadsheet and a dashboard can chart. `docs/history.md` is the user's description; this
 //! crate is the one place that writes and reads the format.
 //!
-//! Three seams, so the recorder service (an MQTT subscriber) and the dashboard (an HTTP
-//! server) are thin:
+//! Three seams, so the recorder service (an MQTT subscriber, [`service`]) and the dashboard
+//! (an HTTP server) are thin:
 //! 1. [`message::row_from_message`]: an MQTT message (topic, payload, receive time) to
 //!    `Option<(device, Row)>`. Pure.
 //! 2. [`Recorder`]: owns the files; buffers, writes at least every second, skips repeats,
@@ -26,6 +26,8 @@
 //! - [`report`]: the documented JSON answers ([`HistoryRows`], [`HistorySeries`]), shared by
 //!   the CLI and the dashboard.
 //! - [`error`]: the crate's error type, [`HistoryError`].
+//! - `service` (cargo feature `service`): the recorder service, an MQTT client of the fleet
+//!   that feeds a [`Recorder`]; `pifleet-broker` embeds it, `pifleet record` runs it alone.
 
 pub mod csv;
 pub mod downsample;
@@ -36,6 +38,8 @@ pub mod message;
 pub mod reader;
 pub mod report;
 pub mod row;
+#[cfg(feature = "service")]
+pub mod service;
 pub mod time;
 pub mod writer;
 
