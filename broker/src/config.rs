@@ -23,6 +23,62 @@ pub struct Config {
     /// Legacy TCP listeners (`[[legacy]]`), each fronting one device.
     #[serde(rename = "legacy")]
     pub legacy: Vec<pifleet_legacy::ListenerConfig>,
+    pub history: History,
+}
+
+/// `[history]`: the recorder service (`pifleet_history::service`), which keeps what devices
+/// report on disk, one CSV file per device per UTC day (docs/history.md). The limits are
+/// `pifleet_history::RecorderConfig`'s, named and defaulted the same.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct History {
+    pub enabled: bool,
+    /// `None`: `pifleet_history::layout::default_dir()` at start (`$STATE_DIRECTORY/history`,
+    /// else the user's XDG state directory), where `pifleet history` looks too.
+    pub dir: Option<PathBuf>,
+    pub keep_days: u32,
+    pub max_rows_per_day: u64,
+    pub rows_per_sec: f64,
+    pub burst: u32,
+    pub flush_ms: u64,
+    pub max_open_files: usize,
+    pub max_pending_bytes: usize,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        let r = pifleet_history::RecorderConfig::default();
+        History {
+            enabled: true,
+            dir: None,
+            keep_days: r.keep_days,
+            max_rows_per_day: r.max_rows_per_day,
+            rows_per_sec: r.rows_per_sec,
+            burst: r.burst,
+            flush_ms: r.flush_ms,
+            max_open_files: r.max_open_files,
+            max_pending_bytes: r.max_pending_bytes,
+        }
+    }
+}
+
+impl History {
+    /// The recorder's configuration, with the default directory resolved now.
+    pub fn recorder(&self) -> pifleet_history::RecorderConfig {
+        pifleet_history::RecorderConfig {
+            dir: self
+                .dir
+                .clone()
+                .unwrap_or_else(pifleet_history::layout::default_dir),
+            keep_days: self.keep_days,
+            max_rows_per_day: self.max_rows_per_day,
+            rows_per_sec: self.rows_per_sec,
+            burst: self.burst,
+            flush_ms: self.flush_ms,
+            max_open_files: self.max_open_files,
+            max_pending_bytes: self.max_pending_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -205,6 +261,7 @@ impl Default for Config {
             limits: Limits::default(),
             state: StateConfig::default(),
             legacy: Vec::new(),
+            history: History::default(),
         }
     }
 }
@@ -237,6 +294,7 @@ impl Config {
             &mut c.auth.credentials,
             &mut c.auth.acl_file,
             &mut c.state.dir,
+            &mut c.history.dir,
         ]
         .into_iter()
         .flatten()
@@ -318,6 +376,10 @@ impl Config {
                 )));
             }
         }
+        self.history
+            .recorder()
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("[history]: {e}")))?;
         if self.tls.enabled && (self.tls.cert.is_none() || self.tls.key.is_none()) {
             return bad(
                 "[tls] needs `cert` and `key` (create them with `pifleet-broker tls self-signed`)",
@@ -389,6 +451,22 @@ mod test {
         assert!(e.to_string().contains("max_conections"), "{e}");
         let e = Config::from_toml_str("[tls]\nenabled = true\n", "x").unwrap_err();
         assert!(e.to_string().contains("self-signed"), "{e}");
+    }
+
+    #[test]
+    fn history_is_on_by_default_with_the_recorders_own_defaults() {
+        let h = Config::default().history;
+        assert!(h.enabled);
+        let mut expected = pifleet_history::RecorderConfig::default();
+        expected.dir = pifleet_history::layout::default_dir();
+        assert_eq!(h.recorder(), expected);
+        let c = Config::from_toml_str("[history]\ndir = \"/data/h\"\nburst = 50\n", "x").unwrap();
+        assert_eq!(c.history.recorder().dir, Path::new("/data/h"));
+        assert_eq!(c.history.recorder().burst, 50);
+        let e = Config::from_toml_str("[history]\nkeep_days = 0\n", "x").unwrap_err();
+        assert!(e.to_string().contains("keep_days"), "{e}");
+        let e = Config::from_toml_str("[history]\nkeepdays = 3\n", "x").unwrap_err();
+        assert!(e.to_string().contains("keepdays"), "{e}");
     }
 
     #[test]

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pifleet_client::mqtt::{describe, Backoff};
-use pifleet_client::{BrokerUrl, Scheme};
 use pifleet_legacy::command::{button_reply, led_reply};
 use pifleet_legacy::{Addressee, Handler, ListenerConfig, Request, Verb};
 use pifleet_proto::fleet::{decode, CommandReply, Fleet};
@@ -51,18 +50,7 @@ pub struct Relay {
 impl Relay {
     /// Connects to the broker at `mqtt` and returns once subscribed to the fleet's state.
     pub async fn start(running: &Running, topics: Topics) -> Result<Relay, BrokerError> {
-        let mqtt = running.mqtt;
-        let host = if mqtt.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            mqtt.ip().to_string()
-        };
-        let url = BrokerUrl {
-            scheme: Scheme::Mqtt,
-            host,
-            port: mqtt.port(),
-            path: String::new(),
-        };
+        let url = crate::services::loopback_url(running);
         // With authentication on, the relay logs in as an in-process controller identity.
         const NAME: &str = "pifleet-broker-legacy";
         let security = crate::services::login(&running.engine, NAME, Role::Controller, Vec::new());

@@ -11,6 +11,7 @@
 //! - [`services`]: the fleet services' login: in-process MQTT clients of this broker, seen by the
 //!   engine as any other client:
 //!   - [`legacy`]: the shim that relays old TCP clients' on/off/go to devices over MQTT;
+//!   - [`history`]: the recorder that keeps what devices report on disk (`[history]`);
 //!   - [`demo`]: a small simulated fleet in the same process, for the quickstart.
 
 pub mod acl;
@@ -20,6 +21,7 @@ pub mod credentials;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod engine;
+pub mod history;
 pub mod legacy;
 pub mod services;
 pub mod tls;

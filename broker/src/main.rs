@@ -49,6 +49,12 @@ struct Cli {
     /// Keep all state in memory (`[state] enabled = false`).
     #[arg(long, global = true)]
     no_state: bool,
+    /// Record history into this directory (overrides `[history] dir`, and turns it on).
+    #[arg(long, value_name = "PATH", global = true)]
+    history_dir: Option<PathBuf>,
+    /// Do not record history (`[history] enabled = false`).
+    #[arg(long, global = true, conflicts_with = "history_dir")]
+    no_history: bool,
 }
 
 #[derive(Subcommand)]
@@ -157,6 +163,12 @@ fn main() -> ExitCode {
     }
     if cli.no_state {
         config.state.enabled = false;
+    if let Some(d) = cli.history_dir {
+        config.history.enabled = true;
+        config.history.dir = Some(d);
+    }
+    if cli.no_history {
+        config.history.enabled = false;
     }
     if let Err(e) = config.validate() {
         tell!("pifleet-broker: {e}");
@@ -214,7 +226,7 @@ fn main() -> ExitCode {
             say!("pifleet-broker: clients must log in (credentials file)");
         }
         let topics = pifleet_proto::Topics::new(&config.prefix).expect("validated");
-        match pifleet_broker::legacy::start(&config.legacy, &running, topics).await {
+        match pifleet_broker::legacy::start(&config.legacy, &running, topics.clone()).await {
             Ok(bound) => {
                 for (device, addr) in bound {
                     say!("pifleet-broker: legacy shim for {device} on {addr}");
@@ -224,6 +236,10 @@ fn main() -> ExitCode {
                 tell!("pifleet-broker: {e}");
                 return ExitCode::from(EXIT_START);
             }
+        }
+        let history = pifleet_broker::history::start(&config.history, &running, topics).await;
+        if let Some(h) = &history {
+            say!("pifleet-broker: history in {}", h.dir().display());
         }
         let demo = match start_demo(cli.demo, &running, &config.prefix) {
             Ok(d) => d,
@@ -238,6 +254,9 @@ fn main() -> ExitCode {
         }
         #[cfg(not(feature = "demo"))]
         let () = demo;
+        if let Some(h) = history {
+            h.stop().await;
+        }
         running.engine.close_store();
         tracing::info!("stopped");
         ExitCode::SUCCESS

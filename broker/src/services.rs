@@ -1,12 +1,31 @@
-//! The broker's fleet services: the legacy relay ([`crate::legacy`]) and the demo fleet
-//! ([`crate::demo`]) are ordinary MQTT clients of the broker they run in, connecting over
-//! loopback like any agent or CLI, so the same code works against any other broker and the engine
-//! knows nothing about them. What they need from the engine is a login.
+//! The broker's fleet services: the legacy relay ([`crate::legacy`]), the history recorder
+//! ([`crate::history`]) and the demo fleet ([`crate::demo`]) are ordinary MQTT clients of the
+//! broker they run in, connecting over loopback like any agent or CLI, so the same code works
+//! against any other broker and the engine knows nothing about them. What they need from the
+//! engine is an address and a login.
 
 use pifleet_client::mqtt::{Password, Security};
+use pifleet_client::{BrokerUrl, Scheme};
 
 use crate::credentials::{Identity, Role};
-use crate::engine::Engine;
+use crate::engine::{Engine, Running};
+
+/// The plain MQTT listener of `running`, as a URL a client in this process connects to (its
+/// loopback address when it listens on all of them).
+pub fn loopback_url(running: &Running) -> BrokerUrl {
+    let mqtt = running.mqtt;
+    let host = if mqtt.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        mqtt.ip().to_string()
+    };
+    BrokerUrl {
+        scheme: Scheme::Mqtt,
+        host,
+        port: mqtt.port(),
+        path: String::new(),
+    }
+}
 
 /// What an in-process client needs to log in to `engine` as `name` with `role`: nothing when
 /// authentication is off, otherwise a fresh internal identity (never written to the

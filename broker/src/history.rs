@@ -1,0 +1,50 @@
+//! The history recorder in the broker: `pifleet_history::service` run against this broker over
+//! loopback, like the legacy relay, so the broker's machine keeps what the fleet reports with
+//! nothing else to set up (`[history]`, on by default). The same service runs alone as
+//! `pifleet record` against any broker.
+//!
+//! History is an addition to the broker, not part of serving MQTT: when it cannot start (a
+//! directory that cannot be created or written, another recorder on the same directory), that is
+//! one logged error and the broker goes on without it.
+
+use std::time::Duration;
+
+use pifleet_history::service::{self, Options, Recording};
+use pifleet_proto::{CommandId, Topics};
+
+use crate::config::History;
+use crate::credentials::Role;
+use crate::engine::Running;
+
+/// The recorder's identity when the broker has credentials: an in-process controller.
+const NAME: &str = "pifleet-broker-history";
+
+/// Starts the recorder if `[history]` enables it; `None` when it is off or could not start
+/// (already logged).
+pub async fn start(config: &History, running: &Running, topics: Topics) -> Option<Recording> {
+    if !config.enabled {
+        return None;
+    }
+    let recorder = config.recorder();
+    let security = crate::services::login(&running.engine, NAME, Role::Controller, Vec::new());
+    let options = Options {
+        broker: crate::services::loopback_url(running),
+        // A controller's client id: its name, `:`, anything (see engine/auth.rs).
+        client_id: format!("{NAME}:{}", CommandId::generate()),
+        security,
+        role: "controller",
+        topics,
+        recorder,
+        connect_timeout: Duration::from_secs(5),
+    };
+    match service::start(options).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(
+                "history: {e}; not recording history (the broker goes on serving MQTT; see \
+                 [history] in `pifleet-broker print-config`, or --history-dir, --no-history)"
+            );
+            None
+        }
+    }
+}
