@@ -19,7 +19,7 @@ use crate::error::CliError;
 /// Exit codes: 0 success; 1 some device did not confirm (or is unknown); 2 usage error (also an
 /// unreadable password or CA file); 3 broker unreachable, TLS handshake failed, connection
 /// refused or lost; 4 the broker refused the login (bad user name or password, not authorized).
-/// `history` exits 1 when it finds no rows.
+/// `history` exits 1 when it finds no rows; `record` exits 2 when it cannot use its directory.
 #[derive(Parser, Debug)]
 #[command(name = "pifleet", version)]
 pub struct Cli {
@@ -134,6 +134,9 @@ pub enum Command {
     Watch(WatchArgs),
     /// Show what a device reported, from the history directory (on the broker's machine).
     History(crate::cmd::history::HistoryArgs),
+    /// Record what the devices report into the history directory, until Ctrl-C (what
+    /// pifleet-broker does by itself; for other brokers).
+    Record(crate::cmd::record::RecordArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -3,7 +3,8 @@
 //!
 //! Layout:
 //! - [`cli`]: argument parsing (clap), nothing else.
-//! - [`cmd`]: one module per subcommand (`switch`, `status`, `watch`), each with an `exec`.
+//! - [`cmd`]: one module per subcommand (`switch`, `status`, `watch`, `history`, `record`),
+//!   each with an `exec`.
 //! - [`session`]: the MQTT session: fail-fast connect and the retained-snapshot handshake.
 //! - [`table`]: human tables. JSON output uses `pifleet_proto::report`.
 //! - [`error`]: errors and the documented exit codes.
@@ -39,6 +40,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Status(a) => cmd::status::exec(&cli.global, topics, a).await,
         Command::Watch(a) => cmd::watch::exec(&cli.global, topics, a).await,
         Command::History(a) => cmd::history::exec(&cli.global, a),
+        Command::Record(a) => cmd::record::exec(&cli.global, topics, a).await,
     };
     match result {
         Ok(code) => code,

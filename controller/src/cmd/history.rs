@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use pifleet_history::layout::{DEFAULT_DIR, DIR_ENV};
+use pifleet_history::layout::{search_dirs, DIR_ENV};
 use pifleet_history::time::format_rfc3339;
 use pifleet_history::{
     parse_when, HistoryError, HistoryReader, HistoryRows, HistorySeries, Kind, Row, RowFilter,
@@ -45,9 +45,28 @@ pub struct HistoryArgs {
     /// its rows.
     #[arg(long, value_name = "N", requires = "name")]
     pub buckets: Option<usize>,
-    /// The history directory, on the machine the recorder runs on.
-    #[arg(long, env = DIR_ENV, default_value = DEFAULT_DIR, value_name = "DATA_DIR")]
-    pub dir: PathBuf,
+    /// The history directory, on the machine the recorder runs on (default: where the broker
+    /// records by default: $STATE_DIRECTORY/history, else $XDG_STATE_HOME/pifleet/history or
+    /// ~/.local/state/pifleet/history, else /var/lib/pifleet/history; the first that exists).
+    #[arg(long, env = DIR_ENV, value_name = "DATA_DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// The directory given, or the first of the default places that exists.
+fn history_dir(given: Option<&PathBuf>) -> Result<PathBuf, CliError> {
+    if let Some(d) = given {
+        return Ok(d.clone());
+    }
+    let dirs = search_dirs();
+    if let Some(d) = dirs.iter().find(|d| d.is_dir()) {
+        return Ok(d.clone());
+    }
+    let list: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    Err(CliError::Usage(format!(
+        "no history directory: looked in {} (give --dir or set {DIR_ENV}; history is recorded on \
+         the broker's machine)",
+        list.join(" and ")
+    )))
 }
 
 pub fn exec(g: &Global, a: &HistoryArgs) -> Result<u8, CliError> {
@@ -61,7 +80,8 @@ pub fn exec(g: &Global, a: &HistoryArgs) -> Result<u8, CliError> {
     let since = parse_when(&a.since, now).map_err(|e| usage(e.into()))?;
     let until = parse_when(&a.until, now).map_err(|e| usage(e.into()))?;
     let range = TimeRange::new(since, until).map_err(usage)?;
-    let reader = HistoryReader::new(&a.dir);
+    let dir = history_dir(a.dir.as_ref())?;
+    let reader = HistoryReader::new(&dir);
     reader.check().map_err(|e| match e {
         HistoryError::NoDir(_) | HistoryError::NotDir(_) => CliError::Usage(format!(
             "{e} (give --dir or set {DIR_ENV}; history is recorded on the broker's machine)"
@@ -125,7 +145,7 @@ pub fn exec(g: &Global, a: &HistoryArgs) -> Result<u8, CliError> {
         eprintln!(
             "pifleet: no history for device {} in {}",
             a.device,
-            a.dir.display()
+            dir.display()
         );
     }
     Ok(EXIT_INCOMPLETE)

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod history;
+pub mod record;
 pub mod status;
 pub mod switch;
 pub mod watch;
