@@ -31,11 +31,16 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 # All 10,000 simulated devices connect from 127.0.0.1, so the per-IP cap (1,024 by default) is
-# lifted for the benchmark; everything else is the default configuration, state kept on disk
-# included (in a fresh directory, so no earlier run's retained messages are replayed).
+# lifted for the benchmark. The history recorder is off: this compares MQTT engines (mosquitto
+# records nothing), and 10,000 benchmark devices do not belong in the user's history directory
+# (its own figures: pifleet-history-bench). Everything else is the default configuration, state
+# kept on disk included (in a fresh directory, so no earlier run's retained messages are replayed).
 cat >"$work/broker.toml" <<CONF
 [limits]
 max_connections_per_ip = 0
+
+[history]
+enabled = false
 CONF
 target/release/pifleet-broker --config "$work/broker.toml" --mqtt 127.0.0.1:0 --no-ws --state-dir "$work/state" >"$work/broker.out" 2>"$work/broker.err" &
 pids+=($!)

@@ -56,6 +56,11 @@ key = "server.key"
 
 [auth]
 credentials = "credentials.toml"
+
+# The recorder stays on, as deployed, but writes into the work directory (removed at the end),
+# never into the user's default history directory.
+[history]
+dir = "history"
 CONF
 $broker --config "$work/broker.toml" --mqtt 127.0.0.1:0 --ws 127.0.0.1:0 --mqtts 127.0.0.1:0 \
   >"$work/broker.out" 2>"$work/broker.err" &

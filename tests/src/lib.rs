@@ -256,6 +256,11 @@ impl Drop for Proc {
 }
 
 /// A `pifleet-broker` on ephemeral loopback ports.
+///
+/// History (on by default in the broker) is off unless a test asks for it, with
+/// [`Broker::start_recording`] or its own `--history-dir`: the default directory is shared by
+/// every broker of a user, so tests must never write there, and a broker whose limits a test
+/// counts should not have a recorder among its clients.
 pub struct Broker {
     pub proc: Proc,
     pub mqtt: String,
@@ -263,6 +268,8 @@ pub struct Broker {
     /// Its own state directory (removed after the broker is killed), unless the test chose
     /// one (`--state-dir`) or none (`--no-state`).
     pub state: Option<TempDir>,
+    /// The temporary history directory of [`Broker::start_recording`], removed on drop.
+    pub history: Option<TempDir>,
 }
 
 impl Broker {
@@ -272,10 +279,14 @@ impl Broker {
 
     /// Starts with explicit arguments; waits for the printed listener addresses. Each broker
     /// keeps its state in a fresh temporary directory unless `args` say `--state-dir` or
-    /// `--no-state`, so parallel tests never share state (nor touch the user's own).
+    /// `--no-state`, so parallel tests never share state (nor touch the user's own), and adds
+    /// `--no-history` unless `args` say where to record (`--history-dir`) or `--no-history`.
     pub fn start_with(args: &[&str]) -> Broker {
         let mut cmd = Command::new(bin("pifleet-broker"));
         cmd.args(args);
+        if !args.iter().any(|a| *a == "--history-dir" || *a == "--no-history") {
+            cmd.arg("--no-history");
+        }
         let state = (!args.contains(&"--state-dir") && !args.contains(&"--no-state")).then(|| {
             let dir = temp_dir("broker-state");
             cmd.arg("--state-dir").arg(dir.path());
@@ -286,8 +297,41 @@ impl Broker {
         broker
     }
 
+    /// [`Broker::start_with`] recording history into a fresh temporary directory of its own
+    /// (`broker.history_dir()`); returns once the recorder is subscribed.
+    pub fn start_recording(args: &[&str]) -> Broker {
+        let dir = temp_dir("history");
+        let path = dir.path().join("history");
+        let mut all = args.to_vec();
+        all.extend(["--history-dir", path.to_str().unwrap()]);
+        let mut broker = Broker::start_with(&all);
+        broker.history = Some(dir);
+        broker.recording_ready();
+        broker
+    }
+
+    /// Waits for the broker's statement that it records history (its recorder is subscribed).
+    pub fn recording_ready(&self) -> String {
+        let line = self.proc.stdout.wait_for(
+            "the broker to record history",
+            Duration::from_secs(15),
+            |l| l.starts_with("pifleet-broker: history in "),
+        );
+        line["pifleet-broker: history in ".len()..].to_string()
+    }
+
+    /// The history directory of [`Broker::start_recording`].
+    pub fn history_dir(&self) -> PathBuf {
+        self.history
+            .as_ref()
+            .expect("started with start_recording")
+            .path()
+            .join("history")
+    }
+
     /// Waits until an already started broker process printed its listener addresses (the
-    /// WebSocket one too when `websocket`).
+    /// WebSocket one too when `websocket`). Pass `--no-history` (or a `--history-dir`) to a
+    /// broker started this way, for the reason given at [`Broker`].
     pub fn ready(proc: Proc, websocket: bool) -> Broker {
         let addr_of = |what: &str, prefix: &str| {
             let line = proc
@@ -307,6 +351,7 @@ impl Broker {
             mqtt,
             ws,
             state: None,
+            history: None,
         }
     }
 

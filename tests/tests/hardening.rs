@@ -30,6 +30,7 @@ fn a_broker_whose_stderr_and_stdout_are_gone_keeps_serving_however_much_it_logs(
         "127.0.0.1:0",
         "--no-ws",
         "--no-state",
+        "--no-history",
     ]);
     let (mut broker, ready) = Proc::spawn_unheard("broker", cmd, Some("pifleet-broker: MQTT on "));
     let url = format!("mqtt://{}", ready.rsplit(' ').next().unwrap());

@@ -127,6 +127,7 @@ fn an_agent_behind_nat_gets_commands_but_cannot_be_reached_directly() {
             "--no-ws",
             "--allow-anonymous",
             "--no-state",
+            "--no-history",
         ]);
     let broker = Broker::ready(Proc::spawn("broker@internet", cmd), false);
     let url = broker.url();

@@ -62,8 +62,8 @@ fn the_readme_quickstart_works_as_written() {
     let (broker_bin, args) = as_binary(&start[0]);
     let mut cmd = Command::new(broker_bin);
     cmd.args(&args);
-    // As written, the broker keeps its state in the default (XDG) state directory: here one of
-    // the test's own, so the user's is never touched.
+    // As written, the broker keeps its state and records history in the default (XDG) state
+    // directory: here one of the test's own, so the user's is never touched.
     let state = temp_dir("quickstart-state");
     cmd.env("XDG_STATE_HOME", state.path())
         .env_remove("STATE_DIRECTORY");

@@ -692,7 +692,7 @@ fn tls_with_a_private_ca_serves_agents_and_the_cli_and_shrugs_off_wrong_clients(
 #[test]
 fn the_broker_refuses_anonymous_clients_on_a_public_address_unless_allowed() {
     let mut cmd = Command::new(bin("pifleet-broker"));
-    cmd.args(["--mqtt", "0.0.0.0:0", "--no-ws"]);
+    cmd.args(["--mqtt", "0.0.0.0:0", "--no-ws", "--no-history"]);
     let mut refused = Proc::spawn("broker-public", cmd);
     let status = refused.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(2), "exit 2 for a configuration refusal");
