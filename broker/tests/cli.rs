@@ -76,7 +76,9 @@ fn sigterm_stops_the_broker_cleanly() {
     use std::process::Stdio;
     use std::time::Duration;
 
+    // State and history on, as by default, but in directories of their own: never the user's.
     let state = tempfile::tempdir().unwrap();
+    let history = tempfile::tempdir().unwrap();
     let mut child = broker()
         .args([
             "--mqtt",
@@ -87,6 +89,8 @@ fn sigterm_stops_the_broker_cleanly() {
             "--state-dir",
         ])
         .arg(state.path())
+        .arg("--history-dir")
+        .arg(history.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

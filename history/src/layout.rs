@@ -40,7 +40,9 @@ pub fn default_dir() -> PathBuf {
 pub fn default_dir_in(env: &dyn Fn(&str) -> Option<OsString>) -> PathBuf {
     let absolute = |v: Option<OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
     let state = env("STATE_DIRECTORY").and_then(|v| {
-        let first = v.to_str().map_or(v.clone(), |s| s.split(':').next().unwrap_or("").into());
+        let first = v
+            .to_str()
+            .map_or(v.clone(), |s| s.split(':').next().unwrap_or("").into());
         absolute(Some(first))
     });
     if let Some(d) = state {
@@ -74,10 +76,7 @@ pub fn search_dirs_in(env: &dyn Fn(&str) -> Option<OsString>) -> Vec<PathBuf> {
 /// The first of [`search_dirs`] that is a directory, or the first of them if none is.
 pub fn find_dir() -> PathBuf {
     let dirs = search_dirs();
-    dirs.iter()
-        .find(|d| d.is_dir())
-        .unwrap_or(&dirs[0])
-        .clone()
+    dirs.iter().find(|d| d.is_dir()).unwrap_or(&dirs[0]).clone()
 }
 
 /// The directory of one device's files.

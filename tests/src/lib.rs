@@ -284,7 +284,10 @@ impl Broker {
     pub fn start_with(args: &[&str]) -> Broker {
         let mut cmd = Command::new(bin("pifleet-broker"));
         cmd.args(args);
-        if !args.iter().any(|a| *a == "--history-dir" || *a == "--no-history") {
+        if !args
+            .iter()
+            .any(|a| *a == "--history-dir" || *a == "--no-history")
+        {
             cmd.arg("--no-history");
         }
         let state = (!args.contains(&"--state-dir") && !args.contains(&"--no-state")).then(|| {

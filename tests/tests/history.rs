@@ -27,11 +27,7 @@ fn recorded(dir: &Path, device: &str) -> HistoryRows {
     let now = now_ms();
     let range = TimeRange::new(now - 2 * DAY_MS, now + DAY_MS).unwrap();
     HistoryReader::new(dir)
-        .rows(
-            &Name::new(device).unwrap(),
-            &range,
-            &RowFilter::default(),
-        )
+        .rows(&Name::new(device).unwrap(), &range, &RowFilter::default())
         .unwrap_or(HistoryRows {
             device: device.into(),
             since_ms: range.since_ms,
@@ -384,7 +380,11 @@ fn a_broker_killed_mid_write_leaves_files_that_pifleet_history_reads() {
             l.contains("ends in a partial line")
         });
     let after = recorded(&dir, "kitchen");
-    assert_eq!(after.skipped_total, 1, "only the cut line: {:?}", after.skipped);
+    assert_eq!(
+        after.skipped_total, 1,
+        "only the cut line: {:?}",
+        after.skipped
+    );
     drop(keep);
 }
 
@@ -415,7 +415,10 @@ fn a_flooding_device_is_capped_with_one_warning_and_one_note_in_its_file() {
     let note = rows.iter().find(|r| r.kind == Kind::Recorder).unwrap();
     assert_eq!(note.name, "dropped");
     assert!(
-        note.detail.as_deref().unwrap().contains("(rows_per_sec, burst)"),
+        note.detail
+            .as_deref()
+            .unwrap()
+            .contains("(rows_per_sec, burst)"),
         "{note:?}"
     );
     let text: String = day_files(&dir, "flood")
@@ -433,7 +436,12 @@ fn payloads_that_do_not_decode_are_not_recorded_and_logged_once_not_per_message(
     let broker = Broker::start_recording(&["--mqtt", "127.0.0.1:0", "--no-ws"]);
     let dir = broker.history_dir();
     let mut messages: Vec<(String, String)> = (0..50)
-        .map(|i| ("pifleet/dev/junk/sensor/temp".to_string(), format!("garbage {i}")))
+        .map(|i| {
+            (
+                "pifleet/dev/junk/sensor/temp".to_string(),
+                format!("garbage {i}"),
+            )
+        })
         .collect();
     messages.extend(readings("junk", 1));
     publish_all(&broker.mqtt, "junk", messages);
@@ -538,11 +546,18 @@ fn pifleet_record_records_the_same_from_a_broker_that_does_not() {
     std::fs::write(&password, format!("{recorder_secret}\n")).unwrap();
 
     let mut cmd = Command::new(bin("pifleet"));
-    cmd.args(["record", "--broker", &url, "--user", "recorder", "--password-file"])
-        .arg(&password)
-        .arg("--dir")
-        .arg(&dir)
-        .env_remove("PIFLEET_PASSWORD");
+    cmd.args([
+        "record",
+        "--broker",
+        &url,
+        "--user",
+        "recorder",
+        "--password-file",
+    ])
+    .arg(&password)
+    .arg("--dir")
+    .arg(&dir)
+    .env_remove("PIFLEET_PASSWORD");
     let mut record = Proc::spawn("pifleet record", cmd);
     record
         .stderr
@@ -589,7 +604,14 @@ fn pifleet_record_records_the_same_from_a_broker_that_does_not() {
 
     let out = cli(
         &url,
-        &["history", "kitchen", "led", "--json", "--dir", dir.to_str().unwrap()],
+        &[
+            "history",
+            "kitchen",
+            "led",
+            "--json",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
     );
     assert_eq!(out.status.code(), Some(0));
     let got: HistoryRows = serde_json::from_slice(&out.stdout).unwrap();
