@@ -108,8 +108,9 @@ pub struct ServiceStats {
     pub recorder: RecorderStats,
 }
 
-/// A running recorder service. Dropping it without [`Recording::stop`] loses what was not yet
-/// flushed (under a second of rows), as a `kill -9` would.
+/// A running recorder service. Dropping it stops it too, but without waiting: the thread then
+/// writes the last rows in the background, and a process that exits at once loses them (under
+/// a second of rows), as a `kill -9` would. [`Recording::stop`] waits.
 pub struct Recording {
     dir: PathBuf,
     client: AsyncClient,
@@ -144,6 +145,14 @@ impl Recording {
         // The channel is closed now: the thread drains it, flushes and ends.
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.done).await;
         self.stats.borrow().clone()
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        // Ends the MQTT task (a no-op after `stop`), which closes the channel and so ends the
+        // recorder thread after it flushed.
+        self.mqtt.abort();
     }
 }
 
