@@ -24,6 +24,8 @@ pub struct Config {
     #[serde(rename = "legacy")]
     pub legacy: Vec<pifleet_legacy::ListenerConfig>,
     pub history: History,
+    /// The web dashboard (`pifleet-web`), an MQTT client of this broker.
+    pub dashboard: Dashboard,
 }
 
 /// `[history]`: the recorder service (`pifleet_history::service`), which keeps what devices
@@ -77,6 +79,27 @@ impl History {
             flush_ms: self.flush_ms,
             max_open_files: self.max_open_files,
             max_pending_bytes: self.max_pending_bytes,
+        }
+    }
+}
+
+/// `[dashboard]`: the fleet dashboard on HTTP. Loopback by default; on another address it
+/// requires a controller login from `[auth] credentials` (or `allow_anonymous`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dashboard {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// Serve a non-loopback address without logins (a trusted network only).
+    pub allow_anonymous: bool,
+}
+
+impl Default for Dashboard {
+    fn default() -> Self {
+        Dashboard {
+            enabled: true,
+            listen: pifleet_web::DEFAULT_LISTEN.parse().expect("valid"),
+            allow_anonymous: false,
         }
     }
 }
@@ -262,6 +285,7 @@ impl Default for Config {
             state: StateConfig::default(),
             legacy: Vec::new(),
             history: History::default(),
+            dashboard: Dashboard::default(),
         }
     }
 }

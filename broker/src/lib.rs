@@ -12,12 +12,14 @@
 //!   engine as any other client:
 //!   - [`legacy`]: the shim that relays old TCP clients' on/off/go to devices over MQTT;
 //!   - [`history`]: the recorder that keeps what devices report on disk (`[history]`);
-//!   - [`demo`]: a small simulated fleet in the same process, for the quickstart.
+//!   - [`demo`]: a small simulated fleet in the same process, for the quickstart;
+//!   - [`dashboard`]: the web dashboard (`pifleet-web`).
 
 pub mod acl;
 pub mod admin;
 pub mod config;
 pub mod credentials;
+pub mod dashboard;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod engine;

@@ -38,6 +38,17 @@ struct Cli {
     /// Also run this many simulated Pis in this process (the quickstart uses 3).
     #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "3", global = true)]
     demo: Option<usize>,
+    /// Web dashboard address (default 127.0.0.1:8080, `[dashboard] listen`); `off` disables it.
+    #[arg(
+        long,
+        value_name = "ADDR|off",
+        env = "PIFLEET_DASHBOARD",
+        global = true
+    )]
+    dashboard: Option<String>,
+    /// Do not start the web dashboard.
+    #[arg(long, global = true)]
+    no_dashboard: bool,
     /// Credentials file (overrides `[auth] credentials`): required logins when running, the
     /// file `device` and `controller` commands change.
     #[arg(long, value_name = "PATH", env = "PIFLEET_CREDENTIALS", global = true)]
@@ -163,12 +174,34 @@ fn main() -> ExitCode {
     }
     if cli.no_state {
         config.state.enabled = false;
+    }
     if let Some(d) = cli.history_dir {
         config.history.enabled = true;
         config.history.dir = Some(d);
     }
     if cli.no_history {
         config.history.enabled = false;
+    }
+    let dashboard_explicit = match cli.dashboard.as_deref() {
+        Some("off") => {
+            config.dashboard.enabled = false;
+            false
+        }
+        Some(a) => match a.parse() {
+            Ok(addr) => {
+                config.dashboard.enabled = true;
+                config.dashboard.listen = addr;
+                true
+            }
+            Err(_) => {
+                tell!("pifleet-broker: --dashboard {a:?}: not an address (HOST:PORT) or `off`");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => false,
+    };
+    if cli.no_dashboard {
+        config.dashboard.enabled = false;
     }
     if let Err(e) = config.validate() {
         tell!("pifleet-broker: {e}");
@@ -240,6 +273,27 @@ fn main() -> ExitCode {
         let history = pifleet_broker::history::start(&config.history, &running, topics).await;
         if let Some(h) = &history {
             say!("pifleet-broker: history in {}", h.dir().display());
+        }
+        let listen = config.dashboard.listen;
+        match pifleet_broker::dashboard::start(
+            &config,
+            listen,
+            dashboard_explicit,
+            &running,
+            topics,
+        )
+        .await
+        {
+            Ok(Some(addr)) => say!("pifleet-broker: dashboard on http://{addr}/"),
+            Ok(None) => {}
+            Err(e @ pifleet_broker::dashboard::DashboardError::Config(_)) => {
+                tell!("pifleet-broker: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            Err(e) => {
+                tell!("pifleet-broker: {e}");
+                return ExitCode::from(EXIT_START);
+            }
         }
         let demo = match start_demo(cli.demo, &running, &config.prefix) {
             Ok(d) => d,

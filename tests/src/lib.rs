@@ -111,6 +111,11 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(label: &str, mut cmd: Command) -> Proc {
+        // A broker's dashboard would take the fixed port 8080 and add an MQTT client to every
+        // test broker: off unless a test asks for it (`--dashboard ADDR` beats this).
+        if !cmd.get_envs().any(|(k, _)| k == "PIFLEET_DASHBOARD") {
+            cmd.env("PIFLEET_DASHBOARD", "off");
+        }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,0 +1,189 @@
+//! `POST /api/command`: one command to a device, a group or the whole fleet, answered with the
+//! same [`SwitchReport`] `pifleet on|off|toggle --json` prints. Targets are resolved from the
+//! live fold the way the CLI resolves them from its snapshot: offline devices are reported and
+//! not waited for, unknown ones reported as such, and each online one is confirmed, refused or
+//! timed out by proto's [`CommandReply`] rule.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use pifleet_proto::fleet::CommandReply;
+use pifleet_proto::report::{Outcome, SwitchReport, SwitchResult};
+use pifleet_proto::{Action, Command, CommandId, Name, Target};
+use rumqttc::QoS;
+use serde::{Deserialize, Serialize};
+
+use crate::live::Link;
+use crate::Error;
+
+/// The request body of `POST /api/command`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRequest {
+    pub target: TargetKind,
+    /// The device or group name (not for `all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Name>,
+    pub action: Action,
+    /// The output to switch (default: each device's first output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Name>,
+    /// How long to wait for confirmations (default 5000, at most 60000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    Device,
+    Group,
+    All,
+}
+
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
+
+fn row(device: &Name, outcome: Outcome, message: &str) -> SwitchResult {
+    SwitchResult {
+        device: device.to_string(),
+        outcome,
+        on: None,
+        latency_ms: None,
+        message: Some(message.to_string()),
+    }
+}
+
+/// Sends the command and collects every targeted device's answer.
+pub async fn run(link: &Link, req: CommandRequest) -> Result<SwitchReport, Error> {
+    let timeout_ms = req
+        .timeout_ms
+        .unwrap_or(DEFAULT_TIMEOUT_MS)
+        .clamp(1, MAX_TIMEOUT_MS);
+    let fleet = link.fleet();
+    let (target, targeted): (Target, Vec<Name>) = match (req.target, &req.name) {
+        (TargetKind::All, None) => (Target::All, fleet.names().cloned().collect()),
+        (TargetKind::Group, Some(g)) => (
+            Target::Group(g.clone()),
+            fleet.group_known(g.as_str()).cloned().collect(),
+        ),
+        (TargetKind::Device, Some(d)) => (Target::Device(d.clone()), vec![d.clone()]),
+        (TargetKind::All, Some(_)) => {
+            return Err(Error::BadRequest("target \"all\" takes no name".into()))
+        }
+        (_, None) => {
+            return Err(Error::BadRequest(
+                "target \"device\" and \"group\" need a name".into(),
+            ))
+        }
+    };
+    let mut results: BTreeMap<Name, SwitchResult> = BTreeMap::new();
+    let mut waiting: BTreeSet<Name> = BTreeSet::new();
+    for d in targeted {
+        match fleet.get(&d) {
+            Some(s) if s.online => {
+                waiting.insert(d);
+            }
+            Some(_) => {
+                results.insert(
+                    d.clone(),
+                    row(&d, Outcome::Offline, "offline: not waited for"),
+                );
+            }
+            None => {
+                let why = "no such device has announced itself on this broker";
+                results.insert(d.clone(), row(&d, Outcome::Unknown, why));
+            }
+        }
+    }
+    let command = Command {
+        id: CommandId::generate(),
+        action: req.action,
+        output: req.output.clone(),
+    };
+    let mut waiter = link.wait_for(&command.id);
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    if !waiting.is_empty() {
+        let payload = serde_json::to_vec(&command).expect("commands serialize");
+        let publish = link.client.publish(
+            link.topics.command(&target),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        );
+        match tokio::time::timeout_at(deadline, publish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Broker(e.to_string())),
+            Err(_) => return Err(Error::Broker("could not hand the command over".into())),
+        }
+    }
+    while !waiting.is_empty() {
+        let reply = tokio::select! {
+            r = waiter.rx.recv() => match r { Some(r) => r, None => break },
+            _ = tokio::time::sleep_until(deadline) => break,
+        };
+        if !reply.answers(&command.id) {
+            continue;
+        }
+        let (device, result) = match reply {
+            CommandReply::Confirmed { device, state, .. } => {
+                let r = SwitchResult {
+                    device: device.to_string(),
+                    outcome: Outcome::Confirmed,
+                    on: Some(state.on),
+                    latency_ms: Some((started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0),
+                    message: None,
+                };
+                (device, r)
+            }
+            CommandReply::Refused { device, reason, .. } => {
+                let r = row(&device, Outcome::Refused, &reason);
+                (device, r)
+            }
+            CommandReply::WentOffline { device } => {
+                let r = row(&device, Outcome::Offline, "went offline before confirming");
+                (device, r)
+            }
+        };
+        if waiting.remove(&device) {
+            results.insert(device, result);
+        }
+    }
+    for d in std::mem::take(&mut waiting) {
+        let why = format!("no confirmation within {} s", timeout_ms as f64 / 1000.0);
+        results.insert(d.clone(), row(&d, Outcome::TimedOut, &why));
+    }
+    Ok(SwitchReport {
+        command_id: command.id,
+        action: req.action,
+        output: req.output.map(|o| o.to_string()),
+        results: results.into_values().collect(),
+    })
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn requests_decode_from_the_documented_json() {
+        let all: CommandRequest =
+            serde_json::from_str(r#"{"target":"all","action":"on"}"#).unwrap();
+        assert_eq!(all.target, TargetKind::All);
+        assert_eq!(all.action, Action::On);
+        let one: CommandRequest = serde_json::from_str(
+            r#"{"target":"device","name":"kitchen","action":"toggle","output":"led"}"#,
+        )
+        .unwrap();
+        assert_eq!(one.name.unwrap().as_str(), "kitchen");
+        assert!(serde_json::from_str::<CommandRequest>(
+            r#"{"target":"device","name":"a/b","action":"on"}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<CommandRequest>(
+            r#"{"target":"all","action":"on","extra":1}"#
+        )
+        .is_err());
+    }
+}
