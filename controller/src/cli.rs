@@ -137,6 +137,8 @@ pub enum Command {
     /// Record what the devices report into the history directory, until Ctrl-C (what
     /// pifleet-broker does by itself; for other brokers).
     Record(crate::cmd::record::RecordArgs),
+    /// Serve the web dashboard (default http://127.0.0.1:8080) for the fleet on --broker.
+    Serve(crate::cmd::serve::ServeArgs),
 }
 
 #[derive(Args, Debug, Clone)]

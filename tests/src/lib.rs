@@ -5,8 +5,10 @@
 //! The binaries are looked up next to the test executable (`target/<profile>/`); `cargo test
 //! --workspace` builds them first because each binary crate has integration tests of its own.
 //!
-//! [`raw`] speaks MQTT byte by byte, for what a client library will not send.
+//! [`raw`] speaks MQTT byte by byte, for what a client library will not send; [`http`] is a
+//! tiny HTTP client for the dashboard and WebDriver.
 
+pub mod http;
 pub mod raw;
 
 use std::io::{BufRead, BufReader, Write};

@@ -341,6 +341,9 @@ async fn history(
         }
     }
     let sensor = Name::new(&name).map_err(|e| Error::BadRequest(e.to_string()))?;
+    if !app.0.reader.has_device(&device) {
+        return Err(Error::NotFound(format!("no history for device {device}")));
+    }
     let now = now_ms();
     let since = parse_when(q.since.as_deref().unwrap_or("24h"), now)
         .map_err(|e| Error::BadRequest(format!("since: {e}")))?;

@@ -160,3 +160,75 @@ mod test {
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
     }
 }
+
+/// Logins checked by the broker itself: the user name and password are tried in an MQTT
+/// CONNECT with a controller's client id (`NAME:<random>`). A pifleet broker with credentials
+/// accepts that only for a controller identity (a device's client id must be its name, so a
+/// device gets "identifier rejected"). A broker that accepts a random wrong password too checks
+/// nothing, so every login is refused there. Used by `pifleet serve`, which has no credentials
+/// file of its own; the embedded dashboard checks the file directly.
+pub struct BrokerLogins {
+    pub url: pifleet_client::BrokerUrl,
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl BrokerLogins {
+    async fn try_login(&self, user: &str, password: &str) -> LoginCheck {
+        use rumqttc::{ConnectReturnCode, ConnectionError, Event, Packet};
+        let security = pifleet_client::mqtt::Security {
+            username: Some(user.to_string()),
+            password: Some(pifleet_client::mqtt::Password::new(password)),
+            ca_file: self.ca_file.clone(),
+        };
+        let id = format!("{user}:{}", pifleet_proto::CommandId::generate());
+        let Ok((client, mut el)) = pifleet_client::mqtt::client(
+            &self.url,
+            &id,
+            &security,
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+            |_| {},
+        ) else {
+            return LoginCheck::Refused;
+        };
+        let verdict = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => return LoginCheck::Controller,
+                    Ok(_) => {}
+                    Err(ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId)) => {
+                        return LoginCheck::NotController
+                    }
+                    Err(_) => return LoginCheck::Refused,
+                }
+            }
+        })
+        .await
+        .unwrap_or(LoginCheck::Refused);
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
+        verdict
+    }
+}
+
+impl Logins for BrokerLogins {
+    fn check(&self, user: &str, password: &str) -> LoginCheck {
+        if user.is_empty() || user.contains([':', '/', '+', '#']) {
+            return LoginCheck::Refused;
+        }
+        let rt = tokio::runtime::Handle::current();
+        match rt.block_on(self.try_login(user, password)) {
+            LoginCheck::Controller => {
+                if rt.block_on(self.try_login(user, &token())) == LoginCheck::Controller {
+                    tracing::error!(
+                        "dashboard: the broker at {} accepts any password; refusing every login",
+                        self.url.authority()
+                    );
+                    return LoginCheck::Refused;
+                }
+                LoginCheck::Controller
+            }
+            other => other,
+        }
+    }
+}

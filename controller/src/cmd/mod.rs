@@ -2,6 +2,7 @@
 
 pub mod history;
 pub mod record;
+pub mod serve;
 pub mod status;
 pub mod switch;
 pub mod watch;
