@@ -112,6 +112,14 @@ pub fn request(
             r.read_exact(&mut chunk).unwrap();
             body.extend_from_slice(&chunk[..n]);
         }
+    } else if let Some(n) = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        // Some servers (chromedriver) keep the connection open despite `Connection: close`.
+        body = vec![0; n];
+        r.read_exact(&mut body).expect("response body");
     } else {
         let _ = r.read_to_end(&mut body);
     }

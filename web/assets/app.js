@@ -374,20 +374,30 @@ function refreshSensors() {
   if (sorted.join() !== [...sel.options].map((o) => o.value).join()) {
     sel.replaceChildren(...sorted.map((s) => el("option", { value: s, text: s })));
     if (keep && names.has(keep)) sel.value = keep;
-    refreshHistoryDevices();
-    loadHistory();
   }
+  refreshHistoryDevices();
 }
 
+const unchecked = new Set(); // devices the user took off the history chart
+let historyTimer = null;
+function loadHistorySoon() {
+  clearTimeout(historyTimer);
+  historyTimer = setTimeout(loadHistory, 200);
+}
+
+// One checkbox per device that has the chosen sensor; new devices start checked.
 function refreshHistoryDevices() {
   const sensor = $("h-sensor").value;
   const box = $("h-devices");
-  const checked = new Set([...box.querySelectorAll("input:checked")].map((i) => i.value));
-  const fresh = box.children.length === 0;
   const names = [...devices.values()].filter((d) => d.sensors && d.sensors[sensor]).map((d) => d.device).sort();
+  if (names.join() === [...box.querySelectorAll("input")].map((i) => i.value).join()) return;
   box.replaceChildren(...names.map((n) => el("label", {},
-    el("input", Object.assign({ type: "checkbox", value: n, onchange: loadHistory }, (fresh || checked.has(n)) ? { checked: "" } : {})),
+    el("input", Object.assign({
+      type: "checkbox", value: n,
+      onchange: (ev) => { if (ev.target.checked) unchecked.delete(n); else unchecked.add(n); loadHistorySoon(); },
+    }, unchecked.has(n) ? {} : { checked: "" })),
     " " + n)));
+  loadHistorySoon();
 }
 
 let historySeq = 0;

@@ -128,39 +128,6 @@ pub fn loopback_host(host: &str, port: u16) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-#[cfg(test)]
-mod test {
-    use super::*;
-
-    #[test]
-    fn cookies_are_found_by_exact_name() {
-        assert_eq!(cookie("a=1; pifleet_session=xyz", COOKIE), Some("xyz"));
-        assert_eq!(cookie("xpifleet_session=1", COOKIE), None);
-    }
-
-    #[test]
-    fn only_loopback_names_with_our_port_pass_the_host_check() {
-        assert!(loopback_host("127.0.0.1:8080", 8080));
-        assert!(loopback_host("localhost:8080", 8080));
-        assert!(loopback_host("[::1]:8080", 8080));
-        assert!(!loopback_host("evil.example:8080", 8080));
-        assert!(!loopback_host("127.0.0.1:9999", 8080));
-        assert!(!loopback_host("127.0.0.1", 8080));
-    }
-
-    #[test]
-    fn sessions_hand_out_distinct_tokens_and_forget_removed_ones() {
-        let s = Sessions::default();
-        let (a, csrf) = s.create("alice");
-        let (b, _) = s.create("alice");
-        assert_ne!(a, b);
-        assert_eq!(s.get(&a), Some(("alice".into(), csrf)));
-        s.remove(&a);
-        assert_eq!(s.get(&a), None);
-        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
-    }
-}
-
 /// Logins checked by the broker itself: the user name and password are tried in an MQTT
 /// CONNECT with a controller's client id (`NAME:<random>`). A pifleet broker with credentials
 /// accepts that only for a controller identity (a device's client id must be its name, so a
@@ -230,5 +197,38 @@ impl Logins for BrokerLogins {
             }
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        assert_eq!(cookie("a=1; pifleet_session=xyz", COOKIE), Some("xyz"));
+        assert_eq!(cookie("xpifleet_session=1", COOKIE), None);
+    }
+
+    #[test]
+    fn only_loopback_names_with_our_port_pass_the_host_check() {
+        assert!(loopback_host("127.0.0.1:8080", 8080));
+        assert!(loopback_host("localhost:8080", 8080));
+        assert!(loopback_host("[::1]:8080", 8080));
+        assert!(!loopback_host("evil.example:8080", 8080));
+        assert!(!loopback_host("127.0.0.1:9999", 8080));
+        assert!(!loopback_host("127.0.0.1", 8080));
+    }
+
+    #[test]
+    fn sessions_hand_out_distinct_tokens_and_forget_removed_ones() {
+        let s = Sessions::default();
+        let (a, csrf) = s.create("alice");
+        let (b, _) = s.create("alice");
+        assert_ne!(a, b);
+        assert_eq!(s.get(&a), Some(("alice".into(), csrf)));
+        s.remove(&a);
+        assert_eq!(s.get(&a), None);
+        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
     }
 }
