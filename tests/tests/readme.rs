@@ -50,7 +50,7 @@ fn the_readme_quickstart_works_as_written() {
     assert_eq!(start, ["cargo run -p pifleet-broker -- --demo"]);
     let cli_lines = block(&readme, "quickstart-cli");
     assert_eq!(cli_lines.len(), 2);
-    for port in [1883, 8083] {
+    for port in [1883, 8083, 8080] {
         if std::net::TcpListener::bind(("0.0.0.0", port)).is_err() {
             skip(&format!(
                 "port {port} is in use, and the quickstart needs it"
@@ -61,13 +61,20 @@ fn the_readme_quickstart_works_as_written() {
 
     let (broker_bin, args) = as_binary(&start[0]);
     let mut cmd = Command::new(broker_bin);
-    cmd.args(&args);
+    // The quickstart's dashboard on its default address, as the README promises.
+    cmd.args(&args).env("PIFLEET_DASHBOARD", "127.0.0.1:8080");
     // As written, the broker keeps its state and records history in the default (XDG) state
     // directory: here one of the test's own, so the user's is never touched.
     let state = temp_dir("quickstart-state");
     cmd.env("XDG_STATE_HOME", state.path())
         .env_remove("STATE_DIRECTORY");
     let broker = Proc::spawn("quickstart broker", cmd);
+    broker
+        .stdout
+        .wait_for("the dashboard", Duration::from_secs(15), |l| {
+            l == "pifleet-broker: dashboard on http://127.0.0.1:8080/"
+        });
+    assert!(readme.contains("<http://127.0.0.1:8080/>"));
     broker
         .stdout
         .wait_for("the demo fleet", Duration::from_secs(15), |l| {
@@ -96,6 +103,9 @@ fn the_readme_quickstart_works_as_written() {
         );
         out
     };
+    let fleet: pifleet_proto::report::FleetStatus =
+        pifleet_tests::http::get("127.0.0.1:8080", "/api/fleet", &[]).json();
+    assert_eq!(fleet.devices.len(), 3, "{fleet:?}");
     let status = run(&cli_lines[0]);
     assert!(status.status.success());
     let text = String::from_utf8_lossy(&status.stdout);
