@@ -37,7 +37,8 @@ pub enum DashboardError {
     Start(String),
 }
 
-/// Starts the dashboard on `listen` if `[dashboard] enabled`. `explicit`: the address was asked
+/// Starts the dashboard on `listen` if `[dashboard] enabled`; returns its URL (HTTPS with the
+/// broker's certificate when `[tls]` is on). `explicit`: the address was asked
 /// for (`--dashboard`); otherwise a default address already in use is a warning, not an error,
 /// so a second broker on one machine still starts.
 pub async fn start(
@@ -46,7 +47,7 @@ pub async fn start(
     explicit: bool,
     running: &Running,
     topics: Topics,
-) -> Result<Option<SocketAddr>, DashboardError> {
+) -> Result<Option<String>, DashboardError> {
     let d = &config.dashboard;
     if !d.enabled {
         return Ok(None);
@@ -64,6 +65,14 @@ pub async fn start(
         logins,
         allow_anonymous: d.allow_anonymous,
         secure_cookie: false,
+        // With `[tls]` on, the dashboard is served over HTTPS with the same certificate.
+        tls: match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) if config.tls.enabled => Some(
+                crate::tls::server_config(cert, key)
+                    .map_err(|e| DashboardError::Config(e.to_string()))?,
+            ),
+            _ => None,
+        },
     };
     pifleet_web::check_exposure(listen, &options)
         .map_err(|e| DashboardError::Config(e.to_string()))?;
@@ -84,8 +93,13 @@ pub async fn start(
         security: crate::services::login(&running.engine, NAME, Role::Controller, Vec::new()),
         client_id: format!("{NAME}:{}", CommandId::generate()),
     };
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     match pifleet_web::start(listen, login, topics, options).await {
-        Ok(r) => Ok(Some(r.addr)),
+        Ok(r) => Ok(Some(format!("{scheme}://{}/", r.addr))),
         Err(pifleet_web::Error::Listen { addr, source })
             if !explicit && source.kind() == std::io::ErrorKind::AddrInUse =>
         {

@@ -270,7 +270,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_START);
             }
         }
-        let history = pifleet_broker::history::start(&config.history, &running, topics).await;
+        let history =
+            pifleet_broker::history::start(&config.history, &running, topics.clone()).await;
         if let Some(h) = &history {
             say!("pifleet-broker: history in {}", h.dir().display());
         }
@@ -284,7 +285,7 @@ fn main() -> ExitCode {
         )
         .await
         {
-            Ok(Some(addr)) => say!("pifleet-broker: dashboard on http://{addr}/"),
+            Ok(Some(url)) => say!("pifleet-broker: dashboard on {url}"),
             Ok(None) => {}
             Err(e @ pifleet_broker::dashboard::DashboardError::Config(_)) => {
                 tell!("pifleet-broker: {e}");

@@ -2,8 +2,12 @@
 
 use std::process::Command;
 
+/// The broker binary, its dashboard off: these tests run in parallel and the dashboard's
+/// default address is one fixed port (tests/tests/dashboard*.rs test it).
 fn broker() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pifleet-broker"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pifleet-broker"));
+    cmd.env("PIFLEET_DASHBOARD", "off");
+    cmd
 }
 
 /// Reads the child's stdout until `needle` has appeared; returns what was read.

@@ -15,8 +15,13 @@ const SENSOR: &str = "[[sensor]]\nname = \"temp\"\nkind = \"sim\"\ninterval_secs
 /// Starts a broker with its dashboard on `dashboard`; returns it and the dashboard address.
 fn broker(extra: &[&str], env: &[(&str, &str)], dashboard: &str) -> (Broker, String) {
     let mut cmd = Command::new(bin("pifleet-broker"));
-    cmd.args(["--mqtt", "127.0.0.1:0", "--no-ws", "--dashboard", dashboard])
+    // State in memory, and no history unless the test gives a directory: never the user's.
+    cmd.args(["--mqtt", "127.0.0.1:0", "--no-ws", "--no-state"])
+        .args(["--dashboard", dashboard])
         .args(extra);
+    if !extra.contains(&"--history-dir") {
+        cmd.arg("--no-history");
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -28,7 +33,7 @@ fn broker(extra: &[&str], env: &[(&str, &str)], dashboard: &str) -> (Broker, Str
             l.starts_with("pifleet-broker: dashboard on ")
         });
     let addr = line
-        .rsplit("http://")
+        .rsplit("://")
         .next()
         .unwrap()
         .trim_end_matches('/')
@@ -149,7 +154,7 @@ fn history_series_returns_points_and_the_day_file_downloads() {
         rec.flush();
     }
     let d = dir.path().to_str().unwrap();
-    let (_b, addr) = broker(&[], &[("PIFLEET_HISTORY_DIR", d)], "127.0.0.1:0");
+    let (_b, addr) = broker(&["--history-dir", d], &[], "127.0.0.1:0");
     let r = http::get(&addr, "/api/history/k/temp?since=1h&buckets=100", &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     let s: HistorySeries = r.json();
@@ -248,6 +253,8 @@ fn the_broker_refuses_an_exposed_dashboard_without_credentials() {
             "--mqtt",
             "127.0.0.1:0",
             "--no-ws",
+            "--no-state",
+            "--no-history",
             "--dashboard",
             "0.0.0.0:0",
         ]),
@@ -279,4 +286,117 @@ fn pifleet_serve_runs_the_dashboard_standalone() {
     let cmd = json!({"target": "device", "name": "k", "action": "toggle"});
     let r = http::post_json(&addr, "/api/command", &[("X-CSRF-Token", &token)], &cmd);
     assert_eq!(outcome(&r.json(), "k"), Outcome::Confirmed);
+}
+
+#[test]
+fn with_tls_on_the_dashboard_serves_https_with_the_brokers_certificate_and_a_secure_cookie() {
+    let creds = Creds::new();
+    let alice = creds.add(&["controller", "add", "alice"]);
+    let tls = creds.dir.path().join("tls");
+    let out = output_logged(
+        "pifleet-broker tls self-signed",
+        Command::new(bin("pifleet-broker"))
+            .args(["tls", "self-signed", "--host", "localhost", "--out"])
+            .arg(&tls),
+    );
+    assert!(out.status.success(), "tls self-signed failed");
+    let ca = tls.join("ca.pem");
+    let config = creds.dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\nenabled = true\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\n",
+            tls.join("server.pem"),
+            tls.join("server.key"),
+        ),
+    )
+    .unwrap();
+    let (b, addr) = broker(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--credentials",
+            creds.path.to_str().unwrap(),
+        ],
+        &[],
+        "0.0.0.0:0",
+    );
+    auth_announced(&b);
+    let line = b
+        .proc
+        .stdout
+        .wait_for("the dashboard line", Duration::from_secs(5), |l| {
+            l.starts_with("pifleet-broker: dashboard on ")
+        });
+    assert!(line.contains("https://0.0.0.0:"), "{line}");
+    let addr = addr.replace("0.0.0.0", "127.0.0.1");
+
+    let login = json!({"user": "alice", "password": alice}).to_string();
+    let r = http::request_tls(
+        &ca,
+        "localhost",
+        "POST",
+        &addr,
+        "/api/login",
+        &[("Content-Type", "application/json")],
+        login.as_bytes(),
+    )
+    .expect("an HTTPS connection with the broker's certificate");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let set = r
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_string();
+    assert!(
+        set.contains("Secure") && set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    let r = http::request_tls(
+        &ca,
+        "localhost",
+        "GET",
+        &addr,
+        "/api/fleet",
+        &[("Cookie", &cookie)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // A certificate from another CA is not trusted: the dashboard really is the broker's TLS.
+    let other = creds.dir.path().join("other");
+    assert!(output_logged(
+        "pifleet-broker tls self-signed",
+        Command::new(bin("pifleet-broker"))
+            .args(["tls", "self-signed", "--host", "localhost", "--out"])
+            .arg(&other),
+    )
+    .status
+    .success());
+    let e = http::request_tls(
+        &other.join("ca.pem"),
+        "localhost",
+        "GET",
+        &addr,
+        "/",
+        &[],
+        b"",
+    )
+    .expect_err("another CA must not verify the dashboard's certificate");
+    assert!(e.contains("certificate"), "{e}");
+
+    // Plain HTTP on the same port gets no HTTP answer (no session cookie in clear text).
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /api/session HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(
+        !got.starts_with(b"HTTP/"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
 }

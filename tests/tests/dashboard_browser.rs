@@ -181,7 +181,9 @@ fn a_browser_sees_the_fleet_switches_all_on_sees_a_press_and_charts() {
         "--dashboard",
         "127.0.0.1:0",
     ])
-    .env("PIFLEET_HISTORY_DIR", history.path());
+    .arg("--no-state")
+    .arg("--history-dir")
+    .arg(history.path());
     let broker = Broker::ready(Proc::spawn("broker", cmd), false);
     let line = broker
         .proc

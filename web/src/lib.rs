@@ -68,8 +68,11 @@ pub struct Options {
     pub logins: Option<Arc<dyn Logins>>,
     /// Serve a non-loopback address without logins (a trusted network only).
     pub allow_anonymous: bool,
-    /// Mark the session cookie `Secure` (the page is served over TLS by a proxy or by us).
+    /// Mark the session cookie `Secure` (the page is served over TLS by a proxy or by us;
+    /// always on with [`Options::tls`]).
     pub secure_cookie: bool,
+    /// Serve HTTPS with this configuration (the broker's `[tls]` certificate) instead of HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Options {
@@ -79,6 +82,7 @@ impl Options {
             logins: None,
             allow_anonymous: false,
             secure_cookie: false,
+            tls: None,
         }
     }
 }
@@ -91,10 +95,7 @@ pub fn default_history_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     let dirs = pifleet_history::layout::search_dirs();
-    dirs.iter()
-        .find(|d| d.is_dir())
-        .unwrap_or(&dirs[0])
-        .clone()
+    dirs.iter().find(|d| d.is_dir()).unwrap_or(&dirs[0]).clone()
 }
 
 /// Refuses a non-loopback address without logins unless anonymous access is allowed.
@@ -136,19 +137,73 @@ pub async fn start(
     Ok(Running { addr, link })
 }
 
-/// Serves the dashboard on an already bound listener until `shutdown` completes.
+/// How long a TLS handshake may take before the connection is dropped: a client that opens a
+/// connection and sends nothing must not hold it (and its task) for ever.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the request head may take to arrive on an HTTPS connection (slowloris).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves the dashboard on an already bound listener until `shutdown` completes: HTTPS when
+/// [`Options::tls`] is set, else HTTP.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     link: Link,
-    options: Options,
+    mut options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let addr = listener.local_addr().expect("bound");
+    let Some(tls) = options.tls.take() else {
+        let app = api::router(api::App::new(link, options, addr));
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!("dashboard on {addr}: {e}");
+        }
+        return;
+    };
+    options.secure_cookie = true;
     let app = api::router(api::App::new(link, options, addr));
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!("dashboard on {addr}: {e}");
+    // The broker's configuration may carry the MQTT listener's ALPN; this listener speaks
+    // HTTP/1.1 only.
+    let mut config = (*tls).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!("dashboard on {addr}: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        // Each handshake in a task of its own, so a slow or silent client delays nobody else.
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, "dashboard: TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "dashboard: connection: {e}");
+            }
+        });
     }
 }

@@ -43,7 +43,9 @@ pub async fn exec(g: &Global, topics: Topics, a: &ServeArgs) -> Result<u8, CliEr
             .unwrap_or_else(pifleet_web::default_history_dir),
         logins,
         allow_anonymous: a.allow_anonymous,
+        // Plain HTTP: off loopback, serve it behind a TLS proxy (docs/protocol.md).
         secure_cookie: false,
+        tls: None,
     };
     let login = BrokerLogin {
         url: g.broker.clone(),
