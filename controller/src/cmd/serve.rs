@@ -19,8 +19,8 @@ pub struct ServeArgs {
     /// Address to serve the dashboard on (loopback by default; any other requires logins).
     #[arg(long, default_value = pifleet_web::DEFAULT_LISTEN, value_name = "ADDR")]
     pub listen: SocketAddr,
-    /// The recorder's history directory (default: PIFLEET_HISTORY_DIR, else
-    /// /var/lib/pifleet/history).
+    /// The recorder's history directory (default: PIFLEET_HISTORY_DIR, else where a recorder
+    /// on this machine writes by default, as for `pifleet history`).
     #[arg(long, value_name = "DIR")]
     pub history_dir: Option<PathBuf>,
     /// On a non-loopback address, serve without logins (a trusted network only).
