@@ -7,12 +7,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use pifleet_proto::payload::StateSource;
+use pifleet_proto::Level;
 use pifleet_proto::time::now_ms;
 use tokio::sync::mpsc;
 
 use crate::backlog::Backlog;
-use crate::config::{Config, ConfigError, Initial};
-use crate::gpio::{sim::SimBoard, Backend, Button, GpioError, Switch};
+use crate::config::{Config, ConfigError, Initial, OutputKind, DEFAULT_PWM_HZ};
+use crate::gpio::{sim::SimBoard, Backend, Button, Dimmer, GpioError, OutputPin, Switch};
 use crate::message::Wire;
 use crate::run::{InputPin, Shell};
 use crate::sensor;
@@ -79,7 +80,18 @@ impl Agent {
                     None => (false, StateSource::Initial),
                 },
             };
-            let switch = Switch::new(backend, o.pin, o.active_low, on)?;
+            let pin = match o.kind {
+                OutputKind::Switch => {
+                    OutputPin::Switch(Switch::new(backend, o.pin, o.active_low, on)?)
+                }
+                OutputKind::Pwm => OutputPin::Dimmer(Dimmer::new(
+                    backend,
+                    o.pin,
+                    o.active_low,
+                    o.frequency_hz.unwrap_or(DEFAULT_PWM_HZ),
+                    if on { Level::MAX } else { 0.0 },
+                )?),
+            };
             tracing::info!(
                 "output {} on BCM {} starts {} ({:?})",
                 o.name,
@@ -87,8 +99,14 @@ impl Agent {
                 if on { "on" } else { "off" },
                 source
             );
-            core.add_output(o.name.clone(), o.initial == Initial::Restore, on, source);
-            switches.push(switch);
+            let index = core.add_output(o.name.clone(), o.initial == Initial::Restore, on, source);
+            if o.kind == OutputKind::Pwm {
+                core.make_dimmable(index);
+            }
+            if let Some(secs) = o.pulse_secs {
+                core.set_pulse_default(index, secs);
+            }
+            switches.push(pin);
         }
 
         let (edge_tx, edges) = mpsc::unbounded_channel();
@@ -130,6 +148,7 @@ impl Agent {
             security,
             core,
             backlog,
+            pulses: vec![None; switches.len()],
             switches,
             buttons,
             sim,

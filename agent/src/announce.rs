@@ -30,6 +30,12 @@ pub fn presence(agent: &AgentState, state: PresenceState) -> Presence {
         version: Some(pifleet_proto::VERSION.to_string()),
         groups: agent.groups().to_vec(),
         outputs: agent.outputs().iter().map(|o| o.name.clone()).collect(),
+        dimmable: agent
+            .outputs()
+            .iter()
+            .filter(|o| o.dimmable)
+            .map(|o| o.name.clone())
+            .collect(),
         inputs: agent.inputs().iter().map(|i| i.name.clone()).collect(),
         sensors: agent.sensors().iter().map(|s| s.name.clone()).collect(),
         started_at: Some(agent.started_at()),

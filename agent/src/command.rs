@@ -95,6 +95,8 @@ mod test {
                 id: id("c1"),
                 action: Action::Toggle,
                 output: Some(Name::new("relay").unwrap()),
+                value: None,
+                on_time: None,
             }
         );
     }

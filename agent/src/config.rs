@@ -59,7 +59,22 @@ pub enum Pull {
     Down,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// What an output drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// On or off (an LED, a relay).
+    #[default]
+    Switch,
+    /// A level from 0 to 100 % by pulse-width modulation (a dimmable LED, a fan): hardware PWM
+    /// on BCM 12/13/18/19 where the `pwm` overlay is enabled, software PWM elsewhere.
+    Pwm,
+}
+
+/// The default PWM frequency: flicker-free for LEDs, and within what software PWM does well.
+pub const DEFAULT_PWM_HZ: f64 = 200.0;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
     pub name: Name,
@@ -69,6 +84,30 @@ pub struct OutputConfig {
     pub active_low: bool,
     #[serde(default)]
     pub initial: Initial,
+    #[serde(default)]
+    pub kind: OutputKind,
+    /// PWM frequency in Hz (`kind = "pwm"` only; default [`DEFAULT_PWM_HZ`]).
+    #[serde(default)]
+    pub frequency_hz: Option<f64>,
+    /// Every switch on becomes a pulse of this many seconds unless the command gives its own
+    /// `on_time` (a garage-door relay, a valve): the agent switches it off by itself.
+    #[serde(default)]
+    pub pulse_secs: Option<f64>,
+}
+
+impl OutputConfig {
+    /// An on/off output with the defaults.
+    pub fn switch(name: Name, pin: u8) -> OutputConfig {
+        OutputConfig {
+            name,
+            pin,
+            active_low: false,
+            initial: Initial::Off,
+            kind: OutputKind::Switch,
+            frequency_hz: None,
+            pulse_secs: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -202,12 +241,7 @@ fn default_heartbeat() -> u64 {
 }
 
 fn default_outputs() -> Vec<OutputConfig> {
-    vec![OutputConfig {
-        name: Name::new("led").expect("valid"),
-        pin: 17,
-        active_low: false,
-        initial: Initial::Off,
-    }]
+    vec![OutputConfig::switch(Name::new("led").expect("valid"), 17)]
 }
 
 fn default_inputs() -> Vec<InputConfig> {
@@ -351,6 +385,33 @@ impl Config {
             }
             if !names.insert((what, name)) {
                 return bad(format!("{what} name {name} is used twice"));
+            }
+        }
+        for o in &self.outputs {
+            let name = &o.name;
+            match (o.kind, o.frequency_hz) {
+                (OutputKind::Switch, Some(_)) => {
+                    return bad(format!(
+                        "output {name}: frequency_hz is for kind = \"pwm\" outputs"
+                    ));
+                }
+                (OutputKind::Pwm, Some(f)) if !(f.is_finite() && (1.0..=100_000.0).contains(&f)) => {
+                    return bad(format!(
+                        "output {name}: frequency_hz = {f} must be between 1 and 100000"
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(p) = o.pulse_secs {
+                if let Err(why) = pifleet_proto::payload::check_pulse_secs(p) {
+                    return bad(format!("output {name}: pulse_secs: {why}"));
+                }
+                if o.initial == Initial::On {
+                    return bad(format!(
+                        "output {name}: initial = \"on\" with pulse_secs would switch it on \
+                         with no pulse to end it; use initial = \"off\""
+                    ));
+                }
             }
         }
         let mut sensor_names = HashSet::new();

@@ -22,6 +22,10 @@ pub enum RequestError {
     NotSimulated,
     #[error("{0}")]
     Gpio(String),
+    /// A value or pulse the output cannot take (a level for an on/off output, 140 %, an
+    /// `on_time` with `off`): refused, never clamped.
+    #[error("{0}")]
+    BadValue(String),
     #[error("the agent has stopped")]
     Stopped,
 }

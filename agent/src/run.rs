@@ -21,7 +21,7 @@ use crate::agent::AgentError;
 use crate::backlog::Backlog;
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, NetEvent};
-use crate::gpio::{sim::SimBoard, Button, Switch};
+use crate::gpio::{sim::SimBoard, Button, OutputPin};
 use crate::handle::{AgentHandle, Request, RequestError, Snapshot};
 use crate::message::Message;
 use crate::sensor::{self, ReadResult, Sensor};
@@ -74,7 +74,10 @@ pub(crate) struct Shell {
     pub core: AgentState,
     pub backlog: Backlog,
     /// Indexed like the core's outputs and inputs.
-    pub switches: Vec<Switch>,
+    pub switches: Vec<OutputPin>,
+    /// Running pulses: when each output's pulse ends (indexed like the outputs). The timers
+    /// live here, in the agent's own loop, so a pulse ends on time whatever the network does.
+    pub pulses: Vec<Option<tokio::time::Instant>>,
     pub buttons: Vec<InputPin>,
     pub sim: Option<SimBoard>,
     /// Indexed like the core's sensors; taken by the polling tasks when the agent runs.
@@ -84,6 +87,22 @@ pub(crate) struct Shell {
     pub state_path: Option<PathBuf>,
     /// A handle on ourselves, for the legacy shim.
     pub handle: AgentHandle,
+}
+
+/// Waits for the earliest running pulse to end and returns its output; never, without one.
+async fn next_pulse_end(pulses: &[Option<tokio::time::Instant>]) -> usize {
+    let next = pulses
+        .iter()
+        .enumerate()
+        .filter_map(|(i, at)| Some((i, (*at)?)))
+        .min_by_key(|(_, at)| *at);
+    match next {
+        Some((index, at)) => {
+            tokio::time::sleep_until(at).await;
+            index
+        }
+        None => std::future::pending().await,
+    }
 }
 
 impl Shell {
@@ -220,6 +239,12 @@ impl Shell {
                     let out = self.core.handle_heartbeat();
                     self.send(client, out);
                 }
+                index = next_pulse_end(&self.pulses) => {
+                    self.pulses[index] = None;
+                    if let Some(order) = self.core.handle_pulse_end(index) {
+                        let _ = self.switch(client, order).await;
+                    }
+                }
             }
         }
     }
@@ -253,8 +278,16 @@ impl Shell {
         client: &impl Client,
         order: SwitchOrder,
     ) -> Result<bool, RequestError> {
-        let pin = self.switches[order.index].set(order.on);
+        let index = order.index;
+        let pulse = order.pulse_secs;
+        let pin = self.switches[index].set(order.on, order.level);
+        let ok = pin.is_ok();
         let done = self.core.handle_switched(order, pin);
+        if ok {
+            // Any switch ends a running pulse; one with a pulse of its own starts a new one.
+            self.pulses[index] =
+                pulse.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
+        }
         if let Some(saved) = done.persist {
             self.persist(client, saved).await;
         }
@@ -713,6 +746,54 @@ mod test {
                 "{payload}"
             );
             assert!(led_high);
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pulse_ends_on_the_agents_own_timer_while_the_broker_is_gone() {
+        with_agent(usize::MAX, async |ctx| {
+            connect(ctx).await;
+            let cmd = Publish::new(
+                "pifleet/dev/k/cmnd",
+                QoS::AtLeastOnce,
+                r#"{"id":"p1","action":"on","on_time":2.5}"#,
+            );
+            ctx.net.send(NetEvent::Message(cmd)).unwrap();
+            settle().await;
+            assert_eq!(ctx.client.board.level(17), Some(true));
+            ctx.net
+                .send(NetEvent::Disconnected {
+                    why: "the broker went away".into(),
+                    retry_in: Duration::from_secs(60),
+                    refused: false,
+                })
+                .unwrap();
+            settle().await;
+            tokio::time::sleep(Duration::from_millis(2_400)).await;
+            settle().await;
+            assert_eq!(ctx.client.board.level(17), Some(true), "not before 2.5 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            settle().await;
+            assert_eq!(
+                ctx.client.board.level(17),
+                Some(false),
+                "off on time with no broker and no second command"
+            );
+            // Back online, the turn-off is published with its own source.
+            let before = ctx.client.sent.borrow().len();
+            connect(ctx).await;
+            let sent = ctx.client.sent.borrow();
+            let off = sent[before..]
+                .iter()
+                .find_map(|s| match s {
+                    Sent::Publish { topic, payload, .. } if topic == "pifleet/dev/k/out/led" => {
+                        Some(payload.clone())
+                    }
+                    _ => None,
+                })
+                .expect("the output state after the reconnect");
+            assert!(off.contains(r#""on":false"#) && off.contains(r#""source":"pulse""#), "{off}");
         })
         .await;
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use pifleet_proto::payload::{
     EventKind, InputState, OutputState, Presence, PresenceState, SensorReading, StateSource,
 };
-use pifleet_proto::{Action, CommandId, Event, Name, Topic};
+use pifleet_proto::{Action, CommandId, Event, Level, Name, Topic};
 use rumqttc::{Publish, SubscribeFilter, SubscribeReasonCode};
 
 use crate::announce;
@@ -29,11 +29,17 @@ use crate::sensor::ReadResult;
 use crate::state_file::Saved;
 
 /// An output as the core knows it: the state last set and published.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OutputSlot {
     pub name: Name,
     /// `initial = "restore"`: every change is written to the state file.
     pub restore: bool,
+    /// `kind = "pwm"`: it has a level, and takes `set`.
+    pub dimmable: bool,
+    /// `pulse_secs`: every switch on without an `on_time` of its own is a pulse this long.
+    pub pulse_secs: Option<f64>,
+    /// The last level above 0, which `on` and `toggle` bring back (100 until one was set).
+    pub last_level: f64,
     pub state: OutputState,
 }
 
@@ -62,7 +68,7 @@ pub struct Connect {
 }
 
 /// What to do about an incoming PUBLISH.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
     /// Nothing: not a topic of ours, a redelivered or retained command, a presence that needs
     /// no correction.
@@ -74,19 +80,24 @@ pub enum Incoming {
 }
 
 /// A decided switch, waiting for its pin to be set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SwitchOrder {
     /// Which output, in configuration order.
     pub index: usize,
     /// The level to set (logical: on, whatever the wiring).
     pub on: bool,
+    /// A dimmable output's level in percent (`on` is `level > 0`); `None` for on/off outputs.
+    pub level: Option<f64>,
+    /// A pulse: switch off again after this many seconds. The shell keeps the timer and calls
+    /// [`AgentState::handle_pulse_end`]; any later switch of the output ends the pulse.
+    pub pulse_secs: Option<f64>,
     pub source: StateSource,
     /// The command to acknowledge, for a switch an MQTT command asked for.
     pub cmd: Option<CommandId>,
 }
 
 /// What a switch came to once its pin was set (or failed to be).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Switched {
     /// For a local requester: the new state, or why not.
     pub result: Result<bool, RequestError>,
@@ -144,6 +155,8 @@ impl AgentState {
     ) -> usize {
         let state = OutputState {
             on,
+            level: None,
+            off_at: None,
             cmd: None,
             source,
             ts: self.started_at,
@@ -151,9 +164,25 @@ impl AgentState {
         self.outputs.push(OutputSlot {
             name,
             restore,
+            dimmable: false,
+            pulse_secs: None,
+            last_level: Level::MAX,
             state,
         });
         self.outputs.len() - 1
+    }
+
+    /// Makes output `index` dimmable, at the level it starts at (0 when it starts off, 100 when
+    /// on: the configuration's `initial` is on/off).
+    pub fn make_dimmable(&mut self, index: usize) {
+        let slot = &mut self.outputs[index];
+        slot.dimmable = true;
+        slot.state.level = Some(if slot.state.on { Level::MAX } else { 0.0 });
+    }
+
+    /// Every switch on of output `index` becomes a pulse of `secs` unless it has its own.
+    pub fn set_pulse_default(&mut self, index: usize, secs: f64) {
+        self.outputs[index].pulse_secs = Some(secs);
     }
 
     /// Adds an input that reads `active` at start, and returns its index.
@@ -306,9 +335,11 @@ impl AgentState {
             tracing::debug!("ignoring redelivered command {}", cmd.id);
             return Incoming::Nothing;
         }
-        let order = self.switch_order(
+        let order = self.order(
             cmd.output.as_ref(),
             cmd.action,
+            cmd.value,
+            cmd.on_time,
             StateSource::Command,
             Some(cmd.id.clone()),
         );
@@ -358,12 +389,78 @@ impl AgentState {
         source: StateSource,
         cmd: Option<CommandId>,
     ) -> Result<SwitchOrder, RequestError> {
+        self.order(output, action, None, None, source, cmd)
+    }
+
+    /// [`AgentState::switch_order`] with a command's `value` (for `set`) and `on_time` (a
+    /// pulse), each checked against the output: a level only for a dimmable output and only
+    /// with `set`, within 0–100; a pulse only for a switch on. What is not right is refused,
+    /// never clamped or ignored.
+    pub fn order(
+        &self,
+        output: Option<&Name>,
+        action: Action,
+        value: Option<f64>,
+        on_time: Option<f64>,
+        source: StateSource,
+        cmd: Option<CommandId>,
+    ) -> Result<SwitchOrder, RequestError> {
         let index = self.output_index(output)?;
+        let slot = &self.outputs[index];
+        let bad = |why: String| Err(RequestError::BadValue(why));
+        let level = match (action, value) {
+            (Action::Set, None) => return bad("set needs a value (a level in percent)".into()),
+            (Action::Set, Some(_)) if !slot.dimmable => {
+                return bad(format!(
+                    "output {} is on/off only: it takes on, off or toggle, not a level",
+                    slot.name
+                ))
+            }
+            (Action::Set, Some(v)) => Some(Level::check(v).map_err(RequestError::BadValue)?),
+            (_, Some(_)) => return bad(format!("a value is only for set, not for {action}")),
+            (_, None) if slot.dimmable => {
+                let on = action.apply(slot.state.on);
+                Some(if on { slot.last_level } else { 0.0 })
+            }
+            (_, None) => None,
+        };
+        let on = level.map_or_else(|| action.apply(slot.state.on), Level::is_on);
+        let pulse_secs = match on_time {
+            Some(secs) => {
+                let secs = pifleet_proto::payload::check_pulse_secs(secs)
+                    .map_err(RequestError::BadValue)?;
+                if !(matches!(action, Action::On | Action::Set) && on) {
+                    return bad(format!(
+                        "on_time is a pulse: it goes with on (or set above 0), not with {action}"
+                    ));
+                }
+                Some(secs)
+            }
+            None if on => slot.pulse_secs,
+            None => None,
+        };
         Ok(SwitchOrder {
             index,
-            on: action.apply(self.outputs[index].state.on),
+            on,
+            level,
+            pulse_secs,
             source,
             cmd,
+        })
+    }
+
+    /// The shell's pulse timer for output `index` fired: switch it off, with source `pulse`,
+    /// unless a later switch already ended the pulse (then nothing).
+    pub fn handle_pulse_end(&self, index: usize) -> Option<SwitchOrder> {
+        let slot = self.outputs.get(index)?;
+        slot.state.off_at?;
+        Some(SwitchOrder {
+            index,
+            on: false,
+            level: slot.dimmable.then_some(0.0),
+            pulse_secs: None,
+            source: StateSource::Pulse,
+            cmd: None,
         })
     }
 
@@ -387,15 +484,24 @@ impl AgentState {
         }
         let ts = self.now();
         let slot = &mut self.outputs[order.index];
-        if order.on != slot.state.on {
-            tracing::info!(
-                "output {} -> {}",
-                slot.name,
-                if order.on { "on" } else { "off" }
-            );
+        if order.on != slot.state.on || order.level != slot.state.level {
+            let what = match order.level {
+                Some(l) => format!("{l} %"),
+                None if order.on => "on".into(),
+                None => "off".into(),
+            };
+            match order.pulse_secs {
+                Some(p) => tracing::info!("output {} -> {what} for {p} s", slot.name),
+                None => tracing::info!("output {} -> {what}", slot.name),
+            }
+        }
+        if let Some(l) = order.level.filter(|l| Level::is_on(*l)) {
+            slot.last_level = l;
         }
         slot.state = OutputState {
             on: order.on,
+            level: order.level,
+            off_at: order.pulse_secs.map(|s| ts + (s * 1000.0).round() as u64),
             cmd: order.cmd,
             source: order.source,
             ts,
@@ -409,12 +515,13 @@ impl AgentState {
         }
     }
 
-    /// What the state file holds: every restorable output's state.
+    /// What the state file holds: every restorable output's state. An output in a pulse is
+    /// saved as off: an agent restarted mid-pulse has no timer to end it, so it comes up off.
     fn saved(&self) -> Saved {
         self.outputs
             .iter()
             .filter(|o| o.restore)
-            .map(|o| (o.name.to_string(), o.state.on))
+            .map(|o| (o.name.to_string(), o.state.on && o.state.off_at.is_none()))
             .collect()
     }
 
@@ -535,6 +642,7 @@ impl AgentState {
     fn command_refused(&self, id: CommandId, e: &RequestError) -> Message {
         let kind = match e {
             RequestError::Gpio(_) => EventKind::GpioError,
+            RequestError::BadValue(_) => EventKind::BadCommand,
             _ => EventKind::UnknownOutput,
         };
         self.event(kind, format!("refused command {id}: {e}"), Some(id))
@@ -728,6 +836,8 @@ mod test {
             SwitchOrder {
                 index: 0,
                 on: true,
+                level: None,
+                pulse_secs: None,
                 source: StateSource::Command,
                 cmd: Some(id("c1")),
             }
@@ -890,6 +1000,8 @@ mod test {
             k.outputs()[0].state,
             OutputState {
                 on: false,
+                level: None,
+                off_at: None,
                 cmd: None,
                 source: StateSource::Initial,
                 ts: T
@@ -1124,5 +1236,153 @@ mod test {
             sent[3].payload,
             format!(r#"{{"active":true,"ts":{T}}}"#).into_bytes()
         );
+    }
+
+    /// Device `k` with outputs `led` (on/off), `lamp` (dimmable, off) and `valve` (on/off,
+    /// `pulse_secs = 2`, restorable).
+    fn garden() -> AgentState {
+        let wire = Wire::new(Topics::new("pifleet").unwrap(), n("k"));
+        let mut k = AgentState::new(wire, vec![], clock);
+        k.add_output(n("led"), false, false, StateSource::Initial);
+        let lamp = k.add_output(n("lamp"), false, false, StateSource::Initial);
+        k.make_dimmable(lamp);
+        let valve = k.add_output(n("valve"), true, false, StateSource::Initial);
+        k.set_pulse_default(valve, 2.0);
+        k.handle_connected();
+        k
+    }
+
+    /// The refusal event a command produces, decoded.
+    fn refusal(k: &mut AgentState, payload: &str) -> Event {
+        match k.handle_incoming_publish(&command(payload)) {
+            Incoming::Publish(out) => serde_json::from_slice(&out[0].payload).unwrap(),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn state_of(switched: &Switched) -> OutputState {
+        serde_json::from_slice(&switched.publish[0].payload).unwrap()
+    }
+
+    #[test]
+    fn set_gives_a_dimmable_output_its_level_and_the_acknowledgement_carries_it() {
+        let mut k = garden();
+        let done = execute(&mut k, r#"{"id":"s1","action":"set","output":"lamp","value":40}"#);
+        let state = state_of(&done);
+        assert_eq!((state.on, state.level), (true, Some(40.0)));
+        assert_eq!(state.cmd, Some(id("s1")));
+        let done = execute(&mut k, r#"{"id":"s2","action":"set","output":"lamp","value":0}"#);
+        assert_eq!(state_of(&done).level, Some(0.0));
+        assert!(!state_of(&done).on, "level 0 is off");
+    }
+
+    #[test]
+    fn on_brings_back_the_last_level_above_zero_and_off_is_zero() {
+        let mut k = garden();
+        let on = execute(&mut k, r#"{"id":"a","action":"on","output":"lamp"}"#);
+        assert_eq!(state_of(&on).level, Some(100.0), "never set: fully on");
+        execute(&mut k, r#"{"id":"b","action":"set","output":"lamp","value":35.5}"#);
+        let off = execute(&mut k, r#"{"id":"c","action":"off","output":"lamp"}"#);
+        assert_eq!((state_of(&off).on, state_of(&off).level), (false, Some(0.0)));
+        let toggle = execute(&mut k, r#"{"id":"d","action":"toggle","output":"lamp"}"#);
+        assert_eq!(state_of(&toggle).level, Some(35.5));
+    }
+
+    #[test]
+    fn a_level_out_of_range_or_for_an_on_off_output_is_refused_with_a_reason_not_clamped() {
+        let mut k = garden();
+        for (payload, reason) in [
+            (r#"{"id":"r1","action":"set","output":"lamp","value":140}"#, "outside 0 to 100"),
+            (r#"{"id":"r2","action":"set","output":"lamp","value":-5}"#, "outside 0 to 100"),
+            (r#"{"id":"r3","action":"set","output":"led","value":40}"#, "on/off only"),
+            (r#"{"id":"r4","action":"set","output":"lamp"}"#, "needs a value"),
+            (r#"{"id":"r5","action":"on","output":"lamp","value":40}"#, "only for set"),
+        ] {
+            let e = refusal(&mut k, payload);
+            assert_eq!(e.kind, EventKind::BadCommand, "{payload}");
+            assert!(e.message.contains(reason), "{payload}: {}", e.message);
+            assert!(e.cmd.is_some(), "the refusal names the command");
+        }
+        assert_eq!(k.outputs()[1].state.level, Some(0.0), "nothing changed");
+    }
+
+    #[test]
+    fn on_time_starts_a_pulse_whose_end_is_in_the_state_and_comes_back_as_an_off_order() {
+        let mut k = garden();
+        let done = execute(&mut k, r#"{"id":"p1","action":"on","output":"led","on_time":1.5}"#);
+        assert_eq!(state_of(&done).off_at, Some(T + 1500));
+        let order = k.handle_pulse_end(0).expect("the pulse is running");
+        assert_eq!(
+            (order.on, order.source, order.cmd.clone()),
+            (false, StateSource::Pulse, None)
+        );
+        let end = k.handle_switched(order, Ok(()));
+        let state = state_of(&end);
+        assert_eq!((state.on, state.source, state.off_at), (false, StateSource::Pulse, None));
+        assert_eq!(k.handle_pulse_end(0), None, "ended: nothing more to do");
+    }
+
+    #[test]
+    fn a_new_command_to_the_same_output_ends_the_running_pulse() {
+        let mut k = garden();
+        execute(&mut k, r#"{"id":"p1","action":"on","output":"led","on_time":10}"#);
+        let plain = execute(&mut k, r#"{"id":"p2","action":"on","output":"led"}"#);
+        assert_eq!(state_of(&plain).off_at, None, "a plain on cancels the pulse");
+        assert_eq!(k.handle_pulse_end(0), None, "the old timer firing changes nothing");
+        let again = execute(&mut k, r#"{"id":"p3","action":"on","output":"led","on_time":3}"#);
+        assert_eq!(state_of(&again).off_at, Some(T + 3000), "a new pulse replaces it");
+    }
+
+    #[test]
+    fn pulse_secs_makes_every_switch_on_a_pulse_unless_the_command_has_its_own() {
+        let mut k = garden();
+        let on = execute(&mut k, r#"{"id":"v1","action":"on","output":"valve"}"#);
+        assert_eq!(state_of(&on).off_at, Some(T + 2000));
+        let own = execute(&mut k, r#"{"id":"v2","action":"on","output":"valve","on_time":0.5}"#);
+        assert_eq!(state_of(&own).off_at, Some(T + 500));
+        let off = execute(&mut k, r#"{"id":"v3","action":"off","output":"valve"}"#);
+        assert_eq!(state_of(&off).off_at, None);
+        let toggle = execute(&mut k, r#"{"id":"v4","action":"toggle","output":"valve"}"#);
+        assert_eq!(state_of(&toggle).off_at, Some(T + 2000), "toggled on: a pulse too");
+    }
+
+    #[test]
+    fn on_time_goes_only_with_a_switch_on_and_within_a_day() {
+        let mut k = garden();
+        for (payload, reason) in [
+            (r#"{"id":"t1","action":"off","output":"led","on_time":2}"#, "not with off"),
+            (r#"{"id":"t2","action":"on","output":"led","on_time":0}"#, "more than 0"),
+            (r#"{"id":"t3","action":"on","output":"led","on_time":90000}"#, "at most 86400"),
+            (
+                r#"{"id":"t4","action":"set","output":"lamp","value":0,"on_time":2}"#,
+                "not with set",
+            ),
+        ] {
+            let e = refusal(&mut k, payload);
+            assert_eq!(e.kind, EventKind::BadCommand, "{payload}");
+            assert!(e.message.contains(reason), "{payload}: {}", e.message);
+        }
+        let dim = execute(
+            &mut k,
+            r#"{"id":"t5","action":"set","output":"lamp","value":20,"on_time":2}"#,
+        );
+        assert_eq!(state_of(&dim).off_at, Some(T + 2000), "a dimmed pulse");
+        let end = k.handle_pulse_end(1).unwrap();
+        assert_eq!(end.level, Some(0.0));
+    }
+
+    #[test]
+    fn an_output_in_a_pulse_is_saved_as_off_so_a_restart_mid_pulse_comes_up_off() {
+        let mut k = garden();
+        let on = execute(&mut k, r#"{"id":"v1","action":"on","output":"valve"}"#);
+        assert_eq!(on.persist.unwrap()["valve"], false);
+        assert!(k.outputs()[2].state.on, "while it is on now");
+    }
+
+    #[test]
+    fn presence_lists_the_dimmable_outputs() {
+        let k = garden();
+        let p = announce::presence(&k, PresenceState::Online);
+        assert_eq!(p.dimmable, vec![n("lamp")]);
     }
 }

@@ -64,9 +64,11 @@ pub fn decode_message(
                 StateSource::Restore => "restore",
                 StateSource::Command => "command",
                 StateSource::Legacy => "legacy",
+                StateSource::Pulse => "pulse",
             };
+            // A dimmable output's row carries its level (percent), an on/off output's 1 or 0.
             let row = Row {
-                value: Some(if state.on { 1.0 } else { 0.0 }),
+                value: Some(state.level.unwrap_or(if state.on { 1.0 } else { 0.0 })),
                 source: Some(source.to_string()),
                 command_id: state.cmd.map(|c| c.0),
                 device_ms: Some(state.ts),

@@ -29,8 +29,8 @@ pub mod topic;
 
 pub use name::{Name, NameError};
 pub use payload::{
-    Action, Command, CommandId, Event, EventKind, InputState, OutputState, Presence, PresenceState,
-    SensorReading, StateSource,
+    Action, Command, CommandId, Event, EventKind, InputState, Level, OutputState, Presence,
+    PresenceState, SensorReading, StateSource,
 };
 pub use topic::{Target, Topic, Topics};
 

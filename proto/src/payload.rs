@@ -28,6 +28,9 @@ pub struct Presence {
     pub groups: Vec<Name>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<Name>,
+    /// The outputs among `outputs` that are dimmable (`kind = "pwm"`: `set` with a level).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dimmable: Vec<Name>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<Name>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -49,6 +52,7 @@ impl Presence {
             version: None,
             groups: vec![],
             outputs: vec![],
+            dimmable: vec![],
             inputs: vec![],
             sensors: vec![],
             started_at: None,
@@ -68,15 +72,19 @@ pub enum Action {
     On,
     Off,
     Toggle,
+    /// Set a dimmable (`kind = "pwm"`) output to [`Command::value`], a level in percent.
+    Set,
 }
 
 impl Action {
-    /// The output level after applying this action to an output that is `was_on`.
+    /// The on/off after applying this action to an output that is `was_on`. For [`Action::Set`]
+    /// that depends on the value: see [`Level::is_on`].
     pub fn apply(self, was_on: bool) -> bool {
         match self {
             Action::On => true,
             Action::Off => false,
             Action::Toggle => !was_on,
+            Action::Set => was_on,
         }
     }
 }
@@ -87,6 +95,7 @@ impl fmt::Display for Action {
             Action::On => "on",
             Action::Off => "off",
             Action::Toggle => "toggle",
+            Action::Set => "set",
         })
     }
 }
@@ -98,10 +107,48 @@ impl FromStr for Action {
             "on" => Ok(Action::On),
             "off" => Ok(Action::Off),
             "toggle" => Ok(Action::Toggle),
+            "set" => Ok(Action::Set),
             other => Err(format!(
-                "unknown action {other:?}: expected on, off or toggle"
+                "unknown action {other:?}: expected on, off, toggle or set"
             )),
         }
+    }
+}
+
+/// The level of a dimmable output, in percent: 0 (off) to 100 (fully on). Any fraction is
+/// allowed (a PWM duty cycle is continuous); NaN and values outside 0–100 are not levels.
+pub struct Level;
+
+impl Level {
+    pub const MAX: f64 = 100.0;
+
+    /// Why `value` is not a level, if it is not one. Values are refused, never clamped: a
+    /// controller asking for 140 % has a bug the user should see.
+    pub fn check(value: f64) -> Result<f64, String> {
+        if value.is_finite() && (0.0..=Level::MAX).contains(&value) {
+            Ok(value)
+        } else {
+            Err(format!("level {value} is outside 0 to 100 (percent)"))
+        }
+    }
+
+    pub fn is_on(value: f64) -> bool {
+        value > 0.0
+    }
+}
+
+/// The longest pulse (`on_time`, `pulse_secs`): one day. Longer timers are schedules, not
+/// pulses, and a typo (`on_time: 36000` for 3.6 s) should not keep a valve open for ten hours.
+pub const MAX_PULSE_SECS: f64 = 86_400.0;
+
+/// Why `secs` is not a pulse length, if it is not one.
+pub fn check_pulse_secs(secs: f64) -> Result<f64, String> {
+    if secs.is_finite() && secs > 0.0 && secs <= MAX_PULSE_SECS {
+        Ok(secs)
+    } else {
+        Err(format!(
+            "on_time {secs} must be more than 0 and at most {MAX_PULSE_SECS} seconds"
+        ))
     }
 }
 
@@ -140,13 +187,35 @@ impl fmt::Display for CommandId {
 }
 
 /// Published (QoS 1, never retained) on a command topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Command {
     pub id: CommandId,
     pub action: Action,
     /// Which output; absent means the device's first configured output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Name>,
+    /// For `set`: the level in percent ([`Level`]); refused with any other action and on an
+    /// output that is not dimmable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// A pulse: switch on, then off again after this many seconds (fractions allowed), on the
+    /// device's own timer, which keeps running if the network drops. With `on`, or `set` to a
+    /// level above 0; see [`check_pulse_secs`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_time: Option<f64>,
+}
+
+impl Command {
+    /// An `on`/`off`/`toggle` of `output` (the first one when `None`), with a fresh id.
+    pub fn switch(action: Action, output: Option<Name>) -> Command {
+        Command {
+            id: CommandId::generate(),
+            action,
+            output,
+            value: None,
+            on_time: None,
+        }
+    }
 }
 
 /// What last changed an output.
@@ -161,13 +230,22 @@ pub enum StateSource {
     Command,
     /// A legacy-protocol client connected to the agent directly.
     Legacy,
+    /// The end of a pulse: the device's own timer switched the output off (`on_time`,
+    /// `pulse_secs`).
+    Pulse,
 }
 
 /// Retained on `<prefix>/dev/<device>/out/<output>`. `cmd` is the acknowledgement: a controller
 /// that sent command `X` waits for a state with `cmd == X`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputState {
     pub on: bool,
+    /// A dimmable output's level in percent (`on` is `level > 0`); absent for on/off outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<f64>,
+    /// While a pulse runs: when the device will switch the output off (Unix milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<CommandId>,
     pub source: StateSource,
@@ -245,17 +323,34 @@ mod test {
             Command {
                 id: CommandId("1".into()),
                 action: Action::On,
-                output: None
+                output: None,
+                value: None,
+                on_time: None,
             }
         );
         let c = Command {
             id: CommandId("a1".into()),
             action: Action::Toggle,
             output: Some(n("led")),
+            value: None,
+            on_time: None,
         };
         assert_eq!(
             serde_json::to_string(&c).unwrap(),
             r#"{"id":"a1","action":"toggle","output":"led"}"#
+        );
+        // A level, and a pulse (docs/protocol.md "Command").
+        let c: Command =
+            serde_json::from_str(r#"{"id":"d1","action":"set","output":"lamp","value":40}"#)
+                .unwrap();
+        assert_eq!((c.action, c.value, c.on_time), (Action::Set, Some(40.0), None));
+        let c: Command =
+            serde_json::from_str(r#"{"id":"p1","action":"on","output":"valve","on_time":2.5}"#)
+                .unwrap();
+        assert_eq!((c.action, c.value, c.on_time), (Action::On, None, Some(2.5)));
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"id":"p1","action":"on","output":"valve","on_time":2.5}"#
         );
         // Unknown fields are ignored; unknown actions and bad output names are refused.
         assert!(serde_json::from_str::<Command>(r#"{"id":"1","action":"on","x":1}"#).is_ok());
@@ -285,6 +380,8 @@ mod test {
     fn state_fixtures() {
         let s = OutputState {
             on: true,
+            level: None,
+            off_at: None,
             cmd: Some(CommandId("c1".into())),
             source: StateSource::Command,
             ts: 5,
@@ -293,6 +390,16 @@ mod test {
             serde_json::to_string(&s).unwrap(),
             r#"{"on":true,"cmd":"c1","source":"command","ts":5}"#
         );
+        // A dimmed output during a pulse, and the pulse's end.
+        let s: OutputState = serde_json::from_str(
+            r#"{"on":true,"level":40.0,"off_at":1700000002500,"cmd":"p1","source":"command","ts":1700000000000}"#,
+        )
+        .unwrap();
+        assert_eq!((s.level, s.off_at), (Some(40.0), Some(1_700_000_002_500)));
+        let s: OutputState =
+            serde_json::from_str(r#"{"on":false,"level":0.0,"source":"pulse","ts":1700000002500}"#)
+                .unwrap();
+        assert_eq!((s.on, s.source, s.off_at), (false, StateSource::Pulse, None));
         let i: InputState = serde_json::from_str(r#"{"active":false,"ts":7}"#).unwrap();
         assert!(!i.active);
         let r: SensorReading =
@@ -336,6 +443,12 @@ mod test {
         assert!(Action::Toggle.apply(false));
         assert!(!Action::Toggle.apply(true));
         assert_eq!("toggle".parse::<Action>(), Ok(Action::Toggle));
+        assert_eq!("set".parse::<Action>(), Ok(Action::Set));
+        assert_eq!(Level::check(40.0), Ok(40.0));
+        assert!(Level::check(100.5).is_err() && Level::check(-1.0).is_err());
+        assert!(Level::check(f64::NAN).is_err());
+        assert!(check_pulse_secs(0.0).is_err() && check_pulse_secs(86_401.0).is_err());
+        assert_eq!(check_pulse_secs(0.25), Ok(0.25));
         assert!("blink".parse::<Action>().is_err());
     }
 

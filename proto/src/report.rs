@@ -70,6 +70,12 @@ pub struct SwitchResult {
     /// The output's state after the command (when confirmed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on: Option<bool>,
+    /// A dimmable output's level after the command, in percent (when confirmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<f64>,
+    /// A pulse's end, when the command started one (Unix ms; the device switches off then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off_at: Option<u64>,
     /// Time from publishing the command to receiving the acknowledgement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
@@ -78,11 +84,17 @@ pub struct SwitchResult {
     pub message: Option<String>,
 }
 
-/// `pifleet on|off|toggle --json`.
+/// `pifleet on|off|toggle|set --json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SwitchReport {
     pub command_id: CommandId,
     pub action: Action,
+    /// `set`'s level, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The pulse asked for (`--for`), in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_time: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
     pub results: Vec<SwitchResult>,

@@ -32,6 +32,14 @@ pub trait Backend: Send {
     /// Claims `pin` as an output driven to `high` from the first instant, so an LED configured
     /// off never flashes on at start.
     fn output(&mut self, pin: u8, high: bool) -> Result<Box<dyn RawOutput>, GpioError>;
+    /// Claims `pin` as a PWM output at `frequency_hz`, starting at `duty` (0.0–1.0 of each
+    /// period high).
+    fn pwm(
+        &mut self,
+        pin: u8,
+        frequency_hz: f64,
+        duty: f64,
+    ) -> Result<Box<dyn RawPwm>, GpioError>;
     /// Claims `pin` as an input and reports every debounced level change to `on_edge`.
     fn input(
         &mut self,
@@ -44,6 +52,11 @@ pub trait Backend: Send {
 
 pub trait RawOutput: Send {
     fn write(&mut self, high: bool) -> Result<(), GpioError>;
+}
+
+pub trait RawPwm: Send {
+    /// The fraction of each period the pin is high, 0.0–1.0.
+    fn set_duty(&mut self, duty: f64) -> Result<(), GpioError>;
 }
 
 pub trait RawInput: Send {
@@ -81,6 +94,68 @@ impl Switch {
 
     pub fn is_on(&self) -> bool {
         self.on
+    }
+}
+
+/// A dimmable output as the fleet sees it: a level in percent, whatever the wiring (active low
+/// inverts the duty cycle, so 100 % is fully lit either way).
+pub struct Dimmer {
+    raw: Box<dyn RawPwm>,
+    active_low: bool,
+    level: f64,
+}
+
+impl Dimmer {
+    /// Claims the pin already at `level` percent.
+    pub fn new(
+        backend: &mut dyn Backend,
+        pin: u8,
+        active_low: bool,
+        frequency_hz: f64,
+        level: f64,
+    ) -> Result<Self, GpioError> {
+        let raw = backend.pwm(pin, frequency_hz, duty(level, active_low))?;
+        Ok(Dimmer {
+            raw,
+            active_low,
+            level,
+        })
+    }
+
+    pub fn set(&mut self, level: f64) -> Result<(), GpioError> {
+        self.raw.set_duty(duty(level, self.active_low))?;
+        self.level = level;
+        Ok(())
+    }
+
+    pub fn level(&self) -> f64 {
+        self.level
+    }
+}
+
+fn duty(level: f64, active_low: bool) -> f64 {
+    let d = (level / 100.0).clamp(0.0, 1.0);
+    if active_low {
+        1.0 - d
+    } else {
+        d
+    }
+}
+
+/// One configured output's pin: on/off, or dimmable.
+pub enum OutputPin {
+    Switch(Switch),
+    Dimmer(Dimmer),
+}
+
+impl OutputPin {
+    /// Drives the pin to `on` (a switch) or `level` percent (a dimmer; `level` is what the core
+    /// decided, `on` follows from it).
+    pub fn set(&mut self, on: bool, level: Option<f64>) -> Result<(), GpioError> {
+        match self {
+            OutputPin::Switch(s) => s.set(on),
+            OutputPin::Dimmer(d) => d.set(level.unwrap_or(if on { 100.0 } else { 0.0 })),
+        }
     }
 }
 
@@ -166,5 +241,21 @@ mod test {
         board.drive_input(27, false).unwrap(); // no edge, no event
         board.drive_input(27, true).unwrap();
         assert_eq!(*seen.lock().unwrap(), vec![true, false]);
+    }
+
+    #[test]
+    fn a_dimmer_sets_the_duty_cycle_and_active_low_inverts_it() {
+        let board = sim::SimBoard::new();
+        let mut backend: Box<dyn Backend> = Box::new(board.clone());
+        let mut lamp = Dimmer::new(backend.as_mut(), 18, false, 200.0, 0.0).unwrap();
+        assert_eq!(board.pwm(18), Some((200.0, 0.0)));
+        lamp.set(40.0).unwrap();
+        assert_eq!(board.pwm(18), Some((200.0, 0.4)));
+        assert_eq!(lamp.level(), 40.0);
+        let mut fan = Dimmer::new(backend.as_mut(), 12, true, 25_000.0, 100.0).unwrap();
+        assert_eq!(board.pwm(12), Some((25_000.0, 0.0)), "active low: 100 % drives low");
+        fan.set(25.0).unwrap();
+        assert_eq!(board.pwm(12), Some((25_000.0, 0.75)));
+        assert!(Dimmer::new(backend.as_mut(), 18, false, 200.0, 0.0).is_err(), "pin in use");
     }
 }

@@ -8,8 +8,9 @@
 use std::time::Duration;
 
 use rppal::gpio::{Gpio, InputPin, Level, OutputPin, Trigger};
+use rppal::pwm::{Channel, Polarity, Pwm};
 
-use super::{Backend, EdgeCallback, GpioError, RawInput, RawOutput};
+use super::{Backend, EdgeCallback, GpioError, RawInput, RawOutput, RawPwm};
 use crate::config::Pull;
 
 /// True when the device tree names a Raspberry Pi.
@@ -58,6 +59,45 @@ impl Backend for RppalBackend {
         Ok(Box::new(RppalOutput(out)))
     }
 
+    /// Hardware PWM on the pins the `pwm`/`pwm-2chan` overlays route to the two channels
+    /// (BCM 12 or 18: channel 0, 13 or 19: channel 1); where that channel is not enabled, and
+    /// on every other pin, rppal's software PWM (a thread toggling the pin; some jitter, fine
+    /// for LEDs, not for servos).
+    fn pwm(
+        &mut self,
+        pin: u8,
+        frequency_hz: f64,
+        duty: f64,
+    ) -> Result<Box<dyn RawPwm>, GpioError> {
+        let channel = match pin {
+            12 | 18 => Some(Channel::Pwm0),
+            13 | 19 => Some(Channel::Pwm1),
+            _ => None,
+        };
+        if let Some(channel) = channel {
+            match Pwm::with_frequency(channel, frequency_hz, duty, Polarity::Normal, true) {
+                Ok(pwm) => {
+                    tracing::info!("BCM {pin}: hardware PWM ({channel}) at {frequency_hz} Hz");
+                    return Ok(Box::new(HardwarePwm { pwm, pin }));
+                }
+                Err(e) => tracing::warn!(
+                    "BCM {pin}: hardware PWM {channel} unavailable ({e}; enable it with \
+                     dtoverlay=pwm-2chan); using software PWM"
+                ),
+            }
+        }
+        let p = self.gpio.get(pin).map_err(pin_err(pin))?;
+        let mut out = p.into_output_low();
+        out.set_reset_on_drop(false);
+        let mut soft = SoftwarePwm {
+            out,
+            frequency_hz,
+            pin,
+        };
+        soft.set_duty(duty)?;
+        Ok(Box::new(soft))
+    }
+
     fn input(
         &mut self,
         pin: u8,
@@ -88,6 +128,40 @@ impl RawOutput for RppalOutput {
     fn write(&mut self, high: bool) -> Result<(), GpioError> {
         self.0.write(if high { Level::High } else { Level::Low });
         Ok(())
+    }
+}
+
+struct HardwarePwm {
+    pwm: Pwm,
+    pin: u8,
+}
+
+impl RawPwm for HardwarePwm {
+    fn set_duty(&mut self, duty: f64) -> Result<(), GpioError> {
+        self.pwm.set_duty_cycle(duty).map_err(|e| GpioError::Pin {
+            pin: self.pin,
+            message: e.to_string(),
+        })
+    }
+}
+
+struct SoftwarePwm {
+    out: OutputPin,
+    frequency_hz: f64,
+    pin: u8,
+}
+
+impl RawPwm for SoftwarePwm {
+    fn set_duty(&mut self, duty: f64) -> Result<(), GpioError> {
+        // 0 and 100 % as plain levels: no thread toggling a pin that never changes.
+        let result = if duty <= 0.0 {
+            self.out.clear_pwm().map(|()| self.out.set_low())
+        } else if duty >= 1.0 {
+            self.out.clear_pwm().map(|()| self.out.set_high())
+        } else {
+            self.out.set_pwm_frequency(self.frequency_hz, duty)
+        };
+        result.map_err(pin_err(self.pin))
     }
 }
 

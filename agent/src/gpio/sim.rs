@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Backend, EdgeCallback, GpioError, RawInput, RawOutput};
+use super::{Backend, EdgeCallback, GpioError, RawInput, RawOutput, RawPwm};
 use crate::config::Pull;
 
 enum SimPin {
     Output { high: bool },
+    Pwm { frequency_hz: f64, duty: f64 },
     Input { high: bool, on_edge: EdgeCallback },
 }
 
@@ -25,10 +26,19 @@ impl SimBoard {
         Self::default()
     }
 
-    /// The level of a claimed pin.
+    /// The level of a claimed pin (a PWM pin: high if its duty cycle is above 0).
     pub fn level(&self, pin: u8) -> Option<bool> {
         match self.pins.lock().unwrap().get(&pin)? {
             SimPin::Output { high } | SimPin::Input { high, .. } => Some(*high),
+            SimPin::Pwm { duty, .. } => Some(*duty > 0.0),
+        }
+    }
+
+    /// A PWM pin's frequency and duty cycle (0.0–1.0).
+    pub fn pwm(&self, pin: u8) -> Option<(f64, f64)> {
+        match self.pins.lock().unwrap().get(&pin)? {
+            SimPin::Pwm { frequency_hz, duty } => Some((*frequency_hz, *duty)),
+            _ => None,
         }
     }
 
@@ -79,6 +89,19 @@ impl Backend for SimBoard {
         }))
     }
 
+    fn pwm(
+        &mut self,
+        pin: u8,
+        frequency_hz: f64,
+        duty: f64,
+    ) -> Result<Box<dyn RawPwm>, GpioError> {
+        self.claim(pin, SimPin::Pwm { frequency_hz, duty })?;
+        Ok(Box::new(SimPinHandle {
+            board: self.clone(),
+            pin,
+        }))
+    }
+
     fn input(
         &mut self,
         pin: u8,
@@ -107,6 +130,17 @@ impl RawOutput for SimPinHandle {
             self.board.pins.lock().unwrap().get_mut(&self.pin)
         {
             *level = high;
+        }
+        Ok(())
+    }
+}
+
+impl RawPwm for SimPinHandle {
+    fn set_duty(&mut self, duty: f64) -> Result<(), GpioError> {
+        if let Some(SimPin::Pwm { duty: d, .. }) =
+            self.board.pins.lock().unwrap().get_mut(&self.pin)
+        {
+            *d = duty;
         }
         Ok(())
     }
