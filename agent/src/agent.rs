@@ -7,8 +7,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use pifleet_proto::payload::StateSource;
-use pifleet_proto::Level;
 use pifleet_proto::time::now_ms;
+use pifleet_proto::Level;
 use tokio::sync::mpsc;
 
 use crate::backlog::Backlog;

@@ -395,7 +395,9 @@ impl Config {
                         "output {name}: frequency_hz is for kind = \"pwm\" outputs"
                     ));
                 }
-                (OutputKind::Pwm, Some(f)) if !(f.is_finite() && (1.0..=100_000.0).contains(&f)) => {
+                (OutputKind::Pwm, Some(f))
+                    if !(f.is_finite() && (1.0..=100_000.0).contains(&f)) =>
+                {
                     return bad(format!(
                         "output {name}: frequency_hz = {f} must be between 1 and 100000"
                     ));

@@ -793,7 +793,10 @@ mod test {
                     _ => None,
                 })
                 .expect("the output state after the reconnect");
-            assert!(off.contains(r#""on":false"#) && off.contains(r#""source":"pulse""#), "{off}");
+            assert!(
+                off.contains(r#""on":false"#) && off.contains(r#""source":"pulse""#),
+                "{off}"
+            );
         })
         .await;
     }

@@ -1267,11 +1267,17 @@ mod test {
     #[test]
     fn set_gives_a_dimmable_output_its_level_and_the_acknowledgement_carries_it() {
         let mut k = garden();
-        let done = execute(&mut k, r#"{"id":"s1","action":"set","output":"lamp","value":40}"#);
+        let done = execute(
+            &mut k,
+            r#"{"id":"s1","action":"set","output":"lamp","value":40}"#,
+        );
         let state = state_of(&done);
         assert_eq!((state.on, state.level), (true, Some(40.0)));
         assert_eq!(state.cmd, Some(id("s1")));
-        let done = execute(&mut k, r#"{"id":"s2","action":"set","output":"lamp","value":0}"#);
+        let done = execute(
+            &mut k,
+            r#"{"id":"s2","action":"set","output":"lamp","value":0}"#,
+        );
         assert_eq!(state_of(&done).level, Some(0.0));
         assert!(!state_of(&done).on, "level 0 is off");
     }
@@ -1281,9 +1287,15 @@ mod test {
         let mut k = garden();
         let on = execute(&mut k, r#"{"id":"a","action":"on","output":"lamp"}"#);
         assert_eq!(state_of(&on).level, Some(100.0), "never set: fully on");
-        execute(&mut k, r#"{"id":"b","action":"set","output":"lamp","value":35.5}"#);
+        execute(
+            &mut k,
+            r#"{"id":"b","action":"set","output":"lamp","value":35.5}"#,
+        );
         let off = execute(&mut k, r#"{"id":"c","action":"off","output":"lamp"}"#);
-        assert_eq!((state_of(&off).on, state_of(&off).level), (false, Some(0.0)));
+        assert_eq!(
+            (state_of(&off).on, state_of(&off).level),
+            (false, Some(0.0))
+        );
         let toggle = execute(&mut k, r#"{"id":"d","action":"toggle","output":"lamp"}"#);
         assert_eq!(state_of(&toggle).level, Some(35.5));
     }
@@ -1292,11 +1304,26 @@ mod test {
     fn a_level_out_of_range_or_for_an_on_off_output_is_refused_with_a_reason_not_clamped() {
         let mut k = garden();
         for (payload, reason) in [
-            (r#"{"id":"r1","action":"set","output":"lamp","value":140}"#, "outside 0 to 100"),
-            (r#"{"id":"r2","action":"set","output":"lamp","value":-5}"#, "outside 0 to 100"),
-            (r#"{"id":"r3","action":"set","output":"led","value":40}"#, "on/off only"),
-            (r#"{"id":"r4","action":"set","output":"lamp"}"#, "needs a value"),
-            (r#"{"id":"r5","action":"on","output":"lamp","value":40}"#, "only for set"),
+            (
+                r#"{"id":"r1","action":"set","output":"lamp","value":140}"#,
+                "outside 0 to 100",
+            ),
+            (
+                r#"{"id":"r2","action":"set","output":"lamp","value":-5}"#,
+                "outside 0 to 100",
+            ),
+            (
+                r#"{"id":"r3","action":"set","output":"led","value":40}"#,
+                "on/off only",
+            ),
+            (
+                r#"{"id":"r4","action":"set","output":"lamp"}"#,
+                "needs a value",
+            ),
+            (
+                r#"{"id":"r5","action":"on","output":"lamp","value":40}"#,
+                "only for set",
+            ),
         ] {
             let e = refusal(&mut k, payload);
             assert_eq!(e.kind, EventKind::BadCommand, "{payload}");
@@ -1309,7 +1336,10 @@ mod test {
     #[test]
     fn on_time_starts_a_pulse_whose_end_is_in_the_state_and_comes_back_as_an_off_order() {
         let mut k = garden();
-        let done = execute(&mut k, r#"{"id":"p1","action":"on","output":"led","on_time":1.5}"#);
+        let done = execute(
+            &mut k,
+            r#"{"id":"p1","action":"on","output":"led","on_time":1.5}"#,
+        );
         assert_eq!(state_of(&done).off_at, Some(T + 1500));
         let order = k.handle_pulse_end(0).expect("the pulse is running");
         assert_eq!(
@@ -1318,19 +1348,40 @@ mod test {
         );
         let end = k.handle_switched(order, Ok(()));
         let state = state_of(&end);
-        assert_eq!((state.on, state.source, state.off_at), (false, StateSource::Pulse, None));
+        assert_eq!(
+            (state.on, state.source, state.off_at),
+            (false, StateSource::Pulse, None)
+        );
         assert_eq!(k.handle_pulse_end(0), None, "ended: nothing more to do");
     }
 
     #[test]
     fn a_new_command_to_the_same_output_ends_the_running_pulse() {
         let mut k = garden();
-        execute(&mut k, r#"{"id":"p1","action":"on","output":"led","on_time":10}"#);
+        execute(
+            &mut k,
+            r#"{"id":"p1","action":"on","output":"led","on_time":10}"#,
+        );
         let plain = execute(&mut k, r#"{"id":"p2","action":"on","output":"led"}"#);
-        assert_eq!(state_of(&plain).off_at, None, "a plain on cancels the pulse");
-        assert_eq!(k.handle_pulse_end(0), None, "the old timer firing changes nothing");
-        let again = execute(&mut k, r#"{"id":"p3","action":"on","output":"led","on_time":3}"#);
-        assert_eq!(state_of(&again).off_at, Some(T + 3000), "a new pulse replaces it");
+        assert_eq!(
+            state_of(&plain).off_at,
+            None,
+            "a plain on cancels the pulse"
+        );
+        assert_eq!(
+            k.handle_pulse_end(0),
+            None,
+            "the old timer firing changes nothing"
+        );
+        let again = execute(
+            &mut k,
+            r#"{"id":"p3","action":"on","output":"led","on_time":3}"#,
+        );
+        assert_eq!(
+            state_of(&again).off_at,
+            Some(T + 3000),
+            "a new pulse replaces it"
+        );
     }
 
     #[test]
@@ -1338,21 +1389,37 @@ mod test {
         let mut k = garden();
         let on = execute(&mut k, r#"{"id":"v1","action":"on","output":"valve"}"#);
         assert_eq!(state_of(&on).off_at, Some(T + 2000));
-        let own = execute(&mut k, r#"{"id":"v2","action":"on","output":"valve","on_time":0.5}"#);
+        let own = execute(
+            &mut k,
+            r#"{"id":"v2","action":"on","output":"valve","on_time":0.5}"#,
+        );
         assert_eq!(state_of(&own).off_at, Some(T + 500));
         let off = execute(&mut k, r#"{"id":"v3","action":"off","output":"valve"}"#);
         assert_eq!(state_of(&off).off_at, None);
         let toggle = execute(&mut k, r#"{"id":"v4","action":"toggle","output":"valve"}"#);
-        assert_eq!(state_of(&toggle).off_at, Some(T + 2000), "toggled on: a pulse too");
+        assert_eq!(
+            state_of(&toggle).off_at,
+            Some(T + 2000),
+            "toggled on: a pulse too"
+        );
     }
 
     #[test]
     fn on_time_goes_only_with_a_switch_on_and_within_a_day() {
         let mut k = garden();
         for (payload, reason) in [
-            (r#"{"id":"t1","action":"off","output":"led","on_time":2}"#, "not with off"),
-            (r#"{"id":"t2","action":"on","output":"led","on_time":0}"#, "more than 0"),
-            (r#"{"id":"t3","action":"on","output":"led","on_time":90000}"#, "at most 86400"),
+            (
+                r#"{"id":"t1","action":"off","output":"led","on_time":2}"#,
+                "not with off",
+            ),
+            (
+                r#"{"id":"t2","action":"on","output":"led","on_time":0}"#,
+                "more than 0",
+            ),
+            (
+                r#"{"id":"t3","action":"on","output":"led","on_time":90000}"#,
+                "at most 86400",
+            ),
             (
                 r#"{"id":"t4","action":"set","output":"lamp","value":0,"on_time":2}"#,
                 "not with set",
@@ -1375,7 +1442,7 @@ mod test {
     fn an_output_in_a_pulse_is_saved_as_off_so_a_restart_mid_pulse_comes_up_off() {
         let mut k = garden();
         let on = execute(&mut k, r#"{"id":"v1","action":"on","output":"valve"}"#);
-        assert_eq!(on.persist.unwrap()["valve"], false);
+        assert!(!on.persist.unwrap()["valve"], "saved as off");
         assert!(k.outputs()[2].state.on, "while it is on now");
     }
 

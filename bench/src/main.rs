@@ -165,12 +165,7 @@ fn agent_config(url: &BrokerUrl, device: &str) -> Config {
         broker: url.clone(),
         gpio: GpioChoice::Sim,
         keep_alive_secs: 30,
-        outputs: vec![OutputConfig {
-            name: Name::new("led").unwrap(),
-            pin: 17,
-            active_low: false,
-            initial: Default::default(),
-        }],
+        outputs: vec![OutputConfig::switch(Name::new("led").unwrap(), 17)],
         inputs: vec![InputConfig {
             name: Name::new("button").unwrap(),
             pin: 27,
@@ -259,11 +254,7 @@ async fn command_round(
     expect: usize,
     action: Action,
 ) -> (Duration, usize) {
-    let cmd = Cmd {
-        id: CommandId::generate(),
-        action,
-        output: None,
-    };
+    let cmd = Cmd::switch(action, None);
     let payload = serde_json::to_vec(&cmd).unwrap();
     let started = Instant::now();
     c.client

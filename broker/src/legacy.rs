@@ -184,6 +184,8 @@ impl Relay {
             id: id.clone(),
             action,
             output,
+            value: None,
+            on_time: None,
         };
         let payload = serde_json::to_vec(&command).expect("commands serialize");
         // The deadline covers handing the command over too: while the relay is reconnecting

@@ -128,6 +128,8 @@ pub enum Command {
     Off(SwitchArgs),
     /// Toggle outputs and wait for each device to confirm.
     Toggle(SwitchArgs),
+    /// Set dimmable (PWM) outputs to a level in percent and wait for each device to confirm.
+    Set(SetArgs),
     /// Show the fleet: presence, outputs, inputs, latest sensor values, last seen.
     Status(StatusArgs),
     /// Print live events (presence, outputs, buttons, sensors, refusals) until Ctrl-C.
@@ -157,6 +159,48 @@ pub struct SwitchArgs {
     /// Seconds to wait for confirmations.
     #[arg(long, short, default_value = "5", value_name = "SECS", value_parser = seconds)]
     pub timeout: f64,
+    /// A pulse (`on` and `set`): the device switches the output off again after this long, on
+    /// its own timer (e.g. 2s, 1.5s, 500ms, 10m; at most a day).
+    #[arg(long = "for", value_name = "DURATION", value_parser = pulse)]
+    pub pulse: Option<f64>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SetArgs {
+    /// The level, in percent: 0 (off) to 100.
+    #[arg(long, short, value_name = "PERCENT", value_parser = level)]
+    pub level: f64,
+    #[command(flatten)]
+    pub switch: SwitchArgs,
+}
+
+/// A level in percent, as `set` takes it.
+pub fn level(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    pifleet_proto::Level::check(v)
+}
+
+/// A pulse length: a number with `ms`, `s`, `m` or `h` (seconds without one).
+pub fn pulse(s: &str) -> Result<f64, String> {
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 2s, 1.5s, 500ms, 10m)"))?;
+    pifleet_proto::payload::check_pulse_secs(v * scale)
+        .map_err(|_| format!("{s:?}: a pulse is more than 0 and at most a day (24h)"))
 }
 
 #[derive(Args, Debug, Clone)]
@@ -225,6 +269,18 @@ mod test {
         assert_eq!((s.username.as_deref(), s.password), (Some("alice"), None));
         let s = global(&["--user", ""]).security_with(None).unwrap();
         assert_eq!(s.username, None);
+    }
+
+    #[test]
+    fn pulses_and_levels_parse_with_their_units() {
+        assert_eq!(pulse("2s"), Ok(2.0));
+        assert_eq!(pulse("1.5"), Ok(1.5));
+        assert_eq!(pulse("500ms"), Ok(0.5));
+        assert_eq!(pulse("10m"), Ok(600.0));
+        assert!(pulse("0s").is_err() && pulse("25h").is_err() && pulse("soon").is_err());
+        assert_eq!(level("40"), Ok(40.0));
+        assert_eq!(level("12.5%"), Ok(12.5));
+        assert!(level("140").is_err() && level("-1").is_err() && level("dim").is_err());
     }
 
     #[test]

@@ -29,13 +29,17 @@ pub async fn run(cli: Cli) -> u8 {
     };
     let result = match &cli.command {
         Command::On(a) => {
-            cmd::switch::exec(&cli.global, topics, pifleet_proto::Action::On, a).await
+            cmd::switch::exec(&cli.global, topics, pifleet_proto::Action::On, None, a).await
         }
         Command::Off(a) => {
-            cmd::switch::exec(&cli.global, topics, pifleet_proto::Action::Off, a).await
+            cmd::switch::exec(&cli.global, topics, pifleet_proto::Action::Off, None, a).await
         }
         Command::Toggle(a) => {
-            cmd::switch::exec(&cli.global, topics, pifleet_proto::Action::Toggle, a).await
+            cmd::switch::exec(&cli.global, topics, pifleet_proto::Action::Toggle, None, a).await
+        }
+        Command::Set(a) => {
+            let set = pifleet_proto::Action::Set;
+            cmd::switch::exec(&cli.global, topics, set, Some(a.level), &a.switch).await
         }
         Command::Status(a) => cmd::status::exec(&cli.global, topics, a).await,
         Command::Watch(a) => cmd::watch::exec(&cli.global, topics, a).await,

@@ -343,11 +343,17 @@ mod test {
         let c: Command =
             serde_json::from_str(r#"{"id":"d1","action":"set","output":"lamp","value":40}"#)
                 .unwrap();
-        assert_eq!((c.action, c.value, c.on_time), (Action::Set, Some(40.0), None));
+        assert_eq!(
+            (c.action, c.value, c.on_time),
+            (Action::Set, Some(40.0), None)
+        );
         let c: Command =
             serde_json::from_str(r#"{"id":"p1","action":"on","output":"valve","on_time":2.5}"#)
                 .unwrap();
-        assert_eq!((c.action, c.value, c.on_time), (Action::On, None, Some(2.5)));
+        assert_eq!(
+            (c.action, c.value, c.on_time),
+            (Action::On, None, Some(2.5))
+        );
         assert_eq!(
             serde_json::to_string(&c).unwrap(),
             r#"{"id":"p1","action":"on","output":"valve","on_time":2.5}"#
@@ -399,7 +405,10 @@ mod test {
         let s: OutputState =
             serde_json::from_str(r#"{"on":false,"level":0.0,"source":"pulse","ts":1700000002500}"#)
                 .unwrap();
-        assert_eq!((s.on, s.source, s.off_at), (false, StateSource::Pulse, None));
+        assert_eq!(
+            (s.on, s.source, s.off_at),
+            (false, StateSource::Pulse, None)
+        );
         let i: InputState = serde_json::from_str(r#"{"active":false,"ts":7}"#).unwrap();
         assert!(!i.active);
         let r: SensorReading =

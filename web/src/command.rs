@@ -28,6 +28,12 @@ pub struct CommandRequest {
     /// The output to switch (default: each device's first output).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Name>,
+    /// For `set`: the level in percent (a dimmable output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// A pulse: seconds until the device switches the output off again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_time: Option<f64>,
     /// How long to wait for confirmations (default 5000, at most 60000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -49,6 +55,8 @@ fn row(device: &Name, outcome: Outcome, message: &str) -> SwitchResult {
         device: device.to_string(),
         outcome,
         on: None,
+        level: None,
+        off_at: None,
         latency_ms: None,
         message: Some(message.to_string()),
     }
@@ -100,6 +108,8 @@ pub async fn run(link: &Link, req: CommandRequest) -> Result<SwitchReport, Error
         id: CommandId::generate(),
         action: req.action,
         output: req.output.clone(),
+        value: req.value,
+        on_time: req.on_time,
     };
     let mut waiter = link.wait_for(&command.id);
     let started = Instant::now();
@@ -132,6 +142,8 @@ pub async fn run(link: &Link, req: CommandRequest) -> Result<SwitchReport, Error
                     device: device.to_string(),
                     outcome: Outcome::Confirmed,
                     on: Some(state.on),
+                    level: state.level,
+                    off_at: state.off_at,
                     latency_ms: Some((started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0),
                     message: None,
                 };
@@ -157,6 +169,8 @@ pub async fn run(link: &Link, req: CommandRequest) -> Result<SwitchReport, Error
     Ok(SwitchReport {
         command_id: command.id,
         action: req.action,
+        value: req.value,
+        on_time: req.on_time,
         output: req.output.map(|o| o.to_string()),
         results: results.into_values().collect(),
     })

@@ -17,8 +17,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::Error;
 
-/// What the page's event stream carries besides the snapshot.
+/// What the page's event stream carries besides the snapshot. Nearly every value is a
+/// `Watch`, so boxing it to shrink the rare `Link` would cost an allocation per message.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Live {
     /// A device message, decoded.
     Watch(WatchEvent),

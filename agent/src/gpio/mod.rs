@@ -34,12 +34,7 @@ pub trait Backend: Send {
     fn output(&mut self, pin: u8, high: bool) -> Result<Box<dyn RawOutput>, GpioError>;
     /// Claims `pin` as a PWM output at `frequency_hz`, starting at `duty` (0.0–1.0 of each
     /// period high).
-    fn pwm(
-        &mut self,
-        pin: u8,
-        frequency_hz: f64,
-        duty: f64,
-    ) -> Result<Box<dyn RawPwm>, GpioError>;
+    fn pwm(&mut self, pin: u8, frequency_hz: f64, duty: f64) -> Result<Box<dyn RawPwm>, GpioError>;
     /// Claims `pin` as an input and reports every debounced level change to `on_edge`.
     fn input(
         &mut self,
@@ -253,9 +248,16 @@ mod test {
         assert_eq!(board.pwm(18), Some((200.0, 0.4)));
         assert_eq!(lamp.level(), 40.0);
         let mut fan = Dimmer::new(backend.as_mut(), 12, true, 25_000.0, 100.0).unwrap();
-        assert_eq!(board.pwm(12), Some((25_000.0, 0.0)), "active low: 100 % drives low");
+        assert_eq!(
+            board.pwm(12),
+            Some((25_000.0, 0.0)),
+            "active low: 100 % drives low"
+        );
         fan.set(25.0).unwrap();
         assert_eq!(board.pwm(12), Some((25_000.0, 0.75)));
-        assert!(Dimmer::new(backend.as_mut(), 18, false, 200.0, 0.0).is_err(), "pin in use");
+        assert!(
+            Dimmer::new(backend.as_mut(), 18, false, 200.0, 0.0).is_err(),
+            "pin in use"
+        );
     }
 }

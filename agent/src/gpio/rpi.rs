@@ -63,12 +63,7 @@ impl Backend for RppalBackend {
     /// (BCM 12 or 18: channel 0, 13 or 19: channel 1); where that channel is not enabled, and
     /// on every other pin, rppal's software PWM (a thread toggling the pin; some jitter, fine
     /// for LEDs, not for servos).
-    fn pwm(
-        &mut self,
-        pin: u8,
-        frequency_hz: f64,
-        duty: f64,
-    ) -> Result<Box<dyn RawPwm>, GpioError> {
+    fn pwm(&mut self, pin: u8, frequency_hz: f64, duty: f64) -> Result<Box<dyn RawPwm>, GpioError> {
         let channel = match pin {
             12 | 18 => Some(Channel::Pwm0),
             13 | 19 => Some(Channel::Pwm1),

@@ -89,12 +89,7 @@ impl Backend for SimBoard {
         }))
     }
 
-    fn pwm(
-        &mut self,
-        pin: u8,
-        frequency_hz: f64,
-        duty: f64,
-    ) -> Result<Box<dyn RawPwm>, GpioError> {
+    fn pwm(&mut self, pin: u8, frequency_hz: f64, duty: f64) -> Result<Box<dyn RawPwm>, GpioError> {
         self.claim(pin, SimPin::Pwm { frequency_hz, duty })?;
         Ok(Box::new(SimPinHandle {
             board: self.clone(),

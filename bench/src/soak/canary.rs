@@ -19,7 +19,7 @@ use pifleet_client::mqtt::{Password, Security};
 use pifleet_client::BrokerUrl;
 use pifleet_proto::fleet::decode;
 use pifleet_proto::report::WatchEvent;
-use pifleet_proto::{Action, Command, CommandId, Name, Target, Topics};
+use pifleet_proto::{Action, Command, Name, Target, Topics};
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 
@@ -120,12 +120,10 @@ async fn run(
         ca_file: Some(s.ca_file.clone()),
         gpio: GpioChoice::Sim,
         keep_alive_secs: 30,
-        outputs: vec![OutputConfig {
-            name: Name::new("led").expect("valid name"),
-            pin: 17,
-            active_low: false,
-            initial: Default::default(),
-        }],
+        outputs: vec![OutputConfig::switch(
+            Name::new("led").expect("valid name"),
+            17,
+        )],
         inputs: vec![],
         sensors: vec![],
         ..Config::default()
@@ -281,11 +279,7 @@ async fn round(
     action: Action,
     timeout: Duration,
 ) -> Option<f64> {
-    let cmd = Command {
-        id: CommandId::generate(),
-        action,
-        output: None,
-    };
+    let cmd = Command::switch(action, None);
     let payload = serde_json::to_vec(&cmd).expect("serializable");
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;

@@ -54,6 +54,30 @@ fn on_off<'a>(v: impl Iterator<Item = (&'a String, bool)>, on: &str, off: &str) 
     }
 }
 
+/// `led=on lamp=40% valve=on(pulse, 3s left)`.
+fn outputs(d: &DeviceStatus, now: u64) -> String {
+    let s: Vec<String> = d
+        .outputs
+        .iter()
+        .map(|(n, s)| {
+            let mut v = match s.level {
+                Some(l) => format!("{n}={l}%"),
+                None => format!("{n}={}", if s.on { "on" } else { "off" }),
+            };
+            if let Some(at) = s.off_at.filter(|_| s.on) {
+                let left = at.saturating_sub(now) as f64 / 1000.0;
+                v.push_str(&format!("(pulse, {left:.0}s left)"));
+            }
+            v
+        })
+        .collect();
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.join(" ")
+    }
+}
+
 fn row(d: &DeviceStatus, now: u64) -> Vec<String> {
     let sensors: Vec<String> = d
         .sensors
@@ -68,7 +92,7 @@ fn row(d: &DeviceStatus, now: u64) -> Vec<String> {
         } else {
             d.groups.join(",")
         },
-        on_off(d.outputs.iter().map(|(n, s)| (n, s.on)), "on", "off"),
+        outputs(d, now),
         on_off(
             d.inputs.iter().map(|(n, s)| (n, s.active)),
             "pressed",

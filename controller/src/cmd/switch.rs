@@ -1,4 +1,4 @@
-//! `pifleet on|off|toggle`: publish one command, then wait for every targeted device to
+//! `pifleet on|off|toggle|set`: publish one command, then wait for every targeted device to
 //! acknowledge it with an output state carrying the command's id, or to refuse it with an event
 //! carrying the same id. Devices whose retained presence says offline are reported, not waited
 //! for, so `off --all` on a fleet with a dead Pi returns at once instead of after the timeout.
@@ -22,12 +22,24 @@ pub async fn exec(
     g: &Global,
     topics: Topics,
     action: Action,
+    value: Option<f64>,
     a: &SwitchArgs,
 ) -> Result<u8, CliError> {
     if a.devices.is_empty() && a.groups.is_empty() && !a.all {
         return Err(CliError::Usage(format!(
             "say which devices to switch: `pifleet {action} DEVICE...`, `--group GROUP` or `--all`"
         )));
+    }
+    // The device refuses these too; saying so here spares a round trip and a refusal per device.
+    if a.pulse.is_some() && !matches!(action, Action::On | Action::Set) {
+        return Err(CliError::Usage(format!(
+            "--for is a pulse: it goes with `pifleet on` or `pifleet set`, not `pifleet {action}`"
+        )));
+    }
+    if a.pulse.is_some() && value == Some(0.0) {
+        return Err(CliError::Usage(
+            "--for with level 0 would be a pulse of nothing: give a level above 0".into(),
+        ));
     }
     let security = g.security()?;
     let mut session =
@@ -61,6 +73,8 @@ pub async fn exec(
         device: device.to_string(),
         outcome,
         on: None,
+        level: None,
+        off_at: None,
         latency_ms: None,
         message: Some(message.to_string()),
     };
@@ -115,6 +129,8 @@ pub async fn exec(
         id: CommandId::generate(),
         action,
         output: a.output.clone(),
+        value,
+        on_time: a.pulse,
     };
     let payload = serde_json::to_vec(&command).expect("commands serialize");
     let started = Instant::now();
@@ -152,6 +168,8 @@ pub async fn exec(
                     device: device.to_string(),
                     outcome: Outcome::Confirmed,
                     on: Some(state.on),
+                    level: state.level,
+                    off_at: state.off_at,
                     latency_ms: Some((started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0),
                     message: None,
                 };
@@ -183,6 +201,8 @@ pub async fn exec(
     let report = SwitchReport {
         command_id: command.id,
         action,
+        value,
+        on_time: a.pulse,
         output: a.output.as_ref().map(|o| o.to_string()),
         results: results.into_values().collect(),
     };
@@ -196,6 +216,26 @@ pub async fn exec(
     } else {
         EXIT_INCOMPLETE
     })
+}
+
+/// `on`, `off`, `40 %`, plus `until 14:03:07` while a pulse runs (the device's clock, UTC).
+pub fn state_text(on: Option<bool>, level: Option<f64>, off_at: Option<u64>) -> String {
+    let mut s = match (on, level) {
+        (_, Some(l)) => format!("{l} %"),
+        (Some(true), None) => "on".into(),
+        (Some(false), None) => "off".into(),
+        (None, None) => "-".into(),
+    };
+    if let Some(at) = off_at {
+        let secs = (at / 1000) % 86_400;
+        s.push_str(&format!(
+            " until {:02}:{:02}:{:02} UTC",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        ));
+    }
+    s
 }
 
 fn print_human(report: &SwitchReport) -> std::io::Result<()> {
@@ -217,11 +257,7 @@ fn print_human(report: &SwitchReport) -> std::io::Result<()> {
                     Outcome::Unknown => "unknown",
                 }
                 .to_string(),
-                match r.on {
-                    Some(true) => "on".into(),
-                    Some(false) => "off".into(),
-                    None => "-".into(),
-                },
+                state_text(r.on, r.level, r.off_at),
                 r.latency_ms.map_or("-".into(), |l| format!("{l} ms")),
                 r.message.clone().unwrap_or_default(),
             ]

@@ -117,12 +117,12 @@ pub fn human(e: &WatchEvent) -> String {
             state,
         } => format!(
             "{device} output {output} {}{}",
-            if state.on { "on" } else { "off" },
-            state
-                .cmd
-                .as_ref()
-                .map(|c| format!(" (command {c})"))
-                .unwrap_or_default()
+            crate::cmd::switch::state_text(Some(state.on), state.level, state.off_at),
+            match (&state.cmd, state.source) {
+                (Some(c), _) => format!(" (command {c})"),
+                (None, pifleet_proto::StateSource::Pulse) => " (end of pulse)".to_string(),
+                _ => String::new(),
+            },
         ),
         WatchEvent::Input {
             device,
