@@ -536,6 +536,43 @@ mod test {
         assert_eq!(c.outputs[0].initial, Initial::Restore);
         assert_eq!(c.inputs[0].pull, Pull::Up);
         assert_eq!(c.sensors[0].kind, SensorKind::CpuTemp);
+        // The commented outputs load too once uncommented.
+        let start = EXAMPLE.find("# [[output]]\n# name = \"lamp\"").unwrap();
+        let end = EXAMPLE.find("# pulse_secs = 0.8\n").unwrap() + "# pulse_secs = 0.8\n".len();
+        let block: Vec<&str> = EXAMPLE[start..end]
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .collect();
+        let all = parse(&block.join("\n")).unwrap();
+        assert!(all.outputs.iter().any(|o| o.kind == OutputKind::Pwm));
+        assert!(all.outputs.iter().any(|o| o.pulse_secs == Some(0.8)));
+    }
+
+    #[test]
+    fn pwm_and_pulse_settings_are_checked() {
+        let pwm =
+            parse("[[output]]\nname = \"l\"\npin = 18\nkind = \"pwm\"\nfrequency_hz = 25000\n")
+                .unwrap();
+        assert_eq!(
+            (pwm.outputs[0].kind, pwm.outputs[0].frequency_hz),
+            (OutputKind::Pwm, Some(25000.0))
+        );
+        let e = parse("[[output]]\nname = \"l\"\npin = 18\nfrequency_hz = 200\n").unwrap_err();
+        assert!(
+            e.to_string().contains("frequency_hz is for kind = \"pwm\""),
+            "{e}"
+        );
+        let e = parse("[[output]]\nname = \"l\"\npin = 18\nkind = \"pwm\"\nfrequency_hz = 0\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("between 1 and 100000"), "{e}");
+        let e = parse("[[output]]\nname = \"v\"\npin = 22\npulse_secs = 0\n").unwrap_err();
+        assert!(e.to_string().contains("pulse_secs"), "{e}");
+        let e = parse("[[output]]\nname = \"v\"\npin = 22\npulse_secs = 2\ninitial = \"on\"\n")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("initial = \"on\" with pulse_secs"),
+            "{e}"
+        );
     }
 
     #[test]
