@@ -91,17 +91,20 @@ impl Bme280Sensor {
         }
         driver.init().map_err(|e| e.to_string())?;
         driver
-            .set_sampling_configuration(
-                Configuration::default()
-                    .with_temperature_oversampling(Oversampling::Oversample1)
-                    .with_pressure_oversampling(Oversampling::Oversample1)
-                    .with_humidity_oversampling(Oversampling::Oversample1)
-                    .with_filter(Filter::Off)
-                    .with_sensor_mode(SensorMode::Forced),
-            )
+            .set_sampling_configuration(sampling())
             .map_err(|e| e.to_string())?;
         Ok(driver)
     }
+}
+
+/// Forced mode, 1× oversampling of all three, no filter: DS002 §3.5.1, weather monitoring.
+fn sampling() -> Configuration {
+    Configuration::default()
+        .with_temperature_oversampling(Oversampling::Oversample1)
+        .with_pressure_oversampling(Oversampling::Oversample1)
+        .with_humidity_oversampling(Oversampling::Oversample1)
+        .with_filter(Filter::Off)
+        .with_sensor_mode(SensorMode::Forced)
 }
 
 /// One forced measurement, as the three readings.
@@ -427,15 +430,7 @@ mod test {
         let mut driver = Bme280::new_with_address(Bus::Sim(sim.clone()), 0x76, ThreadDelay);
         assert_eq!(driver.chip_id().unwrap(), 0x60);
         driver.init().unwrap();
-        driver
-            .set_sampling_configuration(
-                Configuration::default()
-                    .with_temperature_oversampling(Oversampling::Oversample1)
-                    .with_pressure_oversampling(Oversampling::Oversample1)
-                    .with_humidity_oversampling(Oversampling::Oversample1)
-                    .with_sensor_mode(SensorMode::Forced),
-            )
-            .unwrap();
+        driver.set_sampling_configuration(sampling()).unwrap();
         driver.take_forced_measurement().unwrap();
         std::thread::sleep(MEASUREMENT_WAIT);
         driver.read_sample().unwrap()

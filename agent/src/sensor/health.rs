@@ -28,6 +28,61 @@ fn path_or(path: Option<PathBuf>, default: &str) -> PathBuf {
     path.unwrap_or_else(|| PathBuf::from(default))
 }
 
+/// A health value that one /proc file holds, parsed afresh at each read: `load_average`,
+/// `memory_used`, `uptime`.
+pub struct ProcValue {
+    kind: &'static str,
+    unit: &'static str,
+    path: PathBuf,
+    /// The file's text to the published value (already rounded).
+    parse: fn(&str) -> Result<f64, String>,
+}
+
+impl ProcValue {
+    /// The one-minute load average (runnable and uninterruptible tasks; no unit). Compare it
+    /// with the number of cores: 4.0 keeps a Raspberry Pi 4 fully busy.
+    pub fn load_average(path: Option<PathBuf>) -> ProcValue {
+        ProcValue {
+            kind: "load_average",
+            unit: "",
+            path: path_or(path, "/proc/loadavg"),
+            parse: |text| parse_loadavg(text).map(round2),
+        }
+    }
+
+    /// Memory in use, 0–100 %.
+    pub fn memory_used(path: Option<PathBuf>) -> ProcValue {
+        ProcValue {
+            kind: "memory_used",
+            unit: "%",
+            path: path_or(path, "/proc/meminfo"),
+            parse: |text| parse_meminfo(text).map(round1),
+        }
+    }
+
+    /// Seconds since boot, whole seconds: a drop means the Pi rebooted.
+    pub fn uptime(path: Option<PathBuf>) -> ProcValue {
+        ProcValue {
+            kind: "uptime",
+            unit: "s",
+            path: path_or(path, "/proc/uptime"),
+            parse: |text| parse_uptime(text).map(f64::floor),
+        }
+    }
+}
+
+impl Sensor for ProcValue {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn read(&mut self) -> Result<Vec<Reading>, String> {
+        let value = (self.parse)(&read_file(&self.path)?)
+            .map_err(|why| format!("{}: {why}", self.path.display()))?;
+        Ok(vec![Reading::new(value, self.unit)])
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // cpu_usage
 
@@ -129,32 +184,6 @@ pub fn parse_loadavg(text: &str) -> Result<f64, String> {
         .map_err(|_| format!("{first:?} is not a number"))
 }
 
-/// The one-minute load average (runnable and uninterruptible tasks; no unit). Compare it with
-/// the number of cores: 4.0 keeps a Raspberry Pi 4 fully busy.
-pub struct LoadAverage {
-    path: PathBuf,
-}
-
-impl LoadAverage {
-    pub fn new(path: Option<PathBuf>) -> LoadAverage {
-        LoadAverage {
-            path: path_or(path, "/proc/loadavg"),
-        }
-    }
-}
-
-impl Sensor for LoadAverage {
-    fn kind(&self) -> &'static str {
-        "load_average"
-    }
-
-    fn read(&mut self) -> Result<Vec<Reading>, String> {
-        let load = parse_loadavg(&read_file(&self.path)?)
-            .map_err(|why| format!("{}: {why}", self.path.display()))?;
-        Ok(vec![Reading::new(round2(load), "")])
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // memory_used
 
@@ -178,31 +207,6 @@ pub fn parse_meminfo(text: &str) -> Result<f64, String> {
     };
     let used = total.saturating_sub(available);
     Ok(used as f64 * 100.0 / total as f64)
-}
-
-/// Memory in use, 0–100 %.
-pub struct MemoryUsed {
-    path: PathBuf,
-}
-
-impl MemoryUsed {
-    pub fn new(path: Option<PathBuf>) -> MemoryUsed {
-        MemoryUsed {
-            path: path_or(path, "/proc/meminfo"),
-        }
-    }
-}
-
-impl Sensor for MemoryUsed {
-    fn kind(&self) -> &'static str {
-        "memory_used"
-    }
-
-    fn read(&mut self) -> Result<Vec<Reading>, String> {
-        let used = parse_meminfo(&read_file(&self.path)?)
-            .map_err(|why| format!("{}: {why}", self.path.display()))?;
-        Ok(vec![Reading::new(round1(used), "%")])
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -290,31 +294,6 @@ pub fn parse_uptime(text: &str) -> Result<f64, String> {
     first
         .parse::<f64>()
         .map_err(|_| format!("{first:?} is not a number"))
-}
-
-/// Seconds since boot, whole seconds: a drop means the Pi rebooted.
-pub struct Uptime {
-    path: PathBuf,
-}
-
-impl Uptime {
-    pub fn new(path: Option<PathBuf>) -> Uptime {
-        Uptime {
-            path: path_or(path, "/proc/uptime"),
-        }
-    }
-}
-
-impl Sensor for Uptime {
-    fn kind(&self) -> &'static str {
-        "uptime"
-    }
-
-    fn read(&mut self) -> Result<Vec<Reading>, String> {
-        let secs = parse_uptime(&read_file(&self.path)?)
-            .map_err(|why| format!("{}: {why}", self.path.display()))?;
-        Ok(vec![Reading::new(secs.floor(), "s")])
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -769,13 +748,13 @@ mod test {
         // The machine running the tests is Linux: /proc is there.
         let usage = CpuUsage::new(None).read().unwrap()[0].value;
         assert!((0.0..=100.0).contains(&usage), "{usage}");
-        let load = LoadAverage::new(None).read().unwrap()[0].value;
+        let load = ProcValue::load_average(None).read().unwrap()[0].value;
         assert!(load >= 0.0, "{load}");
-        let mem = MemoryUsed::new(None).read().unwrap()[0].value;
+        let mem = ProcValue::memory_used(None).read().unwrap()[0].value;
         assert!(mem > 0.0 && mem < 100.0, "{mem}");
         let disk = DiskUsed::new(None).read().unwrap()[0].value;
         assert!((0.0..=100.0).contains(&disk), "{disk}");
-        let up = Uptime::new(None).read().unwrap()[0].value;
+        let up = ProcValue::uptime(None).read().unwrap()[0].value;
         assert!(up > 0.0, "{up}");
     }
 }
