@@ -131,10 +131,22 @@ impl Agent {
             });
         }
 
+        // The simulator simulates the chips on the board's buses too.
+        let hardware = if sim.is_some() {
+            sensor::Hardware::Sim
+        } else {
+            sensor::Hardware::Rppal
+        };
         let mut sensors = Vec::new();
         for s in &config.sensors {
-            core.add_sensor(s.name.clone());
-            sensors.push((sensor::open(s), Duration::from_secs_f64(s.interval_secs)));
+            // One core slot (one topic) per quantity; the config validated the names.
+            let first = core.sensors().len();
+            for name in s.topic_names().map_err(ConfigError::Invalid)? {
+                core.add_sensor(name);
+            }
+            let slots = first..core.sensors().len();
+            let interval = Duration::from_secs_f64(s.interval_secs);
+            sensors.push((slots, sensor::open(s, hardware), interval));
         }
 
         let mut backlog = Backlog::default();

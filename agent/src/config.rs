@@ -127,12 +127,55 @@ fn default_debounce_ms() -> u64 {
     30
 }
 
+/// What a `[[sensor]]` reads. The health kinds (`cpu_usage` … `throttled`) are the Pi's own
+/// state from /proc, /sys and vcgencmd; `bme280` is a chip on the I2C bus. README "Device
+/// health" lists what each publishes, in which unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SensorKind {
     CpuTemp,
     Ds18b20,
     Sim,
+    CpuUsage,
+    LoadAverage,
+    MemoryUsed,
+    DiskUsed,
+    Uptime,
+    WifiSignal,
+    Undervoltage,
+    Throttled,
+    Bme280,
+}
+
+impl SensorKind {
+    /// The quantities a sensor of this kind publishes, each as an ordinary reading on its own
+    /// topic `<name>_<quantity>`; empty for a kind that measures one thing, published as
+    /// `<name>`.
+    pub fn quantities(self) -> &'static [&'static str] {
+        match self {
+            SensorKind::Bme280 => &crate::sensor::bme280::QUANTITIES,
+            SensorKind::Throttled => &crate::sensor::health::Throttled::QUANTITIES,
+            _ => &[],
+        }
+    }
+
+    /// The kind as written in the config and published in each reading's `kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SensorKind::CpuTemp => "cpu_temp",
+            SensorKind::Ds18b20 => "ds18b20",
+            SensorKind::Sim => "sim",
+            SensorKind::CpuUsage => "cpu_usage",
+            SensorKind::LoadAverage => "load_average",
+            SensorKind::MemoryUsed => "memory_used",
+            SensorKind::DiskUsed => "disk_used",
+            SensorKind::Uptime => "uptime",
+            SensorKind::WifiSignal => "wifi_signal",
+            SensorKind::Undervoltage => "undervoltage",
+            SensorKind::Throttled => "throttled",
+            SensorKind::Bme280 => "bme280",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -145,11 +188,104 @@ pub struct SensorConfig {
     /// DS18B20 probe id (`28-…`); the first probe found when absent.
     #[serde(default)]
     pub id: Option<String>,
-    /// Where to read: for `cpu_temp` the temperature file (default
+    /// Where to read, when not the usual place: for `cpu_temp` the temperature file (default
     /// `/sys/class/thermal/thermal_zone0/temp`), for `ds18b20` the 1-wire devices directory
-    /// (default `/sys/bus/w1/devices`).
+    /// (default `/sys/bus/w1/devices`), for `disk_used` any path on the file system to measure
+    /// (default `/`), for the other health kinds the file they parse (`/proc/stat`,
+    /// `/proc/loadavg`, `/proc/meminfo`, `/proc/uptime`, `/proc/net/wireless`, the
+    /// `rpi_volt` hwmon's `in0_lcrit_alarm`; for `throttled` a file holding the flags in hex
+    /// instead of asking `vcgencmd get_throttled`). Not for `bme280`.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// `wifi_signal`: the wireless interface (default: the first in /proc/net/wireless).
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// `bme280`: the I2C bus number, /dev/i2c-<bus> (default 1, the header's SDA/SCL pins).
+    #[serde(default)]
+    pub bus: Option<u8>,
+    /// `bme280`: the chip's 7-bit I2C address, 0x76 (SDO to GND, the default) or 0x77.
+    #[serde(default)]
+    pub address: Option<u8>,
+}
+
+impl SensorConfig {
+    /// A sensor with every optional key at its default, as `[[sensor]]` with only `name` and
+    /// `kind` would be.
+    pub fn new(name: Name, kind: SensorKind) -> SensorConfig {
+        SensorConfig {
+            name,
+            kind,
+            interval_secs: default_interval(),
+            id: None,
+            path: None,
+            interface: None,
+            bus: None,
+            address: None,
+        }
+    }
+
+    /// The names this sensor publishes under, one per quantity (see
+    /// [`SensorKind::quantities`]): `env` of kind `bme280` is `env_temperature`,
+    /// `env_humidity` and `env_pressure`; a single-quantity sensor is its own name.
+    pub fn topic_names(&self) -> Result<Vec<Name>, String> {
+        let quantities = self.kind.quantities();
+        if quantities.is_empty() {
+            return Ok(vec![self.name.clone()]);
+        }
+        quantities
+            .iter()
+            .map(|q| {
+                Name::new(format!("{}_{q}", self.name)).map_err(|e| {
+                    format!(
+                        "sensor {:?} publishes {q} as {:?}, which is not a valid name: {e} \
+                         (choose a shorter sensor name)",
+                        self.name.as_str(),
+                        format!("{}_{q}", self.name)
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Refuses keys that mean nothing for this kind, so that `address = 0x77` on the wrong
+    /// sensor is an error rather than silently ignored.
+    fn validate_keys(&self) -> Result<(), String> {
+        let kind = self.kind;
+        let refuse = |key: &str| {
+            Err(format!(
+                "sensor {:?}: `{key}` has no meaning for kind {:?}",
+                self.name.as_str(),
+                kind.as_str()
+            ))
+        };
+        if self.id.is_some() && kind != SensorKind::Ds18b20 {
+            return refuse("id");
+        }
+        if self.interface.is_some() && kind != SensorKind::WifiSignal {
+            return refuse("interface");
+        }
+        if self.path.is_some() && matches!(kind, SensorKind::Sim | SensorKind::Bme280) {
+            return refuse("path");
+        }
+        if kind != SensorKind::Bme280 {
+            if self.bus.is_some() {
+                return refuse("bus");
+            }
+            if self.address.is_some() {
+                return refuse("address");
+            }
+        }
+        if let Some(a) = self.address {
+            if !(0x08..=0x77).contains(&a) {
+                return Err(format!(
+                    "sensor {:?}: address = {a:#04x} is not a 7-bit I2C device address \
+                     (0x08-0x77; a BME280 is 0x76 or 0x77)",
+                    self.name.as_str()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_interval() -> f64 {
@@ -255,13 +391,10 @@ fn default_inputs() -> Vec<InputConfig> {
 }
 
 fn default_sensors() -> Vec<SensorConfig> {
-    vec![SensorConfig {
-        name: Name::new("cpu").expect("valid"),
-        kind: SensorKind::CpuTemp,
-        interval_secs: default_interval(),
-        id: None,
-        path: None,
-    }]
+    vec![SensorConfig::new(
+        Name::new("cpu").expect("valid"),
+        SensorKind::CpuTemp,
+    )]
 }
 
 /// A configuration that cannot be used, with enough context to fix it.
@@ -418,15 +551,26 @@ impl Config {
         }
         let mut sensor_names = HashSet::new();
         for s in &self.sensors {
-            if !sensor_names.insert(&s.name) {
-                return bad(format!("sensor name {:?} is used twice", s.name.as_str()));
-            }
             if !(s.interval_secs >= 0.05 && s.interval_secs <= 86_400.0) {
                 return bad(format!(
                     "sensor {:?}: interval_secs = {} must be between 0.05 and 86400",
                     s.name.as_str(),
                     s.interval_secs
                 ));
+            }
+            s.validate_keys().map_err(ConfigError::Invalid)?;
+            for name in s.topic_names().map_err(ConfigError::Invalid)? {
+                if !sensor_names.insert(name.clone()) {
+                    return bad(if name == s.name {
+                        format!("sensor name {:?} is used twice", name.as_str())
+                    } else {
+                        format!(
+                            "sensor {:?} publishes {:?}, a name another sensor uses",
+                            s.name.as_str(),
+                            name.as_str()
+                        )
+                    });
+                }
             }
         }
         if let Some(l) = &self.legacy {
@@ -644,6 +788,88 @@ mod test {
         assert!(parse("keep_alive_secs = 0").is_err());
         assert!(parse("prefix = \"a/+\"").is_err());
         assert!(parse("[[sensor]]\nname = \"t\"\nkind = \"sim\"\ninterval_secs = 0\n").is_err());
+    }
+
+    #[test]
+    fn a_several_quantity_sensor_publishes_one_name_per_quantity() {
+        let c = parse(
+            "[[sensor]]\nname = \"env\"\nkind = \"bme280\"\naddress = 0x77\n\
+             [[sensor]]\nname = \"power\"\nkind = \"throttled\"\n\
+             [[sensor]]\nname = \"disk\"\nkind = \"disk_used\"\npath = \"/var\"\n",
+        )
+        .unwrap();
+        let names = |i: usize| -> Vec<String> {
+            c.sensors[i]
+                .topic_names()
+                .unwrap()
+                .iter()
+                .map(|n| n.to_string())
+                .collect()
+        };
+        assert_eq!(
+            names(0),
+            ["env_temperature", "env_humidity", "env_pressure"]
+        );
+        assert_eq!(c.sensors[0].address, Some(0x77));
+        assert_eq!(
+            names(1),
+            [
+                "power_undervoltage",
+                "power_throttled",
+                "power_undervoltage_occurred",
+                "power_throttled_occurred"
+            ]
+        );
+        assert_eq!(names(2), ["disk"]);
+    }
+
+    #[test]
+    fn derived_sensor_names_are_checked_like_names() {
+        let clash = "[[sensor]]\nname = \"env\"\nkind = \"bme280\"\n\
+                     [[sensor]]\nname = \"env_humidity\"\nkind = \"sim\"\n";
+        let e = parse(clash).unwrap_err().to_string();
+        assert!(e.contains("\"env_humidity\""), "{e}");
+        let long = format!(
+            "[[sensor]]\nname = \"{}\"\nkind = \"bme280\"\n",
+            "e".repeat(60)
+        );
+        let e = parse(&long).unwrap_err().to_string();
+        assert!(e.contains("temperature") && e.contains("shorter"), "{e}");
+        assert!(parse("[[sensor]]\nname = \"a\"\nkind = \"sim\"\n[[sensor]]\nname = \"a\"\nkind = \"uptime\"\n")
+            .unwrap_err()
+            .to_string()
+            .contains("used twice"));
+    }
+
+    #[test]
+    fn keys_that_mean_nothing_for_a_sensor_kind_are_refused() {
+        for (kind, key) in [
+            ("cpu_usage", "address = 0x76"),
+            ("uptime", "bus = 1"),
+            ("memory_used", "interface = \"wlan0\""),
+            ("bme280", "path = \"/dev/i2c-1\""),
+            ("bme280", "id = \"28-1\""),
+        ] {
+            let text = format!("[[sensor]]\nname = \"s\"\nkind = \"{kind}\"\n{key}\n");
+            let e = parse(&text).unwrap_err().to_string();
+            let key = key.split(' ').next().unwrap();
+            assert!(
+                e.contains(&format!("`{key}` has no meaning for kind \"{kind}\"")),
+                "{e}"
+            );
+        }
+        let e = parse("[[sensor]]\nname = \"s\"\nkind = \"bme280\"\naddress = 0xee\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0xee") && e.contains("7-bit"), "{e}");
+        assert!(
+            parse("[[sensor]]\nname = \"w\"\nkind = \"wifi_signal\"\ninterface = \"wlan1\"\n")
+                .is_ok()
+        );
+        assert!(parse("[[sensor]]\nname = \"w\"\nkind = \"wifi\"\n")
+            .unwrap_err()
+            .to_string()
+            .contains("wifi_signal"));
     }
 
     fn testdata(name: &str) -> PathBuf {

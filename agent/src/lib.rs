@@ -4,7 +4,9 @@
 //! Layout, from the edges in:
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`gpio`]: the hardware seam (`Backend`), with the rppal and simulated backends.
-//! - [`sensor`]: CPU temperature, DS18B20 and simulated sensors, each polled off the runtime.
+//! - [`sensor`]: temperatures, the Pi's own health (CPU, load, memory, disk, uptime, Wi-Fi,
+//!   under-voltage and throttling), I2C chips (a BME280, through its embedded-hal driver on
+//!   rppal's or a simulated bus), each polled off the runtime.
 //! - [`state_file`]: atomic persistence behind `initial = "restore"`.
 //! - [`connection`]: the task that polls rumqttc's event loop, with backoff.
 //!

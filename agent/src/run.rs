@@ -8,6 +8,7 @@
 //! command's GPIO write, its state-file write and its acknowledgement happen in that order.
 
 use std::future::Future;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -80,8 +81,9 @@ pub(crate) struct Shell {
     pub pulses: Vec<Option<tokio::time::Instant>>,
     pub buttons: Vec<InputPin>,
     pub sim: Option<SimBoard>,
-    /// Indexed like the core's sensors; taken by the polling tasks when the agent runs.
-    pub sensors: Vec<(Box<dyn Sensor>, Duration)>,
+    /// Each with its slots in the core's sensors (one per quantity); taken by the polling
+    /// tasks when the agent runs.
+    pub sensors: Vec<(Range<usize>, Box<dyn Sensor>, Duration)>,
     pub edges: mpsc::UnboundedReceiver<(usize, bool)>,
     pub requests: mpsc::Receiver<Request>,
     pub state_path: Option<PathBuf>,
@@ -151,9 +153,8 @@ impl Shell {
 
         let (reading_tx, mut readings) = mpsc::channel(16);
         let mut sensor_tasks = JoinSet::new();
-        for (index, (sensor, interval)) in std::mem::take(&mut self.sensors).into_iter().enumerate()
-        {
-            sensor_tasks.spawn(sensor::poll(index, sensor, interval, reading_tx.clone()));
+        for (slots, sensor, interval) in std::mem::take(&mut self.sensors) {
+            sensor_tasks.spawn(sensor::poll(slots, sensor, interval, reading_tx.clone()));
         }
         drop(reading_tx);
 
@@ -614,13 +615,7 @@ mod test {
     #[tokio::test(start_paused = true)]
     async fn a_full_request_channel_keeps_the_rest_in_order_for_the_retry_tick() {
         with_agent(1, async |ctx| {
-            let reading = Ok((
-                sensor::Reading {
-                    value: 21.5,
-                    unit: "°C",
-                },
-                "sim",
-            ));
+            let reading = Ok((sensor::Reading::new(21.5, "°C"), "sim"));
             ctx.readings.send((0, reading)).await.unwrap();
             settle().await;
             connect(ctx).await;

@@ -559,6 +559,7 @@ impl AgentState {
                     value: reading.value,
                     unit: reading.unit.to_string(),
                     kind: Some(kind.to_string()),
+                    quantity: reading.quantity.map(str::to_string),
                     ts,
                 };
                 slot.last = Some(reading.clone());
@@ -743,6 +744,7 @@ mod test {
             Reading {
                 value: 41.5,
                 unit: "°C",
+                quantity: None,
             },
             "cpu_temp",
         ))

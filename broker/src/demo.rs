@@ -65,11 +65,8 @@ pub fn device_config(i: usize, broker: SocketAddr, prefix: &str) -> AgentConfig 
         reconnect_max_secs: 2.0,
         // The defaults' CPU sensor would only report errors on most PCs.
         sensors: vec![SensorConfig {
-            name: Name::new("temp").expect("valid"),
-            kind: SensorKind::Sim,
             interval_secs: 5.0,
-            id: None,
-            path: None,
+            ..SensorConfig::new(Name::new("temp").expect("valid"), SensorKind::Sim)
         }],
         ..AgentConfig::default()
     }

@@ -261,12 +261,21 @@ pub struct InputState {
 }
 
 /// Retained on `<prefix>/dev/<device>/sensor/<sensor>`: the latest reading.
+///
+/// A configured sensor that measures several quantities (a BME280: temperature, humidity,
+/// pressure) publishes one ordinary reading per quantity, each on a topic of its own named
+/// `<sensor>_<quantity>`, with `quantity` naming what it is; a controller that knows nothing of
+/// `quantity` sees plain sensors (docs/protocol.md, "Sensor reading").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SensorReading {
     pub value: f64,
     pub unit: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Which of its sensor's quantities this is (`temperature`, `humidity`, `pressure`, …);
+    /// absent for a sensor that measures one thing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<String>,
     pub ts: u64,
 }
 
@@ -414,6 +423,44 @@ mod test {
         let r: SensorReading =
             serde_json::from_str(r#"{"value":41.5,"unit":"°C","kind":"cpu_temp","ts":9}"#).unwrap();
         assert_eq!(r.value, 41.5);
+        assert_eq!(r.quantity, None);
+    }
+
+    #[test]
+    fn sensor_reading_fixtures_of_docs_protocol() {
+        // docs/protocol.md, "Sensor reading": one sensor, one quantity, and the three readings
+        // of a BME280 named `env` (on sensor/env_temperature, env_humidity, env_pressure).
+        let single = r#"{"value":41.5,"unit":"°C","kind":"cpu_temp","ts":1700000003000}"#;
+        let r: SensorReading = serde_json::from_str(single).unwrap();
+        assert_eq!(serde_json::to_string(&r).unwrap(), single);
+        let env = [
+            (
+                r#"{"value":25.08,"unit":"°C","kind":"bme280","quantity":"temperature","ts":1700000003000}"#,
+                25.08,
+                "temperature",
+            ),
+            (
+                r#"{"value":45.05,"unit":"%","kind":"bme280","quantity":"humidity","ts":1700000003000}"#,
+                45.05,
+                "humidity",
+            ),
+            (
+                r#"{"value":1006.53,"unit":"hPa","kind":"bme280","quantity":"pressure","ts":1700000003000}"#,
+                1006.53,
+                "pressure",
+            ),
+        ];
+        for (fixture, value, quantity) in env {
+            let r: SensorReading = serde_json::from_str(fixture).unwrap();
+            assert_eq!((r.value, r.quantity.as_deref()), (value, Some(quantity)));
+            assert_eq!(r.kind.as_deref(), Some("bme280"));
+            assert_eq!(serde_json::to_string(&r).unwrap(), fixture);
+        }
+        // A health flag: 0 or 1, no unit.
+        let flag = r#"{"value":1.0,"unit":"","kind":"throttled","quantity":"undervoltage_occurred","ts":1700000003000}"#;
+        let r: SensorReading = serde_json::from_str(flag).unwrap();
+        assert_eq!((r.value, r.unit.as_str()), (1.0, ""));
+        assert_eq!(serde_json::to_string(&r).unwrap(), flag);
     }
 
     #[test]

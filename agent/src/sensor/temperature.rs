@@ -1,46 +1,21 @@
-//! Sensors: each one is read on its own interval, off the async runtime (a DS18B20 read blocks
-//! for ~750 ms while the probe converts), and a failed read is reported, never fatal.
+//! Temperatures: the SoC's own (`cpu_temp`), a DS18B20 probe on the 1-wire bus (`ds18b20`),
+//! and a simulated one for machines without sensors (`sim`).
 
 use std::path::PathBuf;
 
-use crate::config::{SensorConfig, SensorKind};
-
-/// One successful reading.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reading {
-    pub value: f64,
-    pub unit: &'static str,
-}
-
-/// Something that can be read, blocking.
-pub trait Sensor: Send + 'static {
-    /// The `kind` string published with every reading.
-    fn kind(&self) -> &'static str;
-    fn read(&mut self) -> Result<Reading, String>;
-}
-
-pub fn open(config: &SensorConfig) -> Box<dyn Sensor> {
-    match config.kind {
-        SensorKind::CpuTemp => Box::new(CpuTemp {
-            path: config
-                .path
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("/sys/class/thermal/thermal_zone0/temp")),
-        }),
-        SensorKind::Ds18b20 => Box::new(Ds18b20 {
-            dir: config
-                .path
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("/sys/bus/w1/devices")),
-            id: config.id.clone(),
-        }),
-        SensorKind::Sim => Box::new(SimTemp::new()),
-    }
-}
+use super::{round2, Reading, Sensor};
 
 /// The SoC temperature the kernel exposes in millidegrees Celsius.
 pub struct CpuTemp {
     path: PathBuf,
+}
+
+impl CpuTemp {
+    pub fn new(path: Option<PathBuf>) -> CpuTemp {
+        CpuTemp {
+            path: path.unwrap_or_else(|| PathBuf::from("/sys/class/thermal/thermal_zone0/temp")),
+        }
+    }
 }
 
 impl Sensor for CpuTemp {
@@ -48,7 +23,7 @@ impl Sensor for CpuTemp {
         "cpu_temp"
     }
 
-    fn read(&mut self) -> Result<Reading, String> {
+    fn read(&mut self) -> Result<Vec<Reading>, String> {
         let text = std::fs::read_to_string(&self.path)
             .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
         let milli: f64 = text.trim().parse().map_err(|_| {
@@ -58,10 +33,7 @@ impl Sensor for CpuTemp {
                 text.trim()
             )
         })?;
-        Ok(Reading {
-            value: round2(milli / 1000.0),
-            unit: "°C",
-        })
+        Ok(vec![Reading::new(round2(milli / 1000.0), "°C")])
     }
 }
 
@@ -73,6 +45,13 @@ pub struct Ds18b20 {
 }
 
 impl Ds18b20 {
+    pub fn new(dir: Option<PathBuf>, id: Option<String>) -> Ds18b20 {
+        Ds18b20 {
+            dir: dir.unwrap_or_else(|| PathBuf::from("/sys/bus/w1/devices")),
+            id,
+        }
+    }
+
     fn probe(&self) -> Result<PathBuf, String> {
         if let Some(id) = &self.id {
             return Ok(self.dir.join(id));
@@ -100,15 +79,12 @@ impl Sensor for Ds18b20 {
         "ds18b20"
     }
 
-    fn read(&mut self) -> Result<Reading, String> {
+    fn read(&mut self) -> Result<Vec<Reading>, String> {
         let file = self.probe()?.join("w1_slave");
         let text = std::fs::read_to_string(&file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         parse_w1_slave(&text)
-            .map(|c| Reading {
-                value: round2(c),
-                unit: "°C",
-            })
+            .map(|c| vec![Reading::new(round2(c), "°C")])
             .map_err(|why| format!("{}: {why}", file.display()))
     }
 }
@@ -160,55 +136,15 @@ impl Sensor for SimTemp {
         "sim"
     }
 
-    fn read(&mut self) -> Result<Reading, String> {
+    fn read(&mut self) -> Result<Vec<Reading>, String> {
         self.state ^= self.state << 13;
         self.state ^= self.state >> 7;
         self.state ^= self.state << 17;
         let step = (self.state % 1000) as f64 / 1000.0 - 0.5; // [-0.5, 0.5)
                                                               // Drift toward 21 °C so the walk stays plausible for days.
         self.value = (self.value + step * 0.4 + (21.0 - self.value) * 0.05).clamp(5.0, 40.0);
-        Ok(Reading {
-            value: round2(self.value),
-            unit: "°C",
-        })
+        Ok(vec![Reading::new(round2(self.value), "°C")])
     }
-}
-
-/// A reading with the sensor's kind, or why it failed.
-pub type ReadResult = Result<(Reading, &'static str), String>;
-
-/// Reads `sensor` now and then every `interval`, off the runtime, sending `(index, result)`
-/// until the receiver is gone.
-pub async fn poll(
-    index: usize,
-    sensor: Box<dyn Sensor>,
-    interval: std::time::Duration,
-    tx: tokio::sync::mpsc::Sender<(usize, ReadResult)>,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sensor = Some(sensor);
-    loop {
-        ticker.tick().await;
-        let mut s = sensor.take().expect("returned after every read");
-        let (s, result) = match tokio::task::spawn_blocking(move || {
-            let r = s.read().map(|r| (r, s.kind()));
-            (s, r)
-        })
-        .await
-        {
-            Ok(done) => done,
-            Err(_) => return, // the read panicked: stop this sensor, keep the agent
-        };
-        sensor = Some(s);
-        if tx.send((index, result)).await.is_err() {
-            return;
-        }
-    }
-}
-
-fn round2(v: f64) -> f64 {
-    (v * 100.0).round() / 100.0
 }
 
 #[cfg(test)]
@@ -236,7 +172,7 @@ mod test {
         let path = dir.join("temp");
         std::fs::write(&path, "48312\n").unwrap();
         let mut s = CpuTemp { path: path.clone() };
-        assert_eq!(s.read().unwrap().value, 48.31);
+        assert_eq!(s.read().unwrap(), vec![Reading::new(48.31, "°C")]);
         std::fs::write(&path, "garbage").unwrap();
         assert!(s.read().unwrap_err().contains("not a number"));
         std::fs::remove_file(&path).unwrap();
@@ -259,7 +195,7 @@ mod test {
             dir: dir.clone(),
             id: None,
         };
-        assert_eq!(s.read().unwrap().value, 23.13);
+        assert_eq!(s.read().unwrap()[0].value, 23.13);
         let mut missing = Ds18b20 {
             dir: dir.clone(),
             id: Some("28-nope".into()),
@@ -273,7 +209,7 @@ mod test {
         let mut s = SimTemp::new();
         for _ in 0..10_000 {
             let r = s.read().unwrap();
-            assert!((5.0..=40.0).contains(&r.value));
+            assert!((5.0..=40.0).contains(&r[0].value));
         }
     }
 }
