@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use super::packet::{ConnectCode, ConnectRequest};
 use super::tree::{valid_topic, TopicBounds};
-use super::{lock, Engine, Principal};
+use super::{lock, Access, Engine, Principal};
 use crate::credentials::{AuthError, Credentials, Identity, Memory, Role};
 
 /// A wrong password or an unknown user is answered this long after its check began (unless the
@@ -51,13 +51,15 @@ pub(crate) enum Refused {
 }
 
 impl Engine {
-    /// Decides whether a CONNECT may proceed. Returns the client's identity or how to refuse it.
-    /// `deadline` is the connection's connect deadline.
+    /// Decides whether a CONNECT may proceed under `access` (the credentials and rules in force
+    /// when it arrived). Returns the client's identity or how to refuse it. `deadline` is the
+    /// connection's connect deadline.
     pub(crate) async fn authenticate(
         &self,
         connect: &ConnectRequest,
         peer: SocketAddr,
         deadline: Instant,
+        access: &Access,
     ) -> Result<Principal, Refused> {
         if connect.client_id.len() > 256 || connect.client_id.chars().any(char::is_control) {
             return Err(Refused::Connack(ConnectCode::IdentifierRejected));
@@ -80,7 +82,7 @@ impl Engine {
                 return Err(Refused::Close);
             }
         }
-        let Some(credentials) = &self.security.credentials else {
+        let Some(credentials) = &access.credentials else {
             return Ok(Principal::Anonymous);
         };
         let Some(login) = &connect.login else {
@@ -131,7 +133,7 @@ impl Engine {
         }
         let who = Principal::Identity(identity);
         if let Some(will) = &connect.will {
-            if !self.may_publish(&who, &will.topic) {
+            if !access.may_publish(&who, &will.topic) {
                 tracing::warn!(%peer, client = %id, topic = %will.topic, "refused: last will on a topic it may not publish to");
                 return Err(Refused::Connack(ConnectCode::NotAuthorized));
             }

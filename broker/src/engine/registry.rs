@@ -74,6 +74,8 @@ pub(crate) struct Link {
     /// Set with a kick when another connection took the client id: the connection stops
     /// before handling another packet it has already buffered.
     pub taken_over: std::sync::atomic::AtomicBool,
+    /// Set with `taken_over` when a reload revoked the identity's login (see `reload`).
+    pub revoked: std::sync::atomic::AtomicBool,
 }
 
 /// How often the sweeper checks keep-alives: a silent client is dropped between 1.5 × and
