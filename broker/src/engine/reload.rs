@@ -202,31 +202,22 @@ impl Engine {
         };
         let internal = lock(&self.internal);
         let mut revoke = Vec::new();
-        let Tables {
-            sessions,
-            subscriptions,
-            ..
-        } = &mut *st;
-        for (client_id, entry) in sessions.iter_mut() {
+        let mut recheck = Vec::new();
+        for (client_id, entry) in &st.sessions {
             let Some(owner) = &entry.owner else {
                 continue;
             };
             match verdict(old, &new, owner, acl_changed, &internal) {
                 Verdict::Keep => {}
                 Verdict::Revoke => revoke.push(client_id.clone()),
-                Verdict::Recheck(identity) => {
-                    let who = Principal::Identity(identity);
-                    let id = entry.outbox.id;
-                    entry.filters.retain(|f| {
-                        let keep = new.may_subscribe(&who, f);
-                        if !keep {
-                            subscriptions.remove(f, id);
-                            done.subscriptions_dropped += 1;
-                            tracing::warn!(client = %client_id, filter = %f, "credentials or ACL changed: subscription no longer allowed, dropped");
-                        }
-                        keep
-                    });
-                }
+                Verdict::Recheck(identity) => recheck.push((client_id.clone(), identity)),
+            }
+        }
+        for (client_id, identity) in recheck {
+            let who = Principal::Identity(identity);
+            for f in st.drop_filters(&client_id, |f| new.may_subscribe(&who, f)) {
+                done.subscriptions_dropped += 1;
+                tracing::warn!(client = %client_id, filter = %f, "credentials or ACL changed: subscription no longer allowed, dropped");
             }
         }
         drop(internal);
@@ -270,7 +261,7 @@ impl Engine {
         let now = self.access();
         let Some(entry) = st
             .sessions
-            .get_mut(client_id)
+            .get(client_id)
             .filter(|e| e.attached.as_ref().is_some_and(|a| a.conn == conn))
         else {
             // Taken over already: the connection ends anyway.
@@ -286,20 +277,9 @@ impl Engine {
             Verdict::Keep => true,
             Verdict::Recheck(identity) => {
                 let who = Principal::Identity(identity);
-                let id = entry.outbox.id;
-                let Tables {
-                    sessions,
-                    subscriptions,
-                    ..
-                } = &mut *st;
-                let entry = sessions.get_mut(client_id).expect("found above");
-                entry.filters.retain(|f| {
-                    let keep = now.may_subscribe(&who, f);
-                    if !keep {
-                        subscriptions.remove(f, id);
-                    }
-                    keep
-                });
+                for f in st.drop_filters(client_id, |f| now.may_subscribe(&who, f)) {
+                    tracing::warn!(client = %client_id, filter = %f, "credentials or ACL changed: subscription no longer allowed, dropped");
+                }
                 true
             }
             Verdict::Revoke => {
@@ -381,9 +361,10 @@ mod test {
     use std::path::Path;
 
     use super::*;
-    use crate::config::{Config, Limits};
+    use crate::config::{Config, Limits, StateConfig};
     use crate::credentials::{Credentials, Role};
     use crate::engine::packet::QoS;
+    use crate::engine::store;
 
     /// A credentials file with `kitchen` (groups down) and `garage`, and an engine reading it.
     fn fleet(dir: &Path) -> (Arc<Engine>, Config) {
@@ -495,6 +476,60 @@ mod test {
             panic!("kitchen is still known");
         };
         assert_eq!(now.groups, ["up"]);
+    }
+
+    /// A subscription a reload dropped stays dropped across a restart: the store forgets it
+    /// too, or the restored offline session would queue the group's commands again.
+    #[test]
+    fn a_dropped_subscription_of_a_persistent_session_stays_dropped_after_a_restart() {
+        let dir = crate::credentials::test::temp_dir("reload-store");
+        let state = dir.path().join("state");
+        let with_state = |path: &Path| {
+            let mut c = Config::default();
+            c.auth.credentials = Some(path.to_path_buf());
+            c.state = StateConfig {
+                enabled: true,
+                dir: Some(state.clone()),
+                commit_interval_ms: 10,
+            };
+            c
+        };
+        let with_store = |config: &Config| {
+            let opened = store::open(&config.state).unwrap();
+            let engine = Engine::with_store(
+                Limits::default(),
+                Access::load(config).unwrap(),
+                pifleet_proto::Topics::default(),
+                opened.store(),
+            );
+            opened.attach(&engine);
+            engine
+        };
+        let (_, config) = fleet(dir.path());
+        let config = with_state(config.auth.credentials.as_ref().unwrap());
+        let group = "pifleet/group/down/cmnd";
+        {
+            let engine = with_store(&config);
+            let kitchen = identity(&engine, "kitchen");
+            engine
+                .attach("kitchen", false, None, Duration::ZERO, 1, &kitchen)
+                .unwrap();
+            for f in ["pifleet/dev/kitchen/cmnd", group] {
+                engine.subscribe("kitchen", 1, f, QoS::AtLeastOnce).unwrap();
+            }
+            engine.detach("kitchen", 1, true);
+            edit(&config, |c| c.set_groups("kitchen", vec![]).unwrap());
+            let done = engine.reload_access("test").unwrap();
+            assert_eq!(done.subscriptions_dropped, 1);
+            engine.close_store();
+        }
+        let engine = with_store(&config);
+        let st = engine.state();
+        assert_eq!(
+            st.sessions["kitchen"].filters,
+            ["pifleet/dev/kitchen/cmnd".into()],
+            "the restored session holds only what the reload left it"
+        );
     }
 
     #[test]
