@@ -141,8 +141,9 @@ pub enum AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
     #[error(
-        "credentials file {} does not exist; create it by adding an identity: \
-         `pifleet-broker device add NAME --credentials {}`",
+        "credentials file {} does not exist; create it by adding an identity \
+         (`pifleet-broker device add NAME --credentials {}`), or for a new broker with \
+         `pifleet-broker init` (TLS certificates and a first controller)",
         .0.display(), .0.display()
     )]
     Missing(PathBuf),
