@@ -259,6 +259,8 @@ async fn run(target: &str, ca_file: &Path, passwords: &Path, timeout: Duration) 
     let n = devices.len();
     println!("== {name} ({url}): {n} devices connect at once over TLS, each with a login");
     let cpu0 = pid.and_then(cpu_secs);
+    // This process does every client's half of the TLS handshakes on the same cores.
+    let own0 = cpu_secs(std::process::id());
 
     let (done_tx, mut done) = mpsc::unbounded_channel::<Outcome>();
     let (stop_tx, stop) = watch::channel(false);
@@ -316,6 +318,10 @@ async fn run(target: &str, ca_file: &Path, passwords: &Path, timeout: Duration) 
         _ => None,
     };
     let rss = pid.and_then(rss_mb);
+    let own = match (own0, cpu_secs(std::process::id())) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
     let _ = stop_tx.send(true);
 
     let mut times: Vec<f64> = outcomes
@@ -358,6 +364,12 @@ async fn run(target: &str, ca_file: &Path, passwords: &Path, timeout: Duration) 
     );
     if let Some(cpu) = cpu {
         let _ = writeln!(out, "  broker CPU during the storm: {cpu:.1} s");
+    }
+    if let Some(own) = own {
+        let _ = writeln!(
+            out,
+            "  pifleet-storm's own CPU (the clients' TLS handshakes): {own:.1} s"
+        );
     }
     if let Some(rss) = rss {
         let _ = writeln!(out, "  broker RSS with {connected} connected: {rss:.1} MB");
