@@ -10,6 +10,7 @@ RUN cargo build --release --bins
 FROM debian:bookworm-slim
 COPY --from=build /src/target/release/pifleet-broker /src/target/release/pifleet-agent /src/target/release/pifleet /usr/local/bin/
 RUN mkdir -p /var/lib/pifleet && chown 65534:65534 /var/lib/pifleet
-EXPOSE 1883 8083 8000
+# /var/lib/pifleet: the named volume of docker-compose.yml (certificates, credentials, state).
+EXPOSE 8883
 USER 65534:65534
 CMD ["pifleet-broker"]

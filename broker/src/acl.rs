@@ -46,8 +46,9 @@ pub enum AclError {
     Prefix(#[from] pifleet_proto::topic::PrefixError),
 }
 
-/// The authorization rules of one broker.
-#[derive(Debug, Clone)]
+/// The authorization rules of one broker. `PartialEq` tells a reload whether the rules changed
+/// (and so whether held subscriptions must be checked again).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Acl {
     topics: Topics,
     extra: Vec<Rule>,
@@ -60,7 +61,7 @@ enum Subject {
     Anyone,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Rule {
     who: Subject,
     publish: Vec<String>,

@@ -1,15 +1,17 @@
-//! The administration subcommands: `device ...`, `controller ...` (the credentials file) and
-//! `tls self-signed`. Parsing is the clap types below; [`run`] carries them out and maps every
-//! outcome to an exit code scripts can rely on:
+//! The administration subcommands: `init` (a new broker's certificates and first controller),
+//! `device ...`, `controller ...` (the credentials file), `tls self-signed` and `health` (a
+//! container's health check). Parsing is the clap types below; [`run`] carries them out and maps
+//! every outcome to an exit code scripts can rely on:
 //!
 //! | code | meaning |
 //! |---|---|
-//! | 0 | done |
-//! | 1 | failed: file I/O, the name exists or is unknown, files exist |
+//! | 0 | done (`health`: the broker answered) |
+//! | 1 | failed: file I/O, the name exists or is unknown, files exist (`init`: already initialized), no broker answered |
 //! | 2 | usage or configuration: bad name or secret, no credentials file given |
 //!
-//! `device add` and `controller add` print the secret alone on standard output and everything
-//! else on standard error, so `SECRET=$(pifleet-broker device add kitchen)` captures just it.
+//! `init`, `device add` and `controller add` print the secret alone on standard output and
+//! everything else on standard error, so `SECRET=$(pifleet-broker device add kitchen)` captures
+//! just it.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -29,6 +31,37 @@ pub const EXIT_USAGE: u8 = 2;
 /// The administration commands, flattened into the broker's own subcommands.
 #[derive(Subcommand, Debug, Clone, PartialEq)]
 pub enum AdminCmd {
+    /// Set up a new broker from its configuration: a private CA and a server certificate at
+    /// `[tls] cert` and `key`, and the credentials file (`[auth] credentials`) with a first
+    /// controller, whose secret is printed once. Refuses to touch a broker set up before.
+    Init {
+        /// A DNS name or IP address clients use to reach the broker (repeatable, or
+        /// comma-separated in PIFLEET_HOSTS); localhost, 127.0.0.1 and ::1 are always included.
+        #[arg(
+            long = "host",
+            value_name = "NAME",
+            env = "PIFLEET_HOSTS",
+            value_delimiter = ','
+        )]
+        hosts: Vec<String>,
+        /// The first controller's name: the CLI's user name (`pifleet --user NAME`).
+        #[arg(long, value_name = "NAME", default_value = "admin")]
+        controller: String,
+    },
+    /// Exit 0 if a broker answers MQTT at ADDR (default: the configuration's `[mqtt] listen`,
+    /// on loopback), 1 if not: a container health check that needs no credentials.
+    ///
+    /// It sends the CONNECT of an old protocol level, which every broker answers with a CONNACK
+    /// (1, unacceptable protocol version) and pifleet-broker without a log line, so a check
+    /// every few seconds neither logs in nor fills the log with refused logins.
+    Health {
+        /// The broker's MQTT address (host:port).
+        #[arg(long, value_name = "ADDR")]
+        addr: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, value_name = "SECS", default_value = "3")]
+        timeout: u64,
+    },
     /// Manage device identities (Pis running the agent) in the credentials file.
     #[command(subcommand)]
     Device(DeviceCmd),
@@ -53,8 +86,12 @@ pub enum DeviceCmd {
         groups: Vec<String>,
         /// Read the secret from standard input instead of generating one (at least 12
         /// characters; one line).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "secret_file")]
         secret_stdin: bool,
+        /// Write the generated secret to this new file (mode 0600, never overwritten) instead
+        /// of standard output, e.g. straight into the password file a Pi or a container reads.
+        #[arg(long, value_name = "PATH")]
+        secret_file: Option<PathBuf>,
     },
     /// Remove a device: it can no longer log in.
     Remove { name: String },
@@ -131,6 +168,18 @@ enum Failure {
     Tls(#[from] TlsError),
     #[error("cannot read the secret from standard input: {0}")]
     Stdin(std::io::Error),
+    #[error("cannot write the secret to {}: {source}", path.display())]
+    SecretFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "already initialized: {} exists; nothing was changed (add identities with `device add` \
+         and `controller add`)", .0.display()
+    )]
+    Initialized(PathBuf),
+    #[error("no broker answered at {addr}: {why}")]
+    Unhealthy { addr: String, why: String },
     #[error("{0}")]
     Usage(String),
 }
@@ -166,13 +215,27 @@ pub fn run(cmd: AdminCmd, config: &Config, credentials_flag: Option<PathBuf>) ->
 fn exec(cmd: AdminCmd, config: &Config, path: Option<&Path>) -> Result<(), Failure> {
     let path = || path.ok_or(Failure::NoCredentialsPath);
     match cmd {
+        AdminCmd::Init { hosts, controller } => init(config, path()?, &hosts, &controller),
+        AdminCmd::Health { addr, timeout } => health(config, addr, timeout),
         AdminCmd::Device(DeviceCmd::Add {
             name,
             groups,
             secret_stdin,
-        }) => add(path()?, &name, Role::Device, groups, secret_stdin),
+            secret_file,
+        }) => {
+            let to = match (secret_stdin, secret_file) {
+                (true, _) => Secret::Stdin,
+                (false, Some(p)) => Secret::ToFile(p),
+                (false, None) => Secret::ToStdout,
+            };
+            add(path()?, &name, Role::Device, groups, to)
+        }
         AdminCmd::Controller(ControllerCmd::Add { name, secret_stdin }) => {
-            add(path()?, &name, Role::Controller, vec![], secret_stdin)
+            let to = match secret_stdin {
+                true => Secret::Stdin,
+                false => Secret::ToStdout,
+            };
+            add(path()?, &name, Role::Controller, vec![], to)
         }
         AdminCmd::Device(DeviceCmd::Remove { name }) => remove(path()?, &name, Role::Device),
         AdminCmd::Controller(ControllerCmd::Remove { name }) => {
@@ -189,12 +252,22 @@ fn exec(cmd: AdminCmd, config: &Config, path: Option<&Path>) -> Result<(), Failu
     }
 }
 
+/// Where a new identity's secret comes from, or where a generated one goes.
+enum Secret {
+    /// Read from standard input (`--secret-stdin`).
+    Stdin,
+    /// Generated and printed alone on standard output.
+    ToStdout,
+    /// Generated and written to a new file (`--secret-file`).
+    ToFile(PathBuf),
+}
+
 fn add(
     path: &Path,
     name: &str,
     role: Role,
     groups: Vec<String>,
-    secret_stdin: bool,
+    secret: Secret,
 ) -> Result<(), Failure> {
     let mut creds = Credentials::load_or_new(path)?;
     // Check before reading standard input, so a taken name fails before anyone types a secret.
@@ -205,13 +278,25 @@ fn add(
         }
         .into());
     }
-    let given = if secret_stdin {
-        Some(read_secret()?)
-    } else {
-        None
+    let given = match secret {
+        Secret::Stdin => Some(read_secret()?),
+        _ => None,
     };
-    let secret = creds.add(name, role, groups, given.clone())?;
-    creds.save()?;
+    // The file first: an identity whose secret could not be written anywhere would be useless.
+    let secret_file = match &secret {
+        Secret::ToFile(p) => Some(SecretFile::create(p)?),
+        _ => None,
+    };
+    let generated = creds.add(name, role, groups, given)?;
+    if let Some(f) = secret_file {
+        f.write(&generated)?;
+    }
+    if let Err(e) = creds.save() {
+        if let Secret::ToFile(p) = &secret {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e.into());
+    }
 
     let who = creds.identity(name).expect("just added");
     let groups = if who.groups.is_empty() {
@@ -223,21 +308,163 @@ fn add(
         "pifleet-broker: added {role} {name}{groups} to {}",
         path.display()
     );
-    if given.is_none() {
-        println!("{secret}");
-        let _ = std::io::stdout().flush();
-        let how = match role {
-            Role::Device => {
-                "in the agent's config, next to `broker = ...`: password = \"<secret>\" \
-                 (or env PIFLEET_PASSWORD); the user name is the device name"
-            }
-            Role::Controller => {
-                "as the password of this user name in the CLI (env PIFLEET_PASSWORD)"
-            }
-        };
-        eprintln!("Its secret (on standard output) is shown only this once; use it {how}.");
+    let how = match role {
+        Role::Device => {
+            "in the agent's config, next to `broker = ...`: password_file = \"<file>\" or \
+             password = \"<secret>\" (or env PIFLEET_PASSWORD); the user name is the device name"
+        }
+        Role::Controller => "as the password of this user name in the CLI (env PIFLEET_PASSWORD)",
+    };
+    match secret {
+        Secret::Stdin => {}
+        Secret::ToStdout => {
+            println!("{generated}");
+            let _ = std::io::stdout().flush();
+            eprintln!("Its secret (on standard output) is shown only this once; use it {how}.");
+        }
+        Secret::ToFile(p) => {
+            eprintln!(
+                "Its secret is in {} (nowhere else); use it {how}.",
+                p.display()
+            );
+        }
     }
     Ok(())
+}
+
+/// A secret's file, created empty with mode 0600 before the identity is added (so a name that
+/// cannot get its secret written is never added) and never replacing an existing file.
+struct SecretFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl SecretFile {
+    fn create(path: &Path) -> Result<SecretFile, Failure> {
+        let failed = |source| Failure::SecretFile {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(failed)?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(path).map_err(failed)?;
+        Ok(SecretFile {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    fn write(mut self, secret: &str) -> Result<(), Failure> {
+        let written = writeln!(self.file, "{secret}").and_then(|()| self.file.sync_all());
+        written.map_err(|source| {
+            let _ = std::fs::remove_file(&self.path);
+            Failure::SecretFile {
+                path: self.path.clone(),
+                source,
+            }
+        })
+    }
+}
+
+/// `init`: certificates where `[tls]` expects them and a credentials file with one controller.
+/// Refuses if any of those files exists: a second run must never replace the CA every Pi
+/// trusts, nor the identities.
+fn init(config: &Config, path: &Path, hosts: &[String], controller: &str) -> Result<(), Failure> {
+    let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
+        return Err(Failure::Usage(
+            "init needs `cert` and `key` under [tls] in the config file (--config FILE, \
+             PIFLEET_BROKER_CONFIG): it creates them there"
+                .into(),
+        ));
+    };
+    // The CA sits next to the server certificate.
+    let dir = cert
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let planned = [
+        path.to_path_buf(),
+        cert.clone(),
+        key.clone(),
+        dir.join("ca.pem"),
+        dir.join("ca.key"),
+    ];
+    if let Some(existing) = planned.iter().find(|p| p.exists()) {
+        return Err(Failure::Initialized(existing.clone()));
+    }
+    // Checked before any file is written, so a bad name leaves nothing behind.
+    let name = pifleet_proto::Name::new(controller).map_err(CredentialsError::from)?;
+    let made = crate::tls::self_signed(hosts, dir, false)?;
+    for (from, to) in [(&made.server_cert, cert), (&made.server_key, key)] {
+        if from != to {
+            std::fs::rename(from, to).map_err(|source| {
+                Failure::Tls(TlsError::Write {
+                    path: to.clone(),
+                    source,
+                })
+            })?;
+        }
+    }
+    let mut creds = Credentials::load_or_new(path)?;
+    let secret = creds.add(name.as_str(), Role::Controller, vec![], None)?;
+    creds.save()?;
+
+    let port = config.tls.listen.port();
+    eprintln!(
+        "pifleet-broker: initialized
+  {}  CA certificate: give a copy to every Pi and controller (ca_file, --ca-file)
+  {}  CA key: keep it private; only needed to issue new server certificates
+  {}  server certificate, valid for {}
+  {}  server key
+  {}  credentials, with controller {name}
+Controller {name}'s secret follows on standard output, shown only this once:",
+        made.ca_cert.display(),
+        made.ca_key.display(),
+        cert.display(),
+        made.names.join(", "),
+        key.display(),
+        path.display(),
+    );
+    println!("{secret}");
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "Log in with it: pifleet --broker mqtts://HOST:{port} --ca-file ca.pem --user {name} \
+         (password in PIFLEET_PASSWORD or PIFLEET_PASSWORD_FILE). Add Pis with \
+         `pifleet-broker device add NAME`; a running broker picks them up by itself."
+    );
+    Ok(())
+}
+
+/// `health`: one MQTT exchange with the broker (see [`AdminCmd::Health`]).
+fn health(config: &Config, addr: Option<String>, timeout: u64) -> Result<(), Failure> {
+    let addr = addr.unwrap_or_else(|| {
+        let mut a = config.mqtt.listen;
+        if a.ip().is_unspecified() {
+            a.set_ip(match a {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        a.to_string()
+    });
+    match crate::health::probe(&addr, std::time::Duration::from_secs(timeout)) {
+        Ok(code) => {
+            eprintln!("pifleet-broker: {addr} answers MQTT (CONNACK {code} to the probe)");
+            Ok(())
+        }
+        Err(e) => Err(Failure::Unhealthy {
+            addr,
+            why: e.to_string(),
+        }),
+    }
 }
 
 /// One line from standard input, without its line break.
@@ -424,8 +651,17 @@ mod test {
             AdminCmd::Device(DeviceCmd::Add {
                 name: "kitchen".into(),
                 groups: vec!["a".into(), "b".into()],
-                secret_stdin: false
+                secret_stdin: false,
+                secret_file: None
             })
+        );
+        assert!(parse(&["device", "add", "k", "--secret-stdin", "--secret-file", "f"]).is_err());
+        assert_eq!(
+            parse(&["init", "--host", "broker", "--host", "pi.example.org"]).unwrap(),
+            AdminCmd::Init {
+                hosts: vec!["broker".into(), "pi.example.org".into()],
+                controller: "admin".into()
+            }
         );
         assert_eq!(
             parse(&["device", "groups", "kitchen", "a", "b"]).unwrap(),

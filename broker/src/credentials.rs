@@ -1,5 +1,5 @@
-//! Identities (devices and controllers) and the credentials file that holds their argon2id
-//! hashes.
+//! Identities (devices and controllers) and the credentials file that holds the hashes of their
+//! secrets.
 //!
 //! The file is TOML, managed by `pifleet-broker device|controller add|remove|list`, and never
 //! holds a secret, only its hash, so a leaked copy does not let anyone log in:
@@ -8,12 +8,28 @@
 //! [[device]]
 //! name = "kitchen"
 //! groups = ["downstairs"]
-//! hash = "$argon2id$v=19$m=8192,t=2,p=1$...$..."
+//! hash = "$pifleet-blake2b$v=1$...$..."       # a secret `add` generated
 //!
 //! [[controller]]
 //! name = "laptop"
-//! hash = "$argon2id$v=19$m=8192,t=2,p=1$...$..."
+//! hash = "$argon2id$v=19$m=8192,t=2,p=1$...$..."   # a secret given with --secret-stdin
 //! ```
+//!
+//! Two hash schemes, chosen by where the secret came from, because what a hash must resist is
+//! guessing, and that depends on the secret:
+//! - a secret `add` generated carries 192 random bits: nobody can guess it, however fast each
+//!   guess, so it needs no password-hardening KDF. It is stored as [`FAST_SCHEME`], a keyed
+//!   BLAKE2b with a per-entry salt, checked in about a microsecond on the connection's own task:
+//!   a broker restart lets ten thousand devices back in without queueing for argon2;
+//! - a secret a person chose (`--secret-stdin`) may be guessable, so it gets argon2id (8 ms per
+//!   check, on a verifier thread), which slows guessing from a leaked copy of the file.
+//!
+//! Files written before the fast scheme hold argon2id for every identity, and those entries
+//! stay argon2id: a generated secret and a chosen one of the same shape cannot be told apart
+//! (a person may paste 32 random-looking characters), so re-hashing "generated-looking" secrets
+//! could weaken a chosen one; and the broker never writes this file (it may be read-only, and
+//! the admin commands own it). `device remove` and `device add` give a device a generated
+//! secret with the fast hash.
 //!
 //! A name is unique across both roles: the MQTT user name alone decides the identity, and with
 //! it what the [ACL](crate::acl) allows.
@@ -24,12 +40,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
-use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::password_hash::{Ident, ParamsString, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+use blake2::digest::consts::U32;
 use blake2::digest::{CtOutput, KeyInit, Mac};
-use blake2::Blake2bMac512;
+use blake2::{Blake2bMac, Blake2bMac512};
 use pifleet_proto::Name;
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 
 /// Argon2id memory cost in KiB (8 MiB).
 ///
@@ -39,9 +57,9 @@ use serde::{Deserialize, Serialize};
 /// on one core of a 2-core x86 server VM in a release build (140 ms in a debug build), so that
 /// box admits about 250 logins a second and 5,000 devices in 20 s; a Raspberry Pi 4 core is
 /// several times slower (not measured). Later reconnects of the same device hit the in-memory
-/// cache and cost about a microsecond. The secrets `device add` generates carry 192 random
-/// bits, for which the hash cost does not matter; it only slows guessing of weak, hand-chosen
-/// secrets if the file leaks.
+/// cache and cost about a microsecond. Only secrets a person chose get argon2id: it slows
+/// guessing of weak ones if the file leaks. The secrets `add` generates carry 192 random bits,
+/// for which the hash cost does not matter, and get [`FAST_SCHEME`] instead.
 pub const ARGON2_M_KIB: u32 = 8 * 1024;
 /// Argon2id passes (see [`ARGON2_M_KIB`]).
 pub const ARGON2_T: u32 = 2;
@@ -59,6 +77,19 @@ const SECRET_ALPHABET: &[u8; 64] =
 pub const MIN_SECRET_LEN: usize = 12;
 /// Longer secrets are refused to bound the work per login attempt and keep files readable.
 pub const MAX_SECRET_LEN: usize = 1024;
+
+/// The PHC identifier of the hash of a generated secret:
+/// `$pifleet-blake2b$v=1$<salt>$<digest>`, where digest = BLAKE2b-256 of the secret, keyed with
+/// the entry's 16 random salt bytes, personalization [`FAST_PERSONA`]. Salt and digest are
+/// unpadded base64 as in every PHC string. A keyed hash with a per-entry salt, so two files, or
+/// two identities with the same secret, never share a digest and no table can be precomputed.
+pub const FAST_SCHEME: &str = "pifleet-blake2b";
+/// The `v=` of [`FAST_SCHEME`]; another value is refused rather than guessed at.
+const FAST_VERSION: u32 = 1;
+const FAST_SALT_LEN: usize = 16;
+const FAST_DIGEST_LEN: usize = 32;
+/// BLAKE2b's personalization for [`FAST_SCHEME`], separating it from any other use of the hash.
+const FAST_PERSONA: &[u8] = b"pifleet-secret";
 
 /// What an identity is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -110,8 +141,9 @@ pub enum AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
     #[error(
-        "credentials file {} does not exist; create it by adding an identity: \
-         `pifleet-broker device add NAME --credentials {}`",
+        "credentials file {} does not exist; create it by adding an identity \
+         (`pifleet-broker device add NAME --credentials {}`), or for a new broker with \
+         `pifleet-broker init` (TLS certificates and a first controller)",
         .0.display(), .0.display()
     )]
     Missing(PathBuf),
@@ -150,7 +182,62 @@ pub enum CredentialsError {
 struct Entry {
     role: Role,
     groups: Vec<String>,
+    /// As in the file: a PHC string of either scheme.
     hash: String,
+    /// `hash` parsed once, when the file is read.
+    scheme: Scheme,
+}
+
+/// How an entry's secret is checked.
+#[derive(Clone, Debug)]
+enum Scheme {
+    /// argon2id, for a secret a person chose: one hash on a verifier thread (or the cache).
+    Argon2,
+    /// [`FAST_SCHEME`], for a generated secret: microseconds, on the caller's thread.
+    Fast(FastHash),
+}
+
+/// A parsed [`FAST_SCHEME`] hash.
+#[derive(Clone, Debug)]
+struct FastHash {
+    salt: [u8; FAST_SALT_LEN],
+    digest: [u8; FAST_DIGEST_LEN],
+}
+
+impl FastHash {
+    fn new(secret: &[u8]) -> FastHash {
+        let mut salt = [0u8; FAST_SALT_LEN];
+        OsRng.fill_bytes(&mut salt);
+        let digest = fast_digest(&salt, secret);
+        FastHash { salt, digest }
+    }
+
+    /// Constant-time: the comparison does not tell how much of a guess was right.
+    fn matches(&self, secret: &[u8]) -> bool {
+        bool::from(fast_digest(&self.salt, secret).ct_eq(&self.digest))
+    }
+
+    fn to_phc(&self) -> String {
+        let salt = SaltString::encode_b64(&self.salt).expect("16 bytes fit a PHC salt");
+        PasswordHash {
+            algorithm: Ident::new(FAST_SCHEME).expect("a valid PHC identifier"),
+            version: Some(FAST_VERSION),
+            params: ParamsString::new(),
+            salt: Some(salt.as_salt()),
+            hash: Some(
+                argon2::password_hash::Output::new(&self.digest).expect("32 bytes fit a PHC hash"),
+            ),
+        }
+        .to_string()
+    }
+}
+
+/// BLAKE2b-256 of `secret`, keyed with `salt` (see [`FAST_SCHEME`]).
+fn fast_digest(salt: &[u8; FAST_SALT_LEN], secret: &[u8]) -> [u8; FAST_DIGEST_LEN] {
+    let mut mac = Blake2bMac::<U32>::new_with_salt_and_personal(salt, &[], FAST_PERSONA)
+        .expect("a 16-byte key and a 14-byte persona are within BLAKE2b's bounds");
+    mac.update(secret);
+    mac.finalize().into_bytes().into()
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -180,15 +267,19 @@ struct ControllerRecord {
 
 const FILE_HEADER: &str = "\
 # pifleet-broker credentials. Managed with `pifleet-broker device|controller add|remove|list`.
-# Holds argon2id hashes only: each secret was shown once, when it was added.
+# Holds hashes only (pifleet-blake2b for generated secrets, argon2id for chosen ones): each
+# secret was shown once, when it was added. A running broker re-reads this file when it changes.
 
 ";
 
 /// The identities the broker accepts, loaded from one credentials file.
 ///
-/// `Send + Sync`: the engine shares one `Arc<Credentials>`, asks [`cached`](Self::cached) on its
-/// async tasks and calls [`verify_with`](Self::verify_with) from its verifier threads. Changes (`add`, `remove`, ...) need `&mut` and are meant for the
-/// admin commands, which then [`save`](Self::save).
+/// `Send + Sync`: the engine shares one `Arc<Credentials>`, asks
+/// [`verify_quick`](Self::verify_quick) on its async tasks and calls
+/// [`verify_with`](Self::verify_with) from its verifier threads. Changes (`add`, `remove`, ...)
+/// need `&mut` and are meant for the admin commands, which then [`save`](Self::save). A broker
+/// that re-reads the file builds a new `Credentials` and hands it the old one's cache
+/// ([`keep_cache_of`](Self::keep_cache_of)).
 pub struct Credentials {
     path: PathBuf,
     entries: BTreeMap<String, Entry>,
@@ -271,16 +362,22 @@ impl Credentials {
             let name = Name::new(name).map_err(|e| parse_err(format!("{role}: {e}")))?;
             let groups =
                 valid_groups(groups).map_err(|e| parse_err(format!("{role} {name}: {e}")))?;
-            check_hash(&hash).map_err(|m| parse_err(format!("{role} {name}: {m}")))?;
+            let scheme = parse_hash(&hash).map_err(|m| parse_err(format!("{role} {name}: {m}")))?;
             if let Some(prev) = creds.entries.get(name.as_str()) {
                 return Err(parse_err(format!(
                     "{name:?} appears twice (as {} and as {role}); names are unique",
                     prev.role
                 )));
             }
-            creds
-                .entries
-                .insert(name.to_string(), Entry { role, groups, hash });
+            creds.entries.insert(
+                name.to_string(),
+                Entry {
+                    role,
+                    groups,
+                    hash,
+                    scheme,
+                },
+            );
         }
         Ok(creds)
     }
@@ -324,7 +421,9 @@ impl Credentials {
     }
 
     /// Adds an identity and returns its secret: `secret` if given (at least
-    /// [`MIN_SECRET_LEN`] characters), otherwise a fresh random one of 192 bits.
+    /// [`MIN_SECRET_LEN`] characters), hashed with argon2id, otherwise a fresh random one of 192
+    /// bits, hashed with [`FAST_SCHEME`]. A given secret always gets argon2id, whatever it looks
+    /// like: only a secret generated here is known to be unguessable.
     ///
     /// Refuses a name that exists in either role instead of replacing it: replacing would
     /// silently lock out the Pi that holds the old secret.
@@ -346,16 +445,27 @@ impl Credentials {
             return Err(CredentialsError::NotADevice(name.to_string()));
         }
         let groups = valid_groups(groups)?;
-        let secret = match secret {
+        let (secret, hash, scheme) = match secret {
             Some(s) => {
                 check_secret(&s)?;
-                s
+                let hash = hash_secret(s.as_bytes())?;
+                (s, hash, Scheme::Argon2)
             }
-            None => generate_secret(),
+            None => {
+                let s = generate_secret();
+                let fast = FastHash::new(s.as_bytes());
+                (s, fast.to_phc(), Scheme::Fast(fast))
+            }
         };
-        let hash = hash_secret(secret.as_bytes())?;
-        self.entries
-            .insert(name.to_string(), Entry { role, groups, hash });
+        self.entries.insert(
+            name.to_string(),
+            Entry {
+                role,
+                groups,
+                hash,
+                scheme,
+            },
+        );
         self.forget(name.as_str());
         Ok(secret)
     }
@@ -415,12 +525,11 @@ impl Credentials {
         self.entries.is_empty()
     }
 
-    /// Checks a CONNECT's user name and password. Blocking (one argon2 hash, or microseconds
-    /// when this password verified for this user before in this process). The broker calls
-    /// [`verify_with`](Self::verify_with) on its verifier threads instead; this allocates the
-    /// hash's memory afresh and suits tools and tests.
-    ///
-    /// An unknown user costs one hash too, so response times do not reveal which names exist.
+    /// Checks a CONNECT's user name and password. Blocking (one argon2 hash for a chosen secret
+    /// not verified before in this process; microseconds otherwise). The broker calls
+    /// [`verify_quick`](Self::verify_quick) on its tasks and [`verify_with`](Self::verify_with)
+    /// on its verifier threads instead; this allocates the hash's memory afresh and suits tools
+    /// and tests.
     pub fn verify(&self, username: &str, password: &[u8]) -> Result<Identity, AuthError> {
         self.verify_with(username, password, &mut Memory::default())
     }
@@ -434,13 +543,13 @@ impl Credentials {
         password: &[u8],
         memory: &mut Memory,
     ) -> Result<Identity, AuthError> {
-        let Some(entry) = self.entries.get(username) else {
-            let _ = password_matches(password, dummy_hash(), memory);
-            return Err(AuthError::UnknownUser);
-        };
-        if let Some(identity) = self.cached(username, password) {
-            return Ok(identity);
+        if let Some(verdict) = self.verify_quick(username, password) {
+            return verdict;
         }
+        let entry = self
+            .entries
+            .get(username)
+            .expect("verify_quick answers for unknown users");
         if !password_matches(password, &entry.hash, memory) {
             return Err(AuthError::BadPassword);
         }
@@ -451,9 +560,67 @@ impl Credentials {
         Ok(identity(username, entry))
     }
 
+    /// The verdict on a login when it needs no argon2 hash, in about a microsecond, so the
+    /// engine asks this on the connection's task before queueing a login for a verifier thread:
+    /// - an identity with a generated secret ([`FAST_SCHEME`]): its verdict, either way;
+    /// - an unknown user: refused, after the same fast check against a dummy hash, so it takes
+    ///   as long as a known identity with a generated secret;
+    /// - an identity with a chosen secret (argon2id): `Some(Ok(..))` if this password verified
+    ///   before in this process ([`cached`](Self::cached)), else `None`: only argon2 can tell.
+    pub fn verify_quick(
+        &self,
+        username: &str,
+        password: &[u8],
+    ) -> Option<Result<Identity, AuthError>> {
+        let Some(entry) = self.entries.get(username) else {
+            let _ = dummy_fast_hash().matches(password);
+            return Some(Err(AuthError::UnknownUser));
+        };
+        match &entry.scheme {
+            Scheme::Fast(fast) => Some(match fast.matches(password) {
+                true => Ok(identity(username, entry)),
+                false => Err(AuthError::BadPassword),
+            }),
+            Scheme::Argon2 => self.cached(username, password).map(Ok),
+        }
+    }
+
+    /// Whether `name` has the same role and the same hash here and in `newer` (a later read of
+    /// the file): if not, a login made with this file's secret no longer proves anything.
+    pub fn same_secret(&self, newer: &Credentials, name: &str) -> bool {
+        match (self.entries.get(name), newer.entries.get(name)) {
+            (Some(a), Some(b)) => a.role == b.role && a.hash == b.hash,
+            _ => false,
+        }
+    }
+
+    /// Takes over `older`'s verification cache (and its key) for the identities whose secret
+    /// is unchanged, so re-reading the file does not make every device with a chosen secret
+    /// pay for an argon2 hash again; removed identities and changed secrets are forgotten.
+    pub fn keep_cache_of(&mut self, older: &Credentials) {
+        let kept: HashMap<String, CtOutput<Blake2bMac512>> = older
+            .cache
+            .lock()
+            .expect("cache lock")
+            .iter()
+            .filter(|(name, _)| older.same_secret(self, name))
+            .map(|(name, digest)| (name.clone(), digest.clone()))
+            .collect();
+        self.cache_key = older.cache_key;
+        *self.cache.get_mut().expect("cache lock") = kept;
+    }
+
+    /// Whether `name`'s secret is checked with argon2id (a chosen secret, or an entry from
+    /// before the fast scheme); `None` for an unknown name.
+    pub fn uses_argon2(&self, name: &str) -> Option<bool> {
+        self.entries
+            .get(name)
+            .map(|e| matches!(e.scheme, Scheme::Argon2))
+    }
+
     /// The identity, if this password verified for this user before in this process: a keyed
-    /// digest and a map lookup (about a microsecond), no hashing, so the engine asks this
-    /// before queueing a login for a verifier thread. `None` says nothing about the password.
+    /// digest and a map lookup (about a microsecond), no hashing. `None` says nothing about the
+    /// password. Only argon2id entries are ever cached: the others are as fast to check.
     pub fn cached(&self, username: &str, password: &[u8]) -> Option<Identity> {
         let entry = self.entries.get(username)?;
         let digest = self.digest(password);
@@ -510,17 +677,39 @@ fn check_secret(s: &str) -> Result<(), CredentialsError> {
     Ok(())
 }
 
-fn check_hash(hash: &str) -> Result<(), String> {
+/// Parses a stored hash: argon2id (valid parameters) or [`FAST_SCHEME`] (version 1, 16 salt
+/// bytes, 32 digest bytes). Anything else is refused, so a typo cannot produce an identity
+/// nobody can log in as, or one any password opens.
+fn parse_hash(hash: &str) -> Result<Scheme, String> {
     let parsed =
         PasswordHash::new(hash).map_err(|e| format!("`hash` is not a PHC hash string ({e})"))?;
-    if parsed.algorithm != argon2::ARGON2ID_IDENT {
+    if parsed.algorithm == argon2::ARGON2ID_IDENT {
+        Params::try_from(&parsed)
+            .map_err(|e| format!("`hash` has invalid argon2 parameters ({e})"))?;
+        return Ok(Scheme::Argon2);
+    }
+    if parsed.algorithm.as_str() != FAST_SCHEME {
         return Err(format!(
-            "`hash` uses {}, expected argon2id",
+            "`hash` uses {}, expected argon2id or {FAST_SCHEME}",
             parsed.algorithm
         ));
     }
-    Params::try_from(&parsed).map_err(|e| format!("`hash` has invalid argon2 parameters ({e})"))?;
-    Ok(())
+    let bad = |what: &str| format!("`hash` is not a valid {FAST_SCHEME} hash ({what})");
+    if parsed.version != Some(FAST_VERSION) || !parsed.params.is_empty() {
+        return Err(bad("expected `v=1` and no parameters"));
+    }
+    let mut salt = [0u8; FAST_SALT_LEN];
+    let mut buf = [0u8; 64];
+    match parsed.salt.map(|s| s.decode_b64(&mut buf)) {
+        Some(Ok(s)) if s.len() == FAST_SALT_LEN => salt.copy_from_slice(s),
+        _ => return Err(bad("expected a salt of 16 bytes")),
+    }
+    let mut digest = [0u8; FAST_DIGEST_LEN];
+    match parsed.hash {
+        Some(h) if h.len() == FAST_DIGEST_LEN => digest.copy_from_slice(h.as_bytes()),
+        _ => return Err(bad("expected a digest of 32 bytes")),
+    }
+    Ok(Scheme::Fast(FastHash { salt, digest }))
 }
 
 /// A random secret from [`SECRET_ALPHABET`]. 256 is a multiple of 64, so masking a random
@@ -596,13 +785,17 @@ fn password_matches(password: &[u8], phc: &str, memory: &mut Memory) -> bool {
         && argon2::password_hash::Output::new(out).is_ok_and(|o| o == expected)
 }
 
-/// A hash of a random secret nobody knows, verified against for unknown users so that they
-/// cost as much as known ones.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        hash_secret(generate_secret().as_bytes()).expect("hashing a generated secret")
-    })
+/// A hash of a random secret nobody knows, checked for unknown users so that they cost as much
+/// as known identities with generated secrets.
+fn dummy_fast_hash() -> &'static FastHash {
+    static DUMMY: OnceLock<FastHash> = OnceLock::new();
+    DUMMY.get_or_init(|| FastHash::new(generate_secret().as_bytes()))
+}
+
+/// The [`FAST_SCHEME`] hash of `secret` with a fresh salt, as `add` stores it for a generated
+/// secret. Meant only for secrets with as much entropy as [`generate_secret`]'s.
+pub fn hash_generated(secret: &[u8]) -> String {
+    FastHash::new(secret).to_phc()
 }
 
 #[cfg(test)]
@@ -702,9 +895,22 @@ pub(crate) mod test {
         let mut c = Credentials::load_or_new(&path).unwrap();
         let s = c.add("kitchen", Role::Device, vec![], None).unwrap();
         c.save().unwrap();
+        let chosen = c
+            .add(
+                "laptop",
+                Role::Controller,
+                vec![],
+                Some("correct horse battery".into()),
+            )
+            .unwrap();
+        c.save().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains(&s), "{text}");
-        assert!(text.contains("$argon2id$v=19$m=8192,t=2,p=1$"), "{text}");
+        assert!(!text.contains(&s) && !text.contains(&chosen), "{text}");
+        assert!(text.contains("hash = \"$pifleet-blake2b$v=1$"), "{text}");
+        assert!(
+            text.contains("hash = \"$argon2id$v=19$m=8192,t=2,p=1$"),
+            "{text}"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -861,7 +1067,14 @@ pub(crate) mod test {
     #[test]
     fn the_cache_answers_only_for_a_password_that_verified() {
         let mut c = Credentials::empty(Path::new("unused.toml"));
-        let s = c.add("kitchen", Role::Device, vec![], None).unwrap();
+        let s = c
+            .add(
+                "kitchen",
+                Role::Device,
+                vec![],
+                Some("a chosen secret".into()),
+            )
+            .unwrap();
         assert_eq!(c.cached("kitchen", s.as_bytes()), None, "not verified yet");
         let mut memory = Memory::default();
         let kitchen = c.verify_with("kitchen", s.as_bytes(), &mut memory).unwrap();
@@ -870,30 +1083,198 @@ pub(crate) mod test {
         assert_eq!(c.cached("garage", s.as_bytes()), None);
     }
 
+    #[test]
+    fn a_generated_secret_gets_the_fast_hash_and_a_chosen_one_argon2id() {
+        let mut c = Credentials::empty(Path::new("unused.toml"));
+        let generated = c.add("kitchen", Role::Device, vec![], None).unwrap();
+        // Even a chosen secret shaped exactly like a generated one: only `add` knows it is
+        // random.
+        let chosen = generate_secret();
+        c.add("laptop", Role::Controller, vec![], Some(chosen.clone()))
+            .unwrap();
+        assert_eq!(c.uses_argon2("kitchen"), Some(false));
+        assert_eq!(c.uses_argon2("laptop"), Some(true));
+        assert_eq!(c.uses_argon2("garage"), None);
+        // The fast one is answered without a verifier, the argon2 one only once it is cached.
+        assert_eq!(
+            c.verify_quick("kitchen", generated.as_bytes())
+                .map(|v| v.map(|i| i.name)),
+            Some(Ok("kitchen".to_string()))
+        );
+        assert_eq!(
+            c.verify_quick("kitchen", b"not the secret"),
+            Some(Err(AuthError::BadPassword))
+        );
+        assert_eq!(c.verify_quick("laptop", chosen.as_bytes()), None);
+        assert!(c.verify("laptop", chosen.as_bytes()).is_ok());
+        assert!(matches!(
+            c.verify_quick("laptop", chosen.as_bytes()),
+            Some(Ok(_))
+        ));
+        assert_eq!(c.verify_quick("laptop", b"not the secret"), None);
+        assert_eq!(
+            c.verify_quick("garage", generated.as_bytes()),
+            Some(Err(AuthError::UnknownUser))
+        );
+        // Fast checks are not cached: they need no cache.
+        assert!(c.cache.lock().unwrap().get("kitchen").is_none());
+    }
+
+    /// The stored format is a promise to every file written: a fixed salt and secret must keep
+    /// giving this exact string.
+    #[test]
+    fn the_fast_hash_format_is_stable() {
+        let fast = FastHash {
+            salt: *b"0123456789abcdef",
+            digest: fast_digest(b"0123456789abcdef", b"ZH7t2r-Ubq1KmvN0yXa_sE4Lp9dWcF3g"),
+        };
+        let phc = fast.to_phc();
+        assert_eq!(phc, FAST_FIXTURE);
+        let Scheme::Fast(parsed) = parse_hash(FAST_FIXTURE).unwrap() else {
+            panic!("not parsed as the fast scheme");
+        };
+        assert!(parsed.matches(b"ZH7t2r-Ubq1KmvN0yXa_sE4Lp9dWcF3g"));
+        assert!(!parsed.matches(b"ZH7t2r-Ubq1KmvN0yXa_sE4Lp9dWcF3h"));
+        assert!(!parsed.matches(b""));
+    }
+
+    /// Also what Python's `hashlib.blake2b(secret, digest_size=32, key=salt,
+    /// person=b"pifleet-secret")` gives, base64 without padding: the scheme is plain BLAKE2b.
+    const FAST_FIXTURE: &str =
+        "$pifleet-blake2b$v=1$MDEyMzQ1Njc4OWFiY2RlZg$UxUKJQcfh8o2/PbygsfB+ejr+cCthzd8WVeDRQMsmtA";
+
+    #[test]
+    fn malformed_fast_hashes_are_refused_when_the_file_is_read() {
+        let good = hash_generated(generate_secret().as_bytes());
+        assert!(parse_hash(&good).is_ok());
+        let (head, digest) = good.rsplit_once('$').unwrap();
+        for bad in [
+            good.replace("$v=1$", "$v=2$"),
+            good.replace("$v=1$", "$v=1$x=1$"),
+            // A salt of 12 bytes, a digest of 24.
+            format!("$pifleet-blake2b$v=1$MDEyMzQ1Njc4OWFi${digest}"),
+            format!("{head}${}", &digest[..32]),
+            format!("{head}$"),
+            "$pifleet-blake2$v=1$MDEyMzQ1Njc4OWFiY2RlZg$AAAA".to_string(),
+        ] {
+            let e = parse_hash(&bad).err();
+            assert!(e.is_some(), "{bad:?} was accepted");
+        }
+        let text = format!(
+            "[[device]]\nname = \"a\"\nhash = '{}'\n",
+            good.replace("$v=1$", "$v=2$")
+        );
+        let e = Credentials::from_toml_str(&text, Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("device a"), "{e}");
+        assert!(e.to_string().contains("pifleet-blake2b"), "{e}");
+    }
+
+    /// Migration: an entry written before the fast scheme (argon2id of a generated secret)
+    /// keeps working and stays argon2id, however often it logs in; saving keeps its hash.
+    #[test]
+    fn an_argon2_entry_of_a_generated_secret_keeps_working_and_stays_argon2() {
+        let dir = temp_dir("migrate");
+        let path = dir.path().join("credentials.toml");
+        let secret = generate_secret();
+        let old = hash_secret(secret.as_bytes()).unwrap();
+        std::fs::write(
+            &path,
+            format!("[[device]]\nname = \"kitchen\"\nhash = '{old}'\n"),
+        )
+        .unwrap();
+        let mut c = Credentials::load(&path).unwrap();
+        assert_eq!(c.uses_argon2("kitchen"), Some(true));
+        assert_eq!(c.verify_quick("kitchen", secret.as_bytes()), None);
+        assert!(c.verify("kitchen", secret.as_bytes()).is_ok());
+        assert!(c.verify("kitchen", secret.as_bytes()).is_ok());
+        c.add("garage", Role::Device, vec![], None).unwrap();
+        c.save().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(&old), "{text}");
+        let c = Credentials::load(&path).unwrap();
+        assert_eq!(c.uses_argon2("kitchen"), Some(true));
+        assert_eq!(c.uses_argon2("garage"), Some(false));
+    }
+
+    #[test]
+    fn a_reread_file_keeps_the_cache_only_for_unchanged_secrets() {
+        let dir = temp_dir("reread");
+        let path = dir.path().join("credentials.toml");
+        let mut c = Credentials::load_or_new(&path).unwrap();
+        let secret = |n: &str| format!("chosen secret of {n}");
+        for n in ["a", "b", "c"] {
+            c.add(n, Role::Device, vec![], Some(secret(n))).unwrap();
+        }
+        c.save().unwrap();
+        let old = Credentials::load(&path).unwrap();
+        for n in ["a", "b", "c"] {
+            assert!(old.verify(n, secret(n).as_bytes()).is_ok());
+        }
+        // b's secret changes, c goes, d arrives.
+        let mut edit = Credentials::load(&path).unwrap();
+        edit.remove("b").unwrap();
+        edit.add(
+            "b",
+            Role::Device,
+            vec![],
+            Some("another secret for b".into()),
+        )
+        .unwrap();
+        edit.remove("c").unwrap();
+        edit.add("d", Role::Device, vec![], None).unwrap();
+        edit.set_groups("a", vec!["down".into()]).unwrap();
+        edit.save().unwrap();
+
+        let mut new = Credentials::load(&path).unwrap();
+        new.keep_cache_of(&old);
+        assert!(old.same_secret(&new, "a"));
+        assert!(!old.same_secret(&new, "b") && !old.same_secret(&new, "c"));
+        assert!(!old.same_secret(&new, "d"));
+        // a is still cached (with its new groups), b's old secret is not, nor anything of c.
+        let a = new.cached("a", secret("a").as_bytes()).unwrap();
+        assert_eq!(a.groups, ["down"]);
+        assert_eq!(new.cached("b", secret("b").as_bytes()), None);
+        assert_eq!(new.cache.lock().unwrap().len(), 1);
+        assert_eq!(
+            new.verify("b", secret("b").as_bytes()),
+            Err(AuthError::BadPassword)
+        );
+    }
+
     /// `cargo test -p pifleet-broker --release --lib -- --ignored --nocapture hash_cost`
-    /// prints what one verification costs here (the figure in [`ARGON2_M_KIB`]).
+    /// prints what one verification costs here (the figures in [`ARGON2_M_KIB`] and
+    /// docs/security.md).
     #[test]
     #[ignore]
     fn hash_cost() {
         let mut c = Credentials::empty(Path::new("unused.toml"));
-        let s = c.add("kitchen", Role::Device, vec![], None).unwrap();
-        let n = 20;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            c.forget("kitchen");
-            c.verify("kitchen", s.as_bytes()).unwrap();
-        }
-        let cold = t.elapsed() / n;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            c.verify("kitchen", s.as_bytes()).unwrap();
-        }
-        let warm = t.elapsed() / n;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            let _ = c.verify("nobody", s.as_bytes());
-        }
-        let unknown = t.elapsed() / n;
-        println!("argon2id verify: {cold:?}; cached: {warm:?}; unknown user: {unknown:?}");
+        let chosen = "a secret somebody chose".to_string();
+        c.add("kitchen", Role::Device, vec![], Some(chosen.clone()))
+            .unwrap();
+        let generated = c.add("garage", Role::Device, vec![], None).unwrap();
+        let time = |n: u32, f: &mut dyn FnMut()| {
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            t.elapsed() / n
+        };
+        let cold = time(20, &mut || {
+            c.cache.lock().unwrap().clear();
+            c.verify("kitchen", chosen.as_bytes()).unwrap();
+        });
+        let warm = time(10_000, &mut || {
+            c.verify("kitchen", chosen.as_bytes()).unwrap();
+        });
+        let fast = time(10_000, &mut || {
+            c.verify("garage", generated.as_bytes()).unwrap();
+        });
+        let unknown = time(10_000, &mut || {
+            let _ = c.verify("nobody", generated.as_bytes());
+        });
+        println!(
+            "argon2id verify: {cold:?}; cached: {warm:?}; {FAST_SCHEME} verify: {fast:?}; \
+             unknown user: {unknown:?}"
+        );
     }
 }

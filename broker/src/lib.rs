@@ -4,10 +4,12 @@
 //! Layout:
 //! - [`config`]: our configuration (defaults for everything, limits on by default).
 //! - [`engine`]: the MQTT engine: listeners, sessions, subscriptions, retained messages, wills.
-//! - [`credentials`]: the credentials file (argon2 hashes) and identities (device/controller).
+//! - [`credentials`]: the credentials file (a fast keyed hash for generated secrets, argon2id
+//!   for chosen ones) and identities (device/controller).
 //! - [`acl`]: what an identity may publish and subscribe to.
 //! - [`tls`]: server TLS configuration and `tls self-signed`.
-//! - [`admin`]: the `device` / `controller` / `tls` subcommands.
+//! - [`admin`]: the `init` / `device` / `controller` / `tls` / `health` subcommands.
+//! - [`health`]: the probe behind `health`, a container health check that needs no secret.
 //! - [`services`]: the fleet services' login: in-process MQTT clients of this broker, seen by the
 //!   engine as any other client:
 //!   - [`legacy`]: the shim that relays old TCP clients' on/off/go to devices over MQTT;
@@ -23,6 +25,7 @@ pub mod dashboard;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod engine;
+pub mod health;
 pub mod history;
 pub mod legacy;
 pub mod services;

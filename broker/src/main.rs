@@ -106,6 +106,25 @@ fn stop_signal() -> tokio::sync::oneshot::Receiver<()> {
     rx
 }
 
+/// SIGHUP re-reads the credentials and ACL files, as a change to them on disk does (the broker
+/// also polls them every second); a bad file is logged and the old identities stay.
+fn reload_on_hangup(engine: std::sync::Arc<pifleet_broker::engine::Engine>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot handle SIGHUP (credentials reload): {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let engine = engine.clone();
+            let _ = tokio::task::spawn_blocking(move || engine.reload_access("SIGHUP")).await;
+        }
+    });
+}
+
 /// Turns any panic into a prompt exit with [`EXIT_INTERNAL`].
 ///
 /// Why: a panic in a connection task would otherwise end only that task, and one that happened
@@ -247,6 +266,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_START);
             }
         };
+        // Before the readiness lines, so a SIGHUP sent once they are out never kills the broker.
+        reload_on_hangup(running.engine.clone());
         // These lines are the readiness signal scripts and tests wait for.
         say!("pifleet-broker: MQTT on {}", running.mqtt);
         if let Some(ws) = running.websocket {

@@ -216,3 +216,138 @@ fn tls_self_signed_creates_the_four_files() {
     let out = run(&["--force"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+/// A config naming where `init` puts things, as docker/broker.toml does.
+fn init_config(dir: &Path) -> std::path::PathBuf {
+    let config = dir.join("broker.toml");
+    std::fs::write(
+        &config,
+        "[tls]\nenabled = true\ncert = \"tls/server.pem\"\nkey = \"tls/server.key\"\n\n\
+         [auth]\ncredentials = \"credentials.toml\"\n",
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn init_creates_the_certificates_and_a_controller_once_and_never_again() {
+    let dir = temp_dir("init");
+    let config = init_config(dir.path());
+    let init = |extra: &[&str]| {
+        broker()
+            .arg("--config")
+            .arg(&config)
+            .arg("init")
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = init(&["--host", "broker", "--controller", "ops"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Standard output is the secret alone, and it logs in as controller ops.
+    let secret = text(&out.stdout).trim().to_string();
+    assert!(secret.len() >= 22 && !secret.contains(char::is_whitespace));
+    let creds =
+        pifleet_broker::credentials::Credentials::load(&dir.path().join("credentials.toml"))
+            .unwrap();
+    let ops = creds.verify("ops", secret.as_bytes()).unwrap();
+    assert_eq!(ops.role, pifleet_broker::credentials::Role::Controller);
+    assert_eq!(creds.len(), 1);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("ca.pem") && err.contains("broker, localhost"),
+        "{err}"
+    );
+    assert!(!err.contains(&secret), "the secret is printed once: {err}");
+    let tls = dir.path().join("tls");
+    pifleet_broker::tls::server_config(&tls.join("server.pem"), &tls.join("server.key")).unwrap();
+    assert!(tls.join("ca.pem").exists() && tls.join("ca.key").exists());
+
+    // A second run changes nothing: the CA every Pi trusts and the identities stay.
+    let ca = std::fs::read(tls.join("ca.pem")).unwrap();
+    let file = std::fs::read(dir.path().join("credentials.toml")).unwrap();
+    let out = init(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("already initialized"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read(tls.join("ca.pem")).unwrap(), ca);
+    assert_eq!(
+        std::fs::read(dir.path().join("credentials.toml")).unwrap(),
+        file
+    );
+}
+
+#[test]
+fn init_without_a_tls_section_or_with_a_bad_name_is_a_usage_error_and_writes_nothing() {
+    let dir = temp_dir("init-usage");
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, "[auth]\ncredentials = \"credentials.toml\"\n").unwrap();
+    let out = broker()
+        .arg("--config")
+        .arg(&config)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("[tls]"), "{}", text(&out.stderr));
+
+    let config = init_config(dir.path());
+    let out = broker()
+        .arg("--config")
+        .arg(&config)
+        .args(["init", "--controller", "not a name"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(!dir.path().join("tls").exists() && !dir.path().join("credentials.toml").exists());
+}
+
+#[test]
+fn a_secret_file_gets_the_generated_secret_and_is_never_overwritten() {
+    let dir = temp_dir("secret-file");
+    let creds = dir.path().join("credentials.toml");
+    let file = dir.path().join("secrets").join("kitchen");
+    let out = admin(
+        &creds,
+        &[
+            "device",
+            "add",
+            "kitchen",
+            "--secret-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "the secret goes to the file only");
+    let secret = std::fs::read_to_string(&file).unwrap();
+    let secret = secret.trim_end();
+    let loaded = pifleet_broker::credentials::Credentials::load(&creds).unwrap();
+    assert!(loaded.verify("kitchen", secret.as_bytes()).is_ok());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    // An existing file is refused, and the device is not added without its secret.
+    let out = admin(
+        &creds,
+        &[
+            "device",
+            "add",
+            "garage",
+            "--secret-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim_end(), secret);
+    let loaded = pifleet_broker::credentials::Credentials::load(&creds).unwrap();
+    assert!(!loaded.exists("garage"));
+}

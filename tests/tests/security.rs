@@ -686,6 +686,89 @@ fn tls_with_a_private_ca_serves_agents_and_the_cli_and_shrugs_off_wrong_clients(
     eprintln!("CLI confirmed in {took:?} while {still_open} of 50 half-open connections were open");
 }
 
+/// `pifleet-broker init` is the whole first-run step: with nothing but a config naming the
+/// files, the broker then serves TLS, the printed secret logs the CLI in, a device added with
+/// `--secret-file` comes online with that file as its password file, and anonymous clients are
+/// refused. The Compose deployment runs exactly this (tests/tests/multihost_compose.rs).
+#[test]
+fn init_sets_up_tls_and_a_controller_whose_printed_secret_logs_in() {
+    let dir = temp_dir("init");
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        "[tls]\nenabled = true\nlisten = \"127.0.0.1:0\"\ncert = \"tls/server.pem\"\n\
+         key = \"tls/server.key\"\n\n[auth]\ncredentials = \"credentials.toml\"\n",
+    )
+    .unwrap();
+    let admin = |args: &[&str]| {
+        output_logged(
+            &format!("pifleet-broker {}", args.join(" ")),
+            Command::new(bin("pifleet-broker"))
+                .env_remove("PIFLEET_CREDENTIALS")
+                .arg("--config")
+                .arg(&config)
+                .args(args),
+        )
+    };
+    let out = admin(&["init", "--controller", "ops"]);
+    assert!(out.status.success());
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let password = dir.path().join("pi").join("password");
+    let out = admin(&[
+        "device",
+        "add",
+        "pi",
+        "--secret-file",
+        password.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+
+    let broker = Broker::start_with(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--mqtt",
+        "127.0.0.1:0",
+        "--no-ws",
+    ]);
+    let tls_addr = broker
+        .proc
+        .stdout
+        .wait_for("the TLS listener", Duration::from_secs(10), |l| {
+            l.starts_with("pifleet-broker: MQTT over TLS on ")
+        })
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    auth_announced(&broker);
+    let port = tls_addr.rsplit_once(':').unwrap().1;
+    let tls_url = format!("mqtts://localhost:{port}");
+    let ca = dir.path().join("tls").join("ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    let _agent = Agent::start(
+        &tls_url,
+        "pi",
+        &format!("ca_file = {ca:?}\npassword_file = {:?}\n", password),
+    );
+    let ops = Controller::new(&tls_url, "ops", &secret, &["--ca-file", ca]);
+    ops.wait_online("pi");
+    let (r, code) = ops.switch(&["on", "pi"]);
+    assert_eq!(
+        (code, outcome(&r, "pi")),
+        (Some(0), Outcome::Confirmed),
+        "{r:?}"
+    );
+
+    // Anonymous, or with a wrong secret: refused (exit 4), over TLS as over plain MQTT.
+    let out = cli_env(&tls_url, &["--ca-file", ca, "status"], &[]);
+    assert_eq!(out.status.code(), Some(4), "anonymous over TLS");
+    let out = cli(&broker.url(), &["status"]);
+    assert_eq!(out.status.code(), Some(4), "anonymous over plain MQTT");
+    let wrong = Controller::new(&tls_url, "ops", "not-the-secret-123", &["--ca-file", ca]);
+    assert_eq!(wrong.run(&["status"]).status.code(), Some(4));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. No anonymous service beyond loopback unless asked for.
 

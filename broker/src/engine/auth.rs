@@ -1,15 +1,22 @@
 //! Deciding whether a CONNECT may proceed: the checks every client passes (client id, last will
-//! topic; the protocol level was checked where the CONNECT was decoded), then the login (an in-process identity, the verified-password
-//! cache, or an argon2 hash on a verifier thread) and the identity's client id rule.
+//! topic; the protocol level was checked where the CONNECT was decoded), then the login and the
+//! identity's client id rule.
 //!
-//! Hashing is deliberately slow (~8 ms) and memory-hungry (m = 8 MiB), so it runs on a fixed set
-//! of verifier threads, one per core, each hashing in one block of memory it keeps: the broker's
-//! footprint for hashing is cores × m however many logins arrive (on tokio's blocking pool each
-//! login allocated afresh, and glibc's per-thread arenas kept 150-230 MB after a burst of failed
-//! logins). A flood of wrong passwords cannot starve real clients:
-//! - a login whose password verified before is answered from the cache on the connection's own
-//!   task, without waiting for a verifier;
-//! - the pause before a refusal holds no verifier;
+//! A login is answered on the connection's own task, in about a microsecond, when it needs no
+//! argon2 hash ([`Credentials::verify_quick`]): an in-process identity, an identity with a
+//! generated secret (the fast hash), an unknown user, or a chosen secret that verified before in
+//! this process (the cache). So a broker restart lets a fleet with generated secrets back in as
+//! fast as its TLS handshakes go.
+//!
+//! The rest, chosen secrets, cost one argon2 hash, deliberately slow (~8 ms) and memory-hungry
+//! (m = 8 MiB), so it runs on a fixed set of verifier threads, one per core, each hashing in one
+//! block of memory it keeps: the broker's footprint for hashing is cores × m however many logins
+//! arrive (on tokio's blocking pool each login allocated afresh, and glibc's per-thread arenas
+//! kept 150-230 MB after a burst of failed logins). A flood of wrong passwords cannot starve
+//! real clients:
+//! - logins that need no hash never wait for a verifier;
+//! - the pause before a refusal holds no verifier, and ends a fixed time after the check began,
+//!   so a refusal takes as long whether the name is unknown, has a fast hash or an argon2 one;
 //! - waiting for a verifier counts against the connect deadline (`limits.connect_timeout_ms`,
 //!   which also covers the TLS/WebSocket handshake and the CONNECT): past it the connection is
 //!   closed, and a login still queued is dropped unhashed.
@@ -25,10 +32,12 @@ use tokio::time::Instant;
 
 use super::packet::{ConnectCode, ConnectRequest};
 use super::tree::{valid_topic, TopicBounds};
-use super::{lock, Engine, Principal};
+use super::{lock, Access, Engine, Principal};
 use crate::credentials::{AuthError, Credentials, Identity, Memory, Role};
 
-/// A wrong password or an unknown user is answered after this pause, to slow down guessing.
+/// A wrong password or an unknown user is answered this long after its check began (unless the
+/// check itself took longer), to slow down guessing and so that how long a refusal takes does
+/// not tell which hash, if any, the name has.
 const REFUSAL_PAUSE: Duration = Duration::from_millis(300);
 
 /// How a CONNECT is turned down.
@@ -42,13 +51,15 @@ pub(crate) enum Refused {
 }
 
 impl Engine {
-    /// Decides whether a CONNECT may proceed. Returns the client's identity or how to refuse it.
-    /// `deadline` is the connection's connect deadline.
+    /// Decides whether a CONNECT may proceed under `access` (the credentials and rules in force
+    /// when it arrived). Returns the client's identity or how to refuse it. `deadline` is the
+    /// connection's connect deadline.
     pub(crate) async fn authenticate(
         &self,
         connect: &ConnectRequest,
         peer: SocketAddr,
         deadline: Instant,
+        access: &Access,
     ) -> Result<Principal, Refused> {
         if connect.client_id.len() > 256 || connect.client_id.chars().any(char::is_control) {
             return Err(Refused::Connack(ConnectCode::IdentifierRejected));
@@ -71,7 +82,7 @@ impl Engine {
                 return Err(Refused::Close);
             }
         }
-        let Some(credentials) = &self.security.credentials else {
+        let Some(credentials) = &access.credentials else {
             return Ok(Principal::Anonymous);
         };
         let Some(login) = &connect.login else {
@@ -80,26 +91,20 @@ impl Engine {
             }
             return Err(Refused::Connack(ConnectCode::NotAuthorized));
         };
+        let checked = Instant::now();
         let internal = lock(&self.internal)
             .get(&login.username)
             .filter(|(secret, _)| bool::from(secret.as_bytes().ct_eq(login.password.as_bytes())))
-            .map(|(_, identity)| identity.clone());
-        let cached = || credentials.cached(&login.username, login.password.as_bytes());
-        let identity = match internal.or_else(cached) {
-            Some(i) => i,
+            .map(|(_, identity)| Ok(identity.clone()));
+        let quick = || credentials.verify_quick(&login.username, login.password.as_bytes());
+        let verdict = match internal.or_else(quick) {
+            Some(v) => v,
             None => {
                 let verdict = self
                     .verifiers
                     .verify(credentials, &login.username, &login.password);
                 match tokio::time::timeout_at(deadline, verdict).await {
-                    Ok(Ok(i)) => i,
-                    Ok(Err(e)) => {
-                        if let Some(held_back) = self.log_refusals.admit(self.now_ms()) {
-                            tracing::warn!(%peer, user = %login.username, held_back, "refused: {e:?}");
-                        }
-                        tokio::time::sleep(REFUSAL_PAUSE).await;
-                        return Err(Refused::Connack(ConnectCode::BadUserNameOrPassword));
-                    }
+                    Ok(v) => v,
                     Err(_) => {
                         if let Some(held_back) = self.log_refusals.admit(self.now_ms()) {
                             tracing::info!(%peer, user = %login.username, held_back, "closed: the password was not checked before the connect deadline");
@@ -107,6 +112,16 @@ impl Engine {
                         return Err(Refused::Close);
                     }
                 }
+            }
+        };
+        let identity = match verdict {
+            Ok(i) => i,
+            Err(e) => {
+                if let Some(held_back) = self.log_refusals.admit(self.now_ms()) {
+                    tracing::warn!(%peer, user = %login.username, held_back, "refused: {e:?}");
+                }
+                tokio::time::sleep_until(checked + REFUSAL_PAUSE).await;
+                return Err(Refused::Connack(ConnectCode::BadUserNameOrPassword));
             }
         };
         let id = connect.client_id.as_str();
@@ -118,7 +133,7 @@ impl Engine {
         }
         let who = Principal::Identity(identity);
         if let Some(will) = &connect.will {
-            if !self.may_publish(&who, &will.topic) {
+            if !access.may_publish(&who, &will.topic) {
                 tracing::warn!(%peer, client = %id, topic = %will.topic, "refused: last will on a topic it may not publish to");
                 return Err(Refused::Connack(ConnectCode::NotAuthorized));
             }

@@ -48,6 +48,8 @@ enum End {
     Protocol(String),
     KeepAlive,
     TakenOver,
+    /// A reload of the credentials file removed the identity or changed its secret.
+    Revoked,
 }
 
 impl std::fmt::Display for End {
@@ -59,6 +61,10 @@ impl std::fmt::Display for End {
             End::Protocol(why) => write!(f, "protocol error: {why}"),
             End::KeepAlive => write!(f, "silent for 1.5 x keep-alive"),
             End::TakenOver => write!(f, "another connection took the client id"),
+            End::Revoked => write!(
+                f,
+                "the identity was removed from the credentials file or its secret changed"
+            ),
         }
     }
 }
@@ -93,7 +99,11 @@ pub(super) async fn serve<R, W>(
                 return;
             }
         };
-    let who = match Box::pin(engine.authenticate(&connect, peer, deadline)).await {
+    // The generation first: a reload between the two reads only makes the check below redo
+    // what the reload did.
+    let generation = engine.access_generation();
+    let access = engine.access();
+    let who = match Box::pin(engine.authenticate(&connect, peer, deadline, &access)).await {
         Ok(who) => who,
         Err(Refused::Connack(code)) => {
             v4::write_connack(&mut wbuf, code, false);
@@ -126,6 +136,14 @@ pub(super) async fn serve<R, W>(
         }
     };
     drop(connect);
+    // A reload since the login was checked may have missed this session: review it now.
+    if engine.access_generation() != generation
+        && !engine.recheck_login(&access, &client_id, conn_id)
+    {
+        let _ = w.shutdown().await;
+        return;
+    }
+    drop(access);
     tracing::debug!(%peer, client = %client_id, "connected");
     v4::write_connack(&mut wbuf, ConnectCode::Accepted, attachment.session_present);
     let mut c = Conn {
@@ -134,6 +152,7 @@ pub(super) async fn serve<R, W>(
         conn_id,
         client_id,
         who,
+        generation,
         wbuf,
         denied: 0,
         congested: Vec::new(),
@@ -151,8 +170,10 @@ pub(super) async fn serve<R, W>(
             }
         }
     }
-    if !matches!(end, End::TakenOver) {
-        engine.detach(&c.client_id, conn_id, graceful);
+    match end {
+        End::TakenOver => {}
+        End::Revoked => engine.end_revoked(&c.client_id, conn_id),
+        _ => engine.detach(&c.client_id, conn_id, graceful),
     }
     let _ = w.shutdown().await;
 }
@@ -201,6 +222,8 @@ struct Conn<'a> {
     conn_id: u64,
     client_id: String,
     who: Principal,
+    /// The [`Engine::access_generation`] `who` is up to date with.
+    generation: u64,
     wbuf: BytesMut,
     denied: u32,
     /// Subscribers that the last publishes found congested: waited for before reading more.
@@ -241,7 +264,7 @@ impl Conn<'_> {
                     return if link.expired.load(Ordering::Relaxed) {
                         End::KeepAlive
                     } else {
-                        End::TakenOver
+                        lost(link)
                     };
                 }
                 res = w.write_buf(&mut self.wbuf), if writing => match res {
@@ -297,7 +320,7 @@ impl Conn<'_> {
         loop {
             // A connection that lost its session stops before the next buffered packet.
             if link.taken_over.load(Ordering::Acquire) {
-                return Err(End::TakenOver);
+                return Err(lost(link));
             }
             match v4::read(rbuf, max) {
                 Ok(packet) => {
@@ -337,6 +360,7 @@ impl Conn<'_> {
     }
 
     fn handle(&mut self, packet: Incoming) -> Result<(), End> {
+        self.refresh_identity()?;
         match packet {
             Incoming::Publish(p) => self.on_publish(p)?,
             Incoming::PubAck(pkid) => {
@@ -375,6 +399,20 @@ impl Conn<'_> {
             Incoming::Unexpected(what) => {
                 return Err(End::Protocol(format!("unexpected {what} from a client")))
             }
+        }
+        Ok(())
+    }
+
+    /// After a reload, acts with the identity's new groups from now on, or ends if the identity
+    /// is gone (the reload closes such connections too; this covers a packet already read).
+    fn refresh_identity(&mut self) -> Result<(), End> {
+        let now = self.engine.access_generation();
+        if now != self.generation {
+            self.who = self
+                .engine
+                .current_principal(&self.who)
+                .ok_or(End::Revoked)?;
+            self.generation = now;
         }
         Ok(())
     }
@@ -507,6 +545,15 @@ impl Conn<'_> {
         drop(q);
         self.outbox.drained_to(left);
         Ok(())
+    }
+}
+
+/// Why a connection whose session was taken from it ends.
+fn lost(link: &Link) -> End {
+    if link.revoked.load(Ordering::Acquire) {
+        End::Revoked
+    } else {
+        End::TakenOver
     }
 }
 

@@ -42,6 +42,9 @@ pub async fn start(config: &Config) -> Result<Running, BrokerError> {
 /// [`start`] with an engine built by the caller.
 pub async fn start_with(config: &Config, engine: Arc<Engine>) -> Result<Running, BrokerError> {
     tokio::spawn(engine.clone().sweep_keep_alives());
+    if engine.access().files.is_some() {
+        tokio::spawn(engine.clone().watch_access_files());
+    }
     let mqtt = listen(&engine, "mqtt", config.mqtt.listen, Kind::Mqtt).await?;
     let websocket = match config.websocket.enabled {
         true => Some(
@@ -55,7 +58,7 @@ pub async fn start_with(config: &Config, engine: Arc<Engine>) -> Result<Running,
         ),
         false => None,
     };
-    let mqtts = match (config.tls.enabled, &engine.security.tls) {
+    let mqtts = match (config.tls.enabled, &engine.access().tls) {
         (true, Some(_)) => Some(listen(&engine, "mqtts", config.tls.listen, Kind::Tls).await?),
         _ => None,
     };
@@ -133,7 +136,7 @@ async fn serve_tls(
     deadline: tokio::time::Instant,
 ) {
     let config = engine
-        .security
+        .access()
         .tls
         .clone()
         .expect("tls listener has a config");

@@ -23,6 +23,8 @@
 //!   `mqttbytes::v4`); [`packet`]: the protocol-neutral types it produces. An MQTT 5 adapter would
 //!   be a sibling of `v4`, chosen by the CONNECT's protocol level in `conn`.
 //! - [`auth`]: whether a CONNECT may proceed (client id, will topic, login, identity rules).
+//! - [`reload`]: the credentials and ACL files re-read while the broker runs (on a change on
+//!   disk or SIGHUP), and what that does to live connections and sessions.
 //! - [`registry`]: sessions: attach/takeover/resume/detach, bounds and expiry.
 //! - [`routing`]: PUBLISH to subscribers, the retained store, SUBSCRIBE/UNSUBSCRIBE.
 //! - [`outbox`]: a session's queue and its sans-IO QoS 1/2 state machine, bounded in messages
@@ -39,6 +41,7 @@ mod listener;
 pub mod outbox;
 pub mod packet;
 mod registry;
+mod reload;
 mod routing;
 mod store;
 #[cfg(test)]
@@ -48,8 +51,9 @@ pub mod v4;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::acl::Acl;
 use crate::config::{Config, Limits};
@@ -66,6 +70,7 @@ use tree::{FilterTree, RetainTree, TopicBounds};
 pub use listener::{start, start_with};
 pub use packet::QoS;
 pub(crate) use registry::Link;
+pub use reload::Reloaded;
 pub(crate) use routing::SubscribeRefused;
 
 #[derive(Debug, thiserror::Error)]
@@ -100,28 +105,50 @@ pub enum Principal {
     Identity(Identity),
 }
 
-/// What decides who may connect and what they may do: credentials, topic rules and TLS,
-/// loaded once at start.
+/// What decides who may connect and what they may do: credentials, topic rules and TLS.
+/// Loaded at start; the engine swaps in a new one when the credentials or ACL file changes
+/// ([`reload`]), and TLS stays as loaded.
 #[derive(Default)]
 pub struct Access {
     pub credentials: Option<Arc<Credentials>>,
     pub acl: Option<Acl>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where `credentials` and `acl` came from, so they can be read again; `None` for an
+    /// `Access` built in code, which is never reloaded.
+    pub files: Option<AccessFiles>,
+}
+
+/// The files behind an [`Access`].
+#[derive(Debug, Clone)]
+pub struct AccessFiles {
+    pub credentials: PathBuf,
+    pub acl_file: Option<PathBuf>,
+    /// The fleet's topic prefix, which the ACL's own rules follow.
+    pub prefix: String,
+    /// What the files looked like just before they were read.
+    seen: reload::Seen,
 }
 
 impl Access {
     /// Loads what `config` names. Errors name the file.
     pub fn load(config: &Config) -> Result<Access, BrokerError> {
         let setup = |e: &dyn std::fmt::Display| BrokerError::Setup(e.to_string());
-        let credentials = match &config.auth.credentials {
-            Some(p) => Some(Arc::new(Credentials::load(p).map_err(|e| setup(&e))?)),
-            None => None,
-        };
-        let acl = match &credentials {
-            Some(_) => Some(
-                Acl::new(&config.prefix, config.auth.acl_file.as_deref()).map_err(|e| setup(&e))?,
-            ),
-            None => None,
+        let mut files = config
+            .auth
+            .credentials
+            .as_ref()
+            .map(|credentials| AccessFiles {
+                credentials: credentials.clone(),
+                acl_file: config.auth.acl_file.clone(),
+                prefix: config.prefix.clone(),
+                seen: reload::Seen::default(),
+            });
+        let (credentials, acl) = match &mut files {
+            Some(f) => {
+                let (c, a) = f.read()?;
+                (Some(Arc::new(c)), Some(a))
+            }
+            None => (None, None),
         };
         let tls = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) if config.tls.enabled => {
@@ -133,7 +160,34 @@ impl Access {
             credentials,
             acl,
             tls,
+            files,
         })
+    }
+
+    fn may_publish(&self, who: &Principal, topic: &str) -> bool {
+        match (who, &self.acl) {
+            (Principal::Identity(i), Some(acl)) => acl.may_publish(i, topic),
+            _ => true,
+        }
+    }
+
+    fn may_subscribe(&self, who: &Principal, filter: &str) -> bool {
+        match (who, &self.acl) {
+            (Principal::Identity(i), Some(acl)) => acl.may_subscribe(i, filter),
+            _ => true,
+        }
+    }
+}
+
+impl AccessFiles {
+    /// Reads the credentials file and the ACL file, noting first what they look like (so a
+    /// change during the read is noticed by the next poll). Errors name the file.
+    fn read(&mut self) -> Result<(Credentials, Acl), BrokerError> {
+        let setup = |e: &dyn std::fmt::Display| BrokerError::Setup(e.to_string());
+        self.seen = reload::Seen::of(self);
+        let credentials = Credentials::load(&self.credentials).map_err(|e| setup(&e))?;
+        let acl = Acl::new(&self.prefix, self.acl_file.as_deref()).map_err(|e| setup(&e))?;
+        Ok((credentials, acl))
     }
 }
 
@@ -146,7 +200,14 @@ pub struct Engine {
     topics: Topics,
     state: Mutex<Tables>,
     next_id: AtomicU64,
-    security: Access,
+    /// Swapped whole by [`reload`]; read briefly (never across an await) on every login,
+    /// PUBLISH and SUBSCRIBE.
+    security: RwLock<Arc<Access>>,
+    /// Bumped with every swap of `security`, so a connection notices a reload with one atomic
+    /// load per packet and refreshes the identity it acts for.
+    access_generation: AtomicU64,
+    /// Held while a reload reads the files and applies them: one at a time.
+    reloading: Mutex<reload::Seen>,
     /// Identities of clients inside this process (legacy relay, demo fleet): name → (secret,
     /// identity). They never touch the credentials file.
     internal: Mutex<HashMap<String, (String, Identity)>>,
@@ -208,7 +269,15 @@ impl Engine {
                 ..Tables::default()
             }),
             next_id: AtomicU64::new(1),
-            security,
+            reloading: Mutex::new(
+                security
+                    .files
+                    .as_ref()
+                    .map(|f| f.seen.clone())
+                    .unwrap_or_default(),
+            ),
+            security: RwLock::new(Arc::new(security)),
+            access_generation: AtomicU64::new(0),
             internal: Mutex::new(HashMap::new()),
             verifiers: auth::Verifiers::new(cpus),
             connections: AtomicUsize::new(0),
@@ -255,7 +324,20 @@ impl Engine {
 
     /// Whether clients must log in.
     pub fn auth_enabled(&self) -> bool {
-        self.security.credentials.is_some()
+        self.access().credentials.is_some()
+    }
+
+    /// The credentials, rules and TLS in force now.
+    pub fn access(&self) -> Arc<Access> {
+        self.security
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How many times [`reload`] swapped the access (see `access_generation`).
+    pub(crate) fn access_generation(&self) -> u64 {
+        self.access_generation.load(Ordering::Acquire)
     }
 
     /// Registers an in-process client (legacy relay, demo device) and returns its secret.
@@ -280,17 +362,13 @@ impl Engine {
     }
 
     pub(crate) fn may_publish(&self, who: &Principal, topic: &str) -> bool {
-        match (who, &self.security.acl) {
-            (Principal::Identity(i), Some(acl)) => acl.may_publish(i, topic),
-            _ => true,
-        }
+        let access = self.security.read().unwrap_or_else(|p| p.into_inner());
+        access.may_publish(who, topic)
     }
 
     pub(crate) fn may_subscribe(&self, who: &Principal, filter: &str) -> bool {
-        match (who, &self.security.acl) {
-            (Principal::Identity(i), Some(acl)) => acl.may_subscribe(i, filter),
-            _ => true,
-        }
+        let access = self.security.read().unwrap_or_else(|p| p.into_inner());
+        access.may_subscribe(who, filter)
     }
 }
 

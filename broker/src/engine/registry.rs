@@ -5,7 +5,8 @@
 //! bounds (`max_sessions`, `max_sessions_per_identity`, `session_expiry_secs`).
 //!
 //! Every change to a persistent [`SessionEntry`] happens in [`Engine::attach`],
-//! [`Engine::detach`], [`Tables::discard`] and the routing module's subscribe/unsubscribe, all
+//! [`Engine::detach`], [`Tables::discard`], [`Tables::drop_filters`] and the routing module's
+//! subscribe/unsubscribe, all
 //! under the one state lock, and each is recorded there in the [`store`](super::store): created,
 //! online, offline, discarded (expired, evicted, replaced).
 
@@ -74,6 +75,8 @@ pub(crate) struct Link {
     /// Set with a kick when another connection took the client id: the connection stops
     /// before handling another packet it has already buffered.
     pub taken_over: std::sync::atomic::AtomicBool,
+    /// Set with `taken_over` when a reload revoked the identity's login (see `reload`).
+    pub revoked: std::sync::atomic::AtomicBool,
 }
 
 /// How often the sweeper checks keep-alives: a silent client is dropped between 1.5 × and
@@ -213,30 +216,20 @@ impl Engine {
                 },
             );
         }
-        let Tables {
-            sessions,
-            subscriptions,
-            store,
-            ..
-        } = &mut *st;
-        let entry = sessions.get_mut(client_id).expect("just ensured");
         if resume {
             // Rules may have changed since (a device's groups, an ACL file).
-            let before = entry.filters.len();
-            let id = entry.outbox.id;
-            entry.filters.retain(|f| {
-                let keep = self.may_subscribe(who, f);
-                if !keep {
-                    subscriptions.remove(f, id);
-                    store.unsubscribed(id, f);
-                    tracing::warn!(client = client_id, filter = %f, "resumed session: subscription no longer allowed, dropped");
-                }
-                keep
-            });
-            if entry.filters.len() != before {
+            let dropped = st.drop_filters(client_id, |f| self.may_subscribe(who, f));
+            for f in &dropped {
+                tracing::warn!(client = client_id, filter = %f, "resumed session: subscription no longer allowed, dropped");
+            }
+            if !dropped.is_empty() {
                 bump(&self.counters.subscriptions_refused);
             }
         }
+        let Tables {
+            sessions, store, ..
+        } = &mut *st;
+        let entry = sessions.get_mut(client_id).expect("just ensured");
         let link = Arc::new(Link::default());
         link.last_heard.store(self.now_ms(), Ordering::Relaxed);
         entry.attached = Some(Attached {
@@ -329,6 +322,32 @@ impl Engine {
 }
 
 impl Tables {
+    /// Drops the subscriptions of `client_id`'s session that `allowed` no longer allows (its
+    /// identity's rules changed: new groups, a reloaded ACL), from the session, the filter tree
+    /// and, for a persistent session, the store, so a restart cannot bring them back. Returns
+    /// the filters dropped.
+    pub(super) fn drop_filters(
+        &mut self,
+        client_id: &str,
+        allowed: impl Fn(&str) -> bool,
+    ) -> Vec<Box<str>> {
+        let Some(entry) = self.sessions.get_mut(client_id) else {
+            return Vec::new();
+        };
+        let (id, persistent) = (entry.outbox.id, entry.persistent);
+        let (keep, dropped) = std::mem::take(&mut entry.filters)
+            .into_iter()
+            .partition(|f| allowed(f));
+        entry.filters = keep;
+        for f in &dropped {
+            self.subscriptions.remove(f, id);
+            if persistent {
+                self.store.unsubscribed(id, f);
+            }
+        }
+        dropped
+    }
+
     /// Forgets a session: its subscriptions and anything queued for it.
     pub(super) fn discard(&mut self, client_id: &str) {
         if let Some(old) = self.sessions.remove(client_id) {
