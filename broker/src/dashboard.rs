@@ -10,16 +10,21 @@ use pifleet_client::{BrokerUrl, Scheme};
 use pifleet_proto::{CommandId, Topics};
 use pifleet_web::{BrokerLogin, LoginCheck, Logins, Options};
 
-use crate::credentials::{Credentials, Role};
+use crate::credentials::Role;
 use crate::engine::Running;
 use crate::Config;
 
-/// Dashboard logins checked against the broker's credentials file.
-pub struct CredentialLogins(pub Credentials);
+/// Dashboard logins checked against the credentials the broker holds now: the engine's, so a
+/// reload (SIGHUP, a changed file) that removes a controller also ends its dashboard logins.
+pub struct CredentialLogins(pub Arc<crate::engine::Engine>);
 
 impl Logins for CredentialLogins {
     fn check(&self, user: &str, password: &str) -> LoginCheck {
-        match self.0.verify(user, password.as_bytes()) {
+        let access = self.0.access();
+        let Some(credentials) = access.credentials.as_ref() else {
+            return LoginCheck::Refused;
+        };
+        match credentials.verify(user, password.as_bytes()) {
             Ok(id) if id.role == Role::Controller => LoginCheck::Controller,
             Ok(_) => LoginCheck::NotController,
             Err(_) => LoginCheck::Refused,
@@ -52,13 +57,11 @@ pub async fn start(
     if !d.enabled {
         return Ok(None);
     }
-    let logins = match &config.auth.credentials {
-        Some(path) => {
-            let c = Credentials::load(path).map_err(|e| DashboardError::Config(e.to_string()))?;
-            Some(Arc::new(CredentialLogins(c)) as Arc<dyn Logins>)
-        }
-        None => None,
-    };
+    let logins = config
+        .auth
+        .credentials
+        .is_some()
+        .then(|| Arc::new(CredentialLogins(running.engine.clone())) as Arc<dyn Logins>);
     let options = Options {
         // The charts read what the recorder writes, wherever `[history]` puts it.
         history_dir: config.history.recorder().dir,

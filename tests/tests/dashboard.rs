@@ -400,3 +400,44 @@ fn with_tls_on_the_dashboard_serves_https_with_the_brokers_certificate_and_a_sec
         String::from_utf8_lossy(&got)
     );
 }
+
+#[test]
+fn a_controller_removed_from_the_credentials_can_no_longer_log_in_to_the_dashboard() {
+    let creds = Creds::new();
+    let alice = creds.add(&["controller", "add", "alice"]);
+    let path = creds.path.to_str().unwrap();
+    let (b, addr) = broker(&["--credentials", path], &[], "0.0.0.0:0");
+    auth_announced(&b);
+    let addr = addr.replace("0.0.0.0", "127.0.0.1");
+    let login = || {
+        http::post_json(
+            &addr,
+            "/api/login",
+            &[],
+            &json!({"user": "alice", "password": alice}),
+        )
+        .status
+    };
+    assert_eq!(login(), 200);
+    let reloads = |b: &Broker| {
+        b.proc
+            .stderr
+            .since(0)
+            .iter()
+            .filter(|l| l.contains("credentials re-read"))
+            .count()
+    };
+    let before = reloads(&b);
+    creds.admin(&["controller", "remove", "alice"]);
+    b.proc.signal("HUP");
+    wait_until(
+        "the broker re-read its credentials",
+        Duration::from_secs(10),
+        || reloads(&b) > before,
+    );
+    assert_eq!(
+        login(),
+        401,
+        "the dashboard checks the credentials the broker holds now"
+    );
+}
