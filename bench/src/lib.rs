@@ -19,6 +19,14 @@ pub fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Where the workspace's binaries are: `given`, else this benchmark binary's directory.
+pub fn bin_dir(given: Option<&std::path::Path>) -> std::path::PathBuf {
+    given.map(|p| p.to_path_buf()).unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("this binary's path");
+        exe.parent().expect("a directory").to_path_buf()
+    })
+}
+
 /// Named figures of one target, printed as they are measured.
 #[derive(Default)]
 pub struct Results {

@@ -340,13 +340,7 @@ async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results
 
 fn main() {
     let args = Args::parse();
-    let bins = args.bin_dir.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .to_path_buf()
-    });
+    let bins = pifleet_bench::bin_dir(args.bin_dir.as_deref());
     let targets: Vec<TargetSpec> = args.targets.iter().map(|t| parse_target(t)).collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

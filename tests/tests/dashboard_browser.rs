@@ -30,6 +30,22 @@ fn dashboard_url(broker: &Broker) -> String {
     line.rsplit(' ').next().unwrap().to_string()
 }
 
+/// A browser on `url`, once its table shows `online` online devices.
+fn open_page(url: &str, online: usize) -> (TempDir, Driver) {
+    let profile = temp_dir("chromium-profile");
+    let d = Driver::start(profile.path());
+    d.goto(url);
+    d.wait(
+        &format!("{online} online devices"),
+        Duration::from_secs(30),
+        &format!(
+            "return document.querySelectorAll('#fleet tbody tr[data-presence=online]').length === {online}"
+        ),
+        PAGE_STATE,
+    );
+    (profile, d)
+}
+
 #[test]
 fn a_browser_sees_the_fleet_switches_all_on_sees_a_press_and_charts() {
     if !have("chromium") || !have("chromedriver") {
@@ -85,15 +101,7 @@ fn a_browser_sees_the_fleet_switches_all_on_sees_a_press_and_charts() {
         wait_online(&broker.url(), &a.device);
     }
 
-    let profile = temp_dir("chromium-profile");
-    let d = Driver::start(profile.path());
-    d.goto(&url);
-    d.wait(
-        "three online devices",
-        Duration::from_secs(15),
-        "return [...document.querySelectorAll('#fleet tbody tr[data-presence=online]')].length === 3",
-        PAGE_STATE,
-    );
+    let (_profile, d) = open_page(&url, 3);
 
     // On, for All (the default target), by a real click.
     d.click("#ctl-on");
@@ -218,15 +226,7 @@ fn a_browser_lists_hundreds_of_devices_in_name_order_filters_them_and_updates_on
     publish_raw_many(&broker.url(), &msgs, true);
     let names: Vec<String> = (0..n).map(|i| format!("node-{i:03}")).collect();
 
-    let profile = temp_dir("chromium-profile");
-    let d = Driver::start(profile.path());
-    d.goto(&url);
-    d.wait(
-        "400 online devices",
-        Duration::from_secs(30),
-        "return document.querySelectorAll('#fleet tbody tr[data-presence=online]').length === 400",
-        PAGE_STATE,
-    );
+    let (_profile, d) = open_page(&url, n);
     assert_eq!(d.js(ROWS), json!(names.join(",")), "rows in name order");
 
     // By group: exactly that group's devices stay visible, in order.

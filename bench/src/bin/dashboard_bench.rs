@@ -789,13 +789,7 @@ fn run_interval(
 
 fn main() {
     let args = Args::parse();
-    let bins = args.bin_dir.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .to_path_buf()
-    });
+    let bins = pifleet_bench::bin_dir(args.bin_dir.as_deref());
     let bin = bins.join("pifleet-broker");
     assert!(
         bin.exists(),
