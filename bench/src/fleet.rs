@@ -39,7 +39,8 @@ impl Controller {
         let (tx, rx) = mpsc::unbounded_channel();
         let (stx, suback) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            loop {
+            // Until nobody reads what arrives.
+            while !tx.is_closed() {
                 match ev.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if tx.send(p).is_err() {
@@ -50,6 +51,7 @@ impl Controller {
                         let _ = stx.send(());
                     }
                     Ok(_) => {}
+                    Err(_) if tx.is_closed() => return,
                     Err(e) => {
                         eprintln!("controller connection: {e}");
                         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -226,13 +226,16 @@ fn sse_client(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Ta
 }
 
 /// An MQTT subscriber to every sensor topic of `url`: what the broker carried.
-async fn mqtt_tally(url: &BrokerUrl, topics: &Topics) -> Arc<Mutex<Tally>> {
+async fn mqtt_tally(
+    url: &BrokerUrl,
+    topics: &Topics,
+) -> (Arc<Mutex<Tally>>, tokio::task::JoinHandle<()>) {
     let mut c = Controller::connect(url, &format!("bench-count:{}", CommandId::generate())).await;
     c.subscribe(vec![topics.sensor_filter(None)]).await;
     let tally = Arc::new(Mutex::new(Tally::default()));
     let t = tally.clone();
     let topics = topics.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _client = c.client;
         while let Some(p) = c.rx.recv().await {
             if let Ok(Some(WatchEvent::Sensor {
@@ -243,7 +246,7 @@ async fn mqtt_tally(url: &BrokerUrl, topics: &Topics) -> Arc<Mutex<Tally>> {
             }
         }
     });
-    tally
+    (tally, task)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -343,6 +346,10 @@ const AGES: &str =
     const m = /(\\d+) (s|min|h|d) ago/.exec(a.textContent); if (!m) return -1; \
     return Number(m[1]) * {s: 1, min: 60, h: 3600, d: 86400}[m[2]]; })";
 
+/// The page's own counters: events, table updates and their script time (ms).
+const STATS: &str =
+    "return typeof stats === 'object' ? [stats.events, stats.flushes, stats.flushMs] : null";
+
 const VALUES: &str = "return [...document.querySelectorAll('#fleet tbody tr')].map(r => { \
     const v = r.querySelector('[data-sensor=temp] .v'); return r.dataset.device + '=' + (v ? v.textContent : ''); })";
 
@@ -407,6 +414,7 @@ fn browser_figures(r: &mut Results, addr: &str, n: usize, args: &Args, label: &s
         .filter(|p| pifleet_tests::cmdline(*p).contains("--type=renderer"))
         .collect();
     let before: Vec<String> = serde_json::from_value(d.js(VALUES)).unwrap_or_default();
+    let stats0 = d.js(STATS);
     let cpu0 = cpu_of(&browser);
     let renderer_cpu0 = cpu_of(&renderers);
     let w0 = Instant::now();
@@ -425,6 +433,7 @@ fn browser_figures(r: &mut Results, addr: &str, n: usize, args: &Args, label: &s
     let cpu = (cpu_of(&browser) - cpu0) / secs * 100.0;
     let renderer_cpu = (cpu_of(&renderers) - renderer_cpu0) / secs * 100.0;
     let after: Vec<String> = serde_json::from_value(d.js(VALUES)).unwrap_or_default();
+    let stats1 = d.js(STATS);
     let changed = before
         .iter()
         .zip(&after)
@@ -437,7 +446,11 @@ fn browser_figures(r: &mut Results, addr: &str, n: usize, args: &Args, label: &s
     let heap = d.js(
         "return performance.memory ? [performance.memory.usedJSHeapSize, performance.memory.totalJSHeapSize] : null",
     );
-    let renderer_rss: f64 = renderers.iter().filter_map(|p| rss_mb(*p)).sum();
+    // Each renderer's RSS counts the shared libraries again: the largest one is the page's.
+    let renderer_rss = renderers
+        .iter()
+        .filter_map(|p| rss_mb(*p))
+        .fold(0.0, f64::max);
     let window = format!("{:.0} s", secs);
     r.add(
         format!("page: sensor age shown, p50 / p99 / max ({window})"),
@@ -462,6 +475,22 @@ fn browser_figures(r: &mut Results, addr: &str, n: usize, args: &Args, label: &s
             thousands(before.len() as u64)
         ),
     );
+    let delta =
+        |i: usize| stats1[i].as_f64().unwrap_or(f64::NAN) - stats0[i].as_f64().unwrap_or(f64::NAN);
+    r.add(
+        format!("page: events handled; table updates, their script time ({window})"),
+        if stats1.is_array() {
+            format!(
+                "{} ({:.0}/s); {} updates, {:.0} ms in all",
+                thousands(delta(0) as u64),
+                delta(0) / secs,
+                delta(1),
+                delta(2)
+            )
+        } else {
+            "not available (no stats in this page)".to_string()
+        },
+    );
     let total_long: f64 = long.iter().sum();
     r.add(
         format!("page: long tasks > 50 ms ({window})"),
@@ -485,7 +514,7 @@ fn browser_figures(r: &mut Results, addr: &str, n: usize, args: &Args, label: &s
         format!("{cpu:.1} % / {renderer_cpu:.1} % of one core"),
     );
     r.add(
-        "page: JS heap used / total; renderer RSS",
+        "page: JS heap used / total; largest renderer's RSS",
         match heap.as_array() {
             Some(h) if h.len() == 2 => format!(
                 "{:.1} MB / {:.1} MB; {renderer_rss:.0} MB",
@@ -607,7 +636,7 @@ fn run_interval(
     let clients: Vec<_> = (0..args.sse_clients)
         .map(|_| sse_client(addr.clone(), stop.clone()))
         .collect();
-    let (count_d, count_b) = rt.block_on(async {
+    let ((count_d, task_d), (count_b, task_b)) = rt.block_on(async {
         (
             mqtt_tally(&dash.mqtt, &topics).await,
             mqtt_tally(&bare.mqtt, &topics).await,
@@ -778,6 +807,8 @@ fn run_interval(
         "recorder: device directories in its history",
         thousands(dash.history_devices() as u64),
     );
+    task_d.abort();
+    task_b.abort();
     rt.block_on(async {
         tokio::join!(fd.stop(), fb.stop());
     });
