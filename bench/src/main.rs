@@ -9,20 +9,19 @@
 //! and CPU, and whether `pifleet status` lists all N devices. `bench/run.sh` starts
 //! pifleet-broker and mosquitto and runs it.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use pifleet_agent::config::{Config, GpioChoice, InputConfig, OutputConfig, Pull};
-use pifleet_agent::{gpio, Agent, AgentHandle};
+use pifleet_bench::fleet::{Controller, Fleet};
+use pifleet_bench::procfs::{cpu_secs, rss_mb};
+use pifleet_bench::{pct, print_side_by_side, Results};
 use pifleet_client::BrokerUrl;
 use pifleet_proto::fleet::decode;
 use pifleet_proto::report::{FleetStatus, WatchEvent};
 use pifleet_proto::{Action, Command as Cmd, CommandId, Name, Target, Topics};
-use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
-use tokio::sync::{mpsc, watch};
+use rumqttc::QoS;
 
 #[derive(Parser)]
 #[command(name = "pifleet-bench")]
@@ -72,180 +71,6 @@ fn parse_target(s: &str) -> TargetSpec {
     }
 }
 
-fn rss_mb(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = s
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Some(f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?)
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// A controller-side MQTT client: publishes arrive on a channel.
-struct Controller {
-    client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<Publish>,
-    suback: mpsc::UnboundedReceiver<()>,
-}
-
-impl Controller {
-    async fn connect(url: &BrokerUrl, id: &str) -> Controller {
-        let (client, mut ev) = pifleet_client::mqtt::client(
-            url,
-            id,
-            &pifleet_client::mqtt::Security::default(),
-            Duration::from_secs(60),
-            Duration::from_secs(10),
-            |o| {
-                o.set_inflight(1000);
-            },
-        )
-        .expect("no TLS or login in the benchmark");
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (stx, suback) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                match ev.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if tx.send(p).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = stx.send(());
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        eprintln!("controller connection: {e}");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
-        });
-        Controller { client, rx, suback }
-    }
-
-    async fn subscribe(&mut self, filters: Vec<String>) {
-        let subs = filters
-            .into_iter()
-            .map(|f| SubscribeFilter::new(f, QoS::AtMostOnce));
-        self.client.subscribe_many(subs).await.unwrap();
-        self.suback.recv().await.unwrap();
-    }
-}
-
-/// Simulated devices: real agents in this process.
-struct Fleet {
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    #[allow(dead_code)]
-    handles: Vec<AgentHandle>,
-}
-
-fn agent_config(url: &BrokerUrl, device: &str) -> Config {
-    Config {
-        device: Name::new(device).unwrap(),
-        broker: url.clone(),
-        gpio: GpioChoice::Sim,
-        keep_alive_secs: 30,
-        outputs: vec![OutputConfig::switch(Name::new("led").unwrap(), 17)],
-        inputs: vec![InputConfig {
-            name: Name::new("button").unwrap(),
-            pin: 27,
-            pull: Pull::Up,
-            active_low: true,
-            debounce_ms: 0,
-        }],
-        sensors: vec![],
-        ..Config::default()
-    }
-}
-
-impl Fleet {
-    /// Starts `n` agents and waits until the broker has every one's online presence (an agent
-    /// announces itself after subscribing, so then every one can receive commands).
-    async fn start(
-        url: &BrokerUrl,
-        prefix: &str,
-        n: usize,
-        topics: &Topics,
-        join: Duration,
-    ) -> (Fleet, usize) {
-        let mut watcher =
-            Controller::connect(url, &format!("bench-watch:{}", CommandId::generate())).await;
-        watcher.subscribe(vec![topics.status_filter(None)]).await;
-        let (stop, stopped) = watch::channel(false);
-        let mut tasks = Vec::new();
-        let mut handles = Vec::new();
-        for i in 0..n {
-            let mut config = agent_config(url, &format!("{prefix}-{i}"));
-            config.prefix = topics.prefix().to_string();
-            let (mut backend, sim) = gpio::open(GpioChoice::Sim).unwrap();
-            let (agent, handle) = Agent::new(config, backend.as_mut(), sim).unwrap();
-            let mut stopped = stopped.clone();
-            tasks.push(tokio::spawn(async move {
-                let _ = agent
-                    .run(async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    })
-                    .await;
-            }));
-            handles.push(handle);
-            if i % 500 == 499 {
-                tokio::task::yield_now().await;
-            }
-        }
-        let mut online = HashSet::new();
-        let deadline = Instant::now() + join;
-        while online.len() < n && Instant::now() < deadline {
-            let Ok(Some(p)) = tokio::time::timeout(Duration::from_secs(5), watcher.rx.recv()).await
-            else {
-                continue;
-            };
-            if let Ok(Some(WatchEvent::Presence { device, presence })) =
-                decode(topics, &p.topic, &p.payload)
-            {
-                if presence.is_online() && device.as_str().starts_with(prefix) {
-                    online.insert(device);
-                }
-            }
-        }
-        let joined = online.len();
-        (
-            Fleet {
-                stop,
-                tasks,
-                handles,
-            },
-            joined,
-        )
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
-    }
-}
-
 /// Sends `cmd` to `target` and waits for `expect` acknowledgements; returns the elapsed time.
 async fn command_round(
     c: &mut Controller,
@@ -276,20 +101,8 @@ async fn command_round(
     (started.elapsed(), acked)
 }
 
-struct Results {
-    rows: Vec<(String, String)>,
-}
-
-impl Results {
-    fn add(&mut self, k: impl Into<String>, v: impl Into<String>) {
-        let (k, v) = (k.into(), v.into());
-        println!("  {k}: {v}");
-        self.rows.push((k, v));
-    }
-}
-
 async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results {
-    let mut r = Results { rows: vec![] };
+    let mut r = Results::default();
     let topics = Topics::new(&format!("bench{}", std::process::id())).unwrap();
     println!("== {} ({})", t.name, t.url);
     if let Some(pid) = t.pid {
@@ -505,12 +318,11 @@ async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results
             .expect("start pifleet-agent");
         let pid = child.id();
         tokio::time::sleep(Duration::from_secs(2)).await; // settle: connect and first publications
-        let t0 = cpu_ticks(pid).unwrap_or(0);
+        let t0 = cpu_secs(pid).unwrap_or(0.0);
         let w0 = Instant::now();
         tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
-        let ticks = cpu_ticks(pid).unwrap_or(0) - t0;
-        let hz = 100.0; // USER_HZ on Linux
-        let cpu = ticks as f64 / hz / w0.elapsed().as_secs_f64() * 100.0;
+        let secs = cpu_secs(pid).unwrap_or(0.0) - t0;
+        let cpu = secs / w0.elapsed().as_secs_f64() * 100.0;
         r.add(
             "agent idle RSS / CPU",
             format!("{:.1} MB / {:.2} %", rss_mb(pid).unwrap_or(f64::NAN), cpu),
@@ -524,13 +336,7 @@ async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results
 
 fn main() {
     let args = Args::parse();
-    let bins = args.bin_dir.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .to_path_buf()
-    });
+    let bins = pifleet_bench::bin_dir(args.bin_dir.as_deref());
     let targets: Vec<TargetSpec> = args.targets.iter().map(|t| parse_target(t)).collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -540,27 +346,8 @@ fn main() {
     for t in &targets {
         all.push(rt.block_on(measure(t, &args, &bins)));
     }
-    // The side-by-side table.
     println!();
-    let mut header = format!("| {:<52} |", "measure");
-    for t in &targets {
-        header.push_str(&format!(" {:<32} |", t.name));
-    }
-    println!("{header}");
-    println!(
-        "|{}|{}",
-        "-".repeat(54),
-        format!("{}|", "-".repeat(34)).repeat(targets.len())
-    );
-    for (i, (k, _)) in all[0].rows.iter().enumerate() {
-        let mut line = format!("| {k:<52} |");
-        for r in &all {
-            line.push_str(&format!(
-                " {:<32} |",
-                r.rows.get(i).map(|x| x.1.as_str()).unwrap_or("-")
-            ));
-        }
-        println!("{line}");
-    }
+    let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+    print_side_by_side(&names, &all);
     rt.shutdown_background();
 }

@@ -202,49 +202,182 @@ pub fn post_json(
     request("POST", addr, path, &h, body.to_string().as_bytes())
 }
 
-/// An open server-sent event stream.
-pub struct Sse(BufReader<TcpStream>);
+/// An open server-sent event stream. The response body is de-chunked and split into events
+/// only once complete, so a read timeout in the middle of a chunk or a line loses nothing.
+pub struct Sse {
+    stream: TcpStream,
+    chunked: bool,
+    /// Bytes read and not yet de-chunked.
+    raw: Vec<u8>,
+    /// The event stream's text not yet split into events.
+    text: Vec<u8>,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
 
 impl Sse {
     pub fn open(addr: &str, path: &str, headers: &[(&str, &str)]) -> Sse {
-        let mut s = connect(addr, Duration::from_millis(500));
-        write_request(&mut s, "GET", addr, path, headers, b"");
-        let mut r = BufReader::new(s);
-        let (status, _) = read_head(&mut r);
+        let mut stream = connect(addr, Duration::from_secs(10));
+        write_request(&mut stream, "GET", addr, path, headers, b"");
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = find(&raw, b"\r\n\r\n") {
+                break i;
+            }
+            let n = stream.read(&mut buf).expect("event stream head");
+            assert!(n > 0, "the event stream closed before its head");
+            raw.extend_from_slice(&buf[..n]);
+        };
+        let (status, headers) = read_head(&mut &raw[..end + 4]);
         assert_eq!(status, 200, "event stream status");
-        Sse(r)
+        raw.drain(..end + 4);
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+        let mut sse = Sse {
+            stream,
+            chunked,
+            raw: Vec::new(),
+            text: Vec::new(),
+        };
+        sse.take(raw);
+        sse
+    }
+
+    /// Moves what was read into `text`, de-chunked.
+    fn take(&mut self, bytes: Vec<u8>) {
+        if !self.chunked {
+            self.text.extend_from_slice(&bytes);
+            return;
+        }
+        self.raw.extend_from_slice(&bytes);
+        while let Some(eol) = find(&self.raw, b"\r\n") {
+            let size_line = String::from_utf8_lossy(&self.raw[..eol]).into_owned();
+            let hex = size_line.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(hex, 16)
+                .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
+            let start = eol + 2;
+            if self.raw.len() < start + size + 2 {
+                return;
+            }
+            self.text.extend_from_slice(&self.raw[start..start + size]);
+            self.raw.drain(..start + size + 2);
+        }
+    }
+
+    /// The first complete event in `text`, if any (comments and events without data, such as
+    /// keep-alives, are skipped).
+    fn parse(&mut self) -> Option<(String, String)> {
+        while let Some(end) = find(&self.text, b"\n\n") {
+            let block: Vec<u8> = self.text.drain(..end + 2).collect();
+            let block = String::from_utf8_lossy(&block);
+            let (mut name, mut data) = (String::from("message"), Vec::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                }
+            }
+            if !data.is_empty() {
+                return Some((name, data.join("\n")));
+            }
+        }
+        None
+    }
+
+    /// The next event (name, data) arriving before `deadline`; `None` if none did. Panics when
+    /// the stream ends.
+    pub fn next_before(&mut self, deadline: Instant) -> Option<(String, String)> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(event) = self.parse() {
+                return Some(event);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let wait = (deadline - now).clamp(Duration::from_millis(1), Duration::from_millis(500));
+            self.stream.set_read_timeout(Some(wait)).unwrap();
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!("the event stream ended"),
+                Ok(n) => self.take(buf[..n].to_vec()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => panic!("the event stream failed: {e}"),
+            }
+        }
     }
 
     /// Reads events (name, data) until `pred` holds for one, which is returned; panics after
-    /// `timeout`. (Chunk-size lines of the chunked encoding are skipped as non-field lines.)
+    /// `timeout`.
     pub fn wait_for(
         &mut self,
         timeout: Duration,
         mut pred: impl FnMut(&str, &str) -> bool,
     ) -> (String, String) {
         let deadline = Instant::now() + timeout;
-        let (mut name, mut data) = (String::from("message"), String::new());
-        let mut line = String::new();
-        while Instant::now() < deadline {
-            line.clear();
-            match self.0.read_line(&mut line) {
-                Ok(0) => panic!("the event stream ended"),
-                Ok(_) => {}
-                Err(_) => continue, // read timeout: check the deadline
-            }
-            let l = line.trim_end_matches(['\r', '\n']);
-            if let Some(v) = l.strip_prefix("event:") {
-                name = v.trim().to_string();
-            } else if let Some(v) = l.strip_prefix("data:") {
-                data.push_str(v.trim_start());
-            } else if l.is_empty() && !data.is_empty() {
-                if pred(&name, &data) {
-                    return (name, data);
-                }
-                name = "message".into();
-                data.clear();
+        while let Some((name, data)) = self.next_before(deadline) {
+            if pred(&name, &data) {
+                return (name, data);
             }
         }
         panic!("no matching server-sent event within {timeout:?}");
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    /// A loopback server that answers with `wire` in pieces of `pieces` bytes, pausing
+    /// between them.
+    fn serve(wire: Vec<u8>, pieces: usize) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req);
+            for p in wire.chunks(pieces) {
+                s.write_all(p).unwrap();
+                s.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        });
+        addr
+    }
+
+    #[test]
+    fn events_split_across_chunks_and_reads_arrive_whole() {
+        let text = "event: hello\ndata: {\"a\":1}\n\n:\n\ndata: {\"b\":2}\n\ndata: x\ndata: y\n\n";
+        // Chunks of 7 bytes, so chunk boundaries fall inside lines.
+        let mut wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for c in text.as_bytes().chunks(7) {
+            wire.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+            wire.extend_from_slice(c);
+            wire.extend_from_slice(b"\r\n");
+        }
+        // And reads of 5 bytes, so reads end inside chunk-size lines and inside data.
+        let mut sse = Sse::open(&serve(wire, 5), "/", &[]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut next = || sse.next_before(deadline).map(|(n, d)| format!("{n} {d}"));
+        assert_eq!(next().as_deref(), Some("hello {\"a\":1}"));
+        assert_eq!(next().as_deref(), Some("message {\"b\":2}"));
+        assert_eq!(next().as_deref(), Some("message x\ny"));
+        assert_eq!(
+            sse.next_before(Instant::now() + Duration::from_millis(100)),
+            None
+        );
     }
 }

@@ -6,10 +6,11 @@
 //! --workspace` builds them first because each binary crate has integration tests of its own.
 //!
 //! [`raw`] speaks MQTT byte by byte, for what a client library will not send; [`http`] is a
-//! tiny HTTP client for the dashboard and WebDriver.
+//! tiny HTTP client for the dashboard and WebDriver; [`webdriver`] drives headless Chromium.
 
 pub mod http;
 pub mod raw;
+pub mod webdriver;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -543,6 +544,48 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Every live descendant of `pid` (children, their children, …), from each process's parent
+/// in `/proc/<pid>/stat`.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat.get(i + 2..))
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .and_then(|pp| pp.parse::<u32>().ok());
+            if let Some(pp) = ppid {
+                parents.push((p, pp));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for &(p, pp) in &parents {
+            if pp == parent && !out.contains(&p) {
+                out.push(p);
+                frontier.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The process's command line, arguments separated by spaces.
+pub fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
 /// Waits until `device` is online in `pifleet status`.
 pub fn wait_online(broker_url: &str, device: &str) {
     wait_until(
@@ -582,6 +625,12 @@ pub fn publish_raw_retained(broker_url: &str, topic: &str, payload: &[u8]) {
 }
 
 fn publish_raw_with(broker_url: &str, topic: &str, payload: &[u8], retain: bool) {
+    publish_raw_many(broker_url, &[(topic.to_string(), payload.to_vec())], retain);
+}
+
+/// Publishes `messages` (topic, payload) in order over one plain MQTT connection, QoS 1, and
+/// returns once the broker acknowledged every one.
+pub fn publish_raw_many(broker_url: &str, messages: &[(String, Vec<u8>)], retain: bool) {
     let addr = broker_url.trim_start_matches("mqtt://").to_string();
     let (host, port) = addr.rsplit_once(':').expect("host:port");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -591,21 +640,24 @@ fn publish_raw_with(broker_url: &str, topic: &str, payload: &[u8], retain: bool)
     rt.block_on(async {
         let mut opts = rumqttc::MqttOptions::new("pifleet-test-raw", host, port.parse().unwrap());
         opts.set_keep_alive(Duration::from_secs(5));
-        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10);
-        client
-            .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.to_vec())
-            .await
-            .unwrap();
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, messages.len() + 10);
+        for (topic, payload) in messages {
+            client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.clone())
+                .await
+                .unwrap();
+        }
+        let mut acks = 0;
         let acked = async {
-            loop {
+            while acks < messages.len() {
                 match eventloop.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => return,
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => acks += 1,
                     Ok(_) => {}
                     Err(e) => panic!("raw publish failed: {e}"),
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs(5), acked)
+        tokio::time::timeout(Duration::from_secs(20), acked)
             .await
             .expect("PUBACK");
         let _ = client.disconnect().await;
@@ -692,4 +744,22 @@ pub fn outcome(r: &SwitchReport, device: &str) -> Outcome {
         .find(|x| x.device == device)
         .unwrap_or_else(|| panic!("{device} missing from {r:?}"))
         .outcome
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn a_spawned_child_is_among_the_descendants() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let found = descendants(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&child.id()), "{found:?}");
+        assert!(cmdline(std::process::id()).len() > 1);
+    }
 }

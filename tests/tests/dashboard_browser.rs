@@ -1,5 +1,5 @@
 //! The dashboard as a user sees it: headless Chromium (Debian's `chromium` and
-//! `chromium-driver`), driven over WebDriver with the tiny HTTP client of `pifleet_tests::http`,
+//! `chromium-driver`), driven over WebDriver by `pifleet_tests::webdriver`,
 //! loads the page of a real broker with simulated agents, clicks "On" for All and sees every
 //! device confirmed, sees a button press arrive live, sees the live and history charts draw
 //! points, and leaves a screenshot in `target/dashboard.png` (and in `docs/dashboard.png`, the
@@ -7,142 +7,44 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pifleet_history::{Recorder, RecorderConfig};
-use pifleet_tests::http;
+use pifleet_tests::webdriver::Driver;
 use pifleet_tests::*;
 use serde_json::{json, Value};
-
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
-struct Driver {
-    _proc: Proc,
-    addr: String,
-    session: String,
-}
-
-impl Driver {
-    fn start(profile: &std::path::Path) -> Driver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cmd = Command::new("chromedriver");
-        cmd.arg(format!("--port={port}"));
-        let proc = Proc::spawn("chromedriver", cmd);
-        let addr = format!("127.0.0.1:{port}");
-        wait_until("chromedriver listens", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(&addr).is_ok()
-        });
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1400,1100", format!("--user-data-dir={}", profile.display())]
-            }
-        }}});
-        let r = http::post_json(&addr, "/session", &[], &caps);
-        assert_eq!(r.status, 200, "new WebDriver session: {}", r.text());
-        let v: Value = r.json();
-        let session = v["value"]["sessionId"].as_str().unwrap().to_string();
-        Driver {
-            _proc: proc,
-            addr,
-            session,
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Value) -> Value {
-        let path = format!("/session/{}{path}", self.session);
-        let r = if method == "GET" {
-            http::get(&self.addr, &path, &[])
-        } else {
-            http::post_json(&self.addr, &path, &[], &body)
-        };
-        assert_eq!(r.status, 200, "WebDriver {method} {path}: {}", r.text());
-        r.json::<Value>()["value"].take()
-    }
-
-    fn js(&self, script: &str) -> Value {
-        self.call(
-            "POST",
-            "/execute/sync",
-            json!({"script": script, "args": []}),
-        )
-    }
-
-    fn click(&self, css: &str) {
-        let e = self.call(
-            "POST",
-            "/element",
-            json!({"using": "css selector", "value": css}),
-        );
-        let id = e[ELEMENT]
-            .as_str()
-            .unwrap_or_else(|| panic!("element id in {e}"))
-            .to_string();
-        self.call("POST", &format!("/element/{id}/click"), json!({}));
-    }
-
-    /// Polls `script` until it returns true; on timeout fails with what `explain` returns.
-    fn wait(&self, what: &str, timeout: Duration, script: &str, explain: &str) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.js(script) == Value::Bool(true) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "the page did not show {what} within {timeout:?}: {}",
-            self.js(explain)
-        );
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = http::request(
-            "DELETE",
-            &self.addr,
-            &format!("/session/{}", self.session),
-            &[],
-            b"",
-        );
-    }
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    };
-    let bytes: Vec<u8> = s
-        .bytes()
-        .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
-        .collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= u32::from(val(*c)) << (18 - 6 * i);
-        }
-        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
-    }
-    out
-}
 
 const PAGE_STATE: &str = "return JSON.stringify({error: document.getElementById('error').hidden ? null : \
     document.getElementById('error').textContent, rows: [...document.querySelectorAll('#fleet tbody tr')]\
     .map(r => r.dataset.device + ':' + r.dataset.presence + ':' + r.className + ':' + r.textContent), \
     results: document.querySelector('#results tbody').textContent});";
+
+/// The dashboard's URL, from the broker's readiness line.
+fn dashboard_url(broker: &Broker) -> String {
+    let line = broker
+        .proc
+        .stdout
+        .wait_for("the dashboard", Duration::from_secs(15), |l| {
+            l.starts_with("pifleet-broker: dashboard on ")
+        });
+    line.rsplit(' ').next().unwrap().to_string()
+}
+
+/// A browser on `url`, once its table shows `online` online devices.
+fn open_page(url: &str, online: usize) -> (TempDir, Driver) {
+    let profile = temp_dir("chromium-profile");
+    let d = Driver::start(profile.path());
+    d.goto(url);
+    d.wait(
+        &format!("{online} online devices"),
+        Duration::from_secs(30),
+        &format!(
+            "return document.querySelectorAll('#fleet tbody tr[data-presence=online]').length === {online}"
+        ),
+        PAGE_STATE,
+    );
+    (profile, d)
+}
 
 #[test]
 fn a_browser_sees_the_fleet_switches_all_on_sees_a_press_and_charts() {
@@ -185,13 +87,7 @@ fn a_browser_sees_the_fleet_switches_all_on_sees_a_press_and_charts() {
     .arg("--history-dir")
     .arg(history.path());
     let broker = Broker::ready(Proc::spawn("broker", cmd), false);
-    let line = broker
-        .proc
-        .stdout
-        .wait_for("the dashboard", Duration::from_secs(15), |l| {
-            l.starts_with("pifleet-broker: dashboard on ")
-        });
-    let url = line.rsplit(' ').next().unwrap().to_string();
+    let url = dashboard_url(&broker);
     let mut agents: Vec<Agent> = [("garage", "outside"), ("kitchen", "downstairs"), ("porch", "outside")]
         .iter()
         .map(|(d, g)| {
@@ -205,15 +101,7 @@ fn a_browser_sees_the_fleet_switches_all_on_sees_a_press_and_charts() {
         wait_online(&broker.url(), &a.device);
     }
 
-    let profile = temp_dir("chromium-profile");
-    let d = Driver::start(profile.path());
-    d.call("POST", "/url", json!({"url": url}));
-    d.wait(
-        "three online devices",
-        Duration::from_secs(15),
-        "return [...document.querySelectorAll('#fleet tbody tr[data-presence=online]')].length === 3",
-        PAGE_STATE,
-    );
+    let (_profile, d) = open_page(&url, 3);
 
     // On, for All (the default target), by a real click.
     d.click("#ctl-on");
@@ -275,7 +163,7 @@ fn a_browser_sees_the_fleet_switches_all_on_sees_a_press_and_charts() {
     let href = d.js("return document.getElementById('csv').getAttribute('href')");
     assert!(href.as_str().unwrap().ends_with(".csv"), "{href}");
 
-    let png = base64_decode(d.call("GET", "/screenshot", Value::Null).as_str().unwrap());
+    let png = d.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     let target = bin("pifleet")
         .parent()
@@ -287,4 +175,137 @@ fn a_browser_sees_the_fleet_switches_all_on_sees_a_press_and_charts() {
         let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard.png");
         std::fs::write(docs, &png).unwrap();
     }
+}
+
+/// Rows in the table, in order: `device:hidden`.
+const ROWS: &str = "return [...document.querySelectorAll('#fleet tbody tr')].map(r => r.dataset.device + (r.hidden ? ':hidden' : '')).join()";
+
+fn set_filter(d: &Driver, q: &str) {
+    d.js(&format!(
+        "const f = document.getElementById('filter'); f.value = {q:?}; f.dispatchEvent(new Event('input')); return 1;"
+    ));
+}
+
+#[test]
+fn a_browser_lists_hundreds_of_devices_in_name_order_filters_them_and_updates_one_row_in_place() {
+    if !have("chromium") || !have("chromedriver") {
+        skip("chromium and chromedriver (Debian: apt-get install chromium chromium-driver)");
+        return;
+    }
+    let mut cmd = Command::new(bin("pifleet-broker"));
+    cmd.args([
+        "--mqtt",
+        "127.0.0.1:0",
+        "--no-ws",
+        "--dashboard",
+        "127.0.0.1:0",
+        "--no-state",
+        "--no-history",
+    ]);
+    let broker = Broker::ready(Proc::spawn("broker", cmd), false);
+    let url = dashboard_url(&broker);
+    // 400 devices (retained presence and a reading each, as agents leave them), published in
+    // reverse order, four groups.
+    let now = pifleet_proto::time::now_ms();
+    let groups = ["north", "south", "east", "west"];
+    let n = 400;
+    let mut msgs = Vec::new();
+    for i in (0..n).rev() {
+        let dev = format!("node-{i:03}");
+        let status = format!(
+            r#"{{"state":"online","groups":["{}"],"ts":{now}}}"#,
+            groups[i % 4]
+        );
+        let reading = format!(r#"{{"value":{}.25,"unit":"°C","ts":{now}}}"#, 10 + i % 7);
+        msgs.push((format!("pifleet/dev/{dev}/status"), status.into_bytes()));
+        msgs.push((
+            format!("pifleet/dev/{dev}/sensor/temp"),
+            reading.into_bytes(),
+        ));
+    }
+    publish_raw_many(&broker.url(), &msgs, true);
+    let names: Vec<String> = (0..n).map(|i| format!("node-{i:03}")).collect();
+
+    let (_profile, d) = open_page(&url, n);
+    assert_eq!(d.js(ROWS), json!(names.join(",")), "rows in name order");
+
+    // By group: exactly that group's devices stay visible, in order.
+    set_filter(&d, "south");
+    let south: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            if i % 4 == 1 {
+                n.clone()
+            } else {
+                format!("{n}:hidden")
+            }
+        })
+        .collect();
+    assert_eq!(d.js(ROWS), json!(south.join(",")));
+    let count = d.js("return document.getElementById('count').textContent");
+    assert_eq!(count, json!("400 online of 400, 100 shown"));
+    // By name; the live chart compares the first devices the filter shows, at most 8.
+    set_filter(&d, "node-01");
+    let shown = d.js("return [...document.querySelectorAll('#fleet tbody tr')].filter(r => !r.hidden).map(r => r.dataset.device).join()");
+    let expected: Vec<String> = (10..20).map(|i| format!("node-{i:03}")).collect();
+    assert_eq!(shown, json!(expected.join(",")));
+    d.wait(
+        "a live chart of 8 of the 10 devices shown",
+        Duration::from_secs(5),
+        "const c = document.querySelector('canvas[data-live=temp]'); \
+         return !!c && c.dataset.series === '8' && document.querySelector('[data-live-note=temp]').textContent.includes('8 of 10 devices')",
+        "return document.getElementById('live').outerHTML",
+    );
+    d.wait(
+        "8 history checkboxes",
+        Duration::from_secs(5),
+        "return document.querySelectorAll('#h-devices input').length === 8",
+        "return document.getElementById('h-devices').outerHTML",
+    );
+    set_filter(&d, "");
+    assert_eq!(d.js(ROWS), json!(names.join(",")));
+
+    // One device's reading changes its row in place: no row is rebuilt.
+    d.js(
+        "window.__row = document.querySelector('tr[data-device=node-123]'); \
+          window.__first = document.querySelector('#fleet tbody tr'); return 1;",
+    );
+    let reading = format!(r#"{{"value":99.5,"unit":"°C","ts":{}}}"#, now + 1000);
+    publish_raw(
+        &broker.url(),
+        "pifleet/dev/node-123/sensor/temp",
+        reading.as_bytes(),
+    );
+    d.wait(
+        "node-123's new reading",
+        Duration::from_secs(10),
+        "return document.querySelector('tr[data-device=node-123] [data-sensor=temp] .v').textContent === 'temp=99.50°C'",
+        PAGE_STATE,
+    );
+    assert_eq!(
+        d.js(
+            "return window.__row === document.querySelector('tr[data-device=node-123]') && \
+              window.__first === document.querySelector('#fleet tbody tr')"
+        ),
+        json!(true),
+        "the rows were rebuilt"
+    );
+    // A device that appears later takes its place in name order.
+    let status = format!(r#"{{"state":"online","groups":["north"],"ts":{now}}}"#);
+    publish_raw(
+        &broker.url(),
+        "pifleet/dev/node-1995/status",
+        status.as_bytes(),
+    );
+    d.wait(
+        "node-1995 after node-199",
+        Duration::from_secs(10),
+        "const r = document.querySelector('tr[data-device=node-1995]'); \
+         return !!r && r.previousElementSibling.dataset.device === 'node-199' && \
+         r.nextElementSibling.dataset.device === 'node-200'",
+        PAGE_STATE,
+    );
+    let error = d.js("return document.getElementById('error').hidden");
+    assert_eq!(error, json!(true), "the page shows an error");
 }

@@ -1,10 +1,17 @@
-// pifleet dashboard. No framework, no build step: the fleet table is built once from the
-// `fleet` snapshot of /api/events and then updated cell by cell from each WatchEvent.
+// pifleet dashboard. No framework, no build step. Built for fleets of thousands: each
+// WatchEvent of /api/events only updates the model (`devices`) and marks its device dirty; at
+// most every FLUSH_MS, in one animation frame, the dirty rows, and only they, are updated cell by
+// cell (text set only when it changed), so the table is laid out a few times a second however
+// many messages arrive. Rows are created once, in name order; the filter hides rows, it never
+// rebuilds them. Ages and charts are redrawn once a second in the same frame; each chart shows
+// at most MAX_SERIES devices: those the filter shows, first by name.
 "use strict";
 
 const STALE_MS = 120000; // a sensor reading older than this on an online device is stale
 const LIVE_WINDOW_MS = 5 * 60000;
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
+const MAX_SERIES = COLORS.length; // devices on one chart
+const FLUSH_MS = 250; // the table is updated at most this often
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, attrs = {}, ...kids) => {
@@ -24,8 +31,24 @@ let skew = 0; // server clock minus ours
 const now = () => Date.now() + skew;
 const devices = new Map(); // name -> DeviceStatus (the API's JSON)
 const rows = new Map(); // name -> <tr>
-const live = new Map(); // sensor -> Map(device -> [[ts, value]])
+const order = []; // device names, sorted: the table's row order
+const live = new Map(); // sensor -> Map(device -> [t0, v0, t1, v1, ...]) (flat: unboxed numbers)
 let historyRange = "1h";
+
+// What the next frame has to do.
+const dirty = new Set(); // devices whose row is out of date
+let listsDirty = false; // the set of devices, groups or sensors changed: selects, chart devices
+let countDirty = false; // presence or visibility changed: the "N online of M" line
+let secondDue = false; // a second passed: ages and charts
+let frame = 0, lastFlush = 0;
+// What the page did, for a look from the console or a benchmark: events handled, table updates
+// and the time they took (script only, not the browser's layout).
+const stats = { events: 0, flushes: 0, flushMs: 0 };
+function schedule() {
+  if (frame) return;
+  const wait = Math.max(0, lastFlush + FLUSH_MS - performance.now());
+  frame = setTimeout(() => requestAnimationFrame(flush), wait);
+}
 
 function showError(msg) {
   const e = $("error");
@@ -79,16 +102,19 @@ function command(target, name, action, output) {
 function showReport(report, caption) {
   const t = $("results");
   const body = t.tBodies[0];
-  body.replaceChildren();
-  for (const r of report.results) {
+  const frag = document.createDocumentFragment();
+  // What needs attention first, then by name (the report's order).
+  const rank = (r) => (r.outcome === "confirmed" ? 1 : 0);
+  for (const r of [...report.results].sort((a, b) => rank(a) - rank(b))) {
     const outcome = r.outcome.replace("_", " ");
-    body.append(el("tr", { "data-device": r.device, "data-outcome": r.outcome },
+    frag.append(el("tr", { "data-device": r.device, "data-outcome": r.outcome },
       el("td", { text: r.device }),
       el("td", { class: "outcome-" + r.outcome, text: outcome }),
       el("td", { text: r.on === undefined ? "-" : (r.on ? "on" : "off") }),
       el("td", { text: r.latency_ms === undefined ? "-" : r.latency_ms + " ms" }),
       el("td", { text: r.message || "" })));
   }
+  body.replaceChildren(frag);
   const ok = report.results.filter((r) => r.outcome === "confirmed").length;
   $("results-caption").textContent = report.results.length
     ? `${caption}: ${ok} of ${report.results.length} confirmed`
@@ -96,7 +122,31 @@ function showReport(report, caption) {
   t.hidden = false;
 }
 
-function makeRow(name) {
+// Sets a node's text only when it changes (no layout work for an unchanged cell).
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+// Where `name` goes in the sorted `order`.
+function position(name) {
+  let lo = 0, hi = order.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (order[mid] < name) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+function filterText() { return $("filter").value.trim().toLowerCase(); }
+
+function matches(name, q) {
+  if (!q) return true;
+  const d = devices.get(name);
+  return name.toLowerCase().includes(q) || ((d && d.groups) || []).some((g) => g.toLowerCase().includes(q));
+}
+
+// A row, not yet in the table; its cells by class in `tr.cellsByClass`.
+function newRow(name, q) {
   const tr = el("tr", { "data-device": name },
     el("td", { class: "name" }, el("b", { text: name })),
     el("td", { class: "presence" }),
@@ -105,30 +155,64 @@ function makeRow(name) {
     el("td", { class: "inputs" }),
     el("td", { class: "sensors" }),
     el("td", { class: "seen" }));
-  rows.set(name, tr);
-  // Keep rows sorted by name.
-  const body = $("fleet").tBodies[0];
-  const after = [...rows.keys()].sort().find((n) => n > name);
-  body.insertBefore(tr, after ? rows.get(after) : null);
+  tr.cellsByClass = {};
+  for (const td of tr.children) tr.cellsByClass[td.className] = td;
+  tr.hidden = !matches(name, q);
   return tr;
 }
 
-function cell(tr, cls) { return tr.querySelector("td." + cls); }
+// Adds a row in name order.
+function makeRow(name) {
+  const tr = newRow(name, filterText());
+  rows.set(name, tr);
+  const i = position(name);
+  order.splice(i, 0, name);
+  const next = order[i + 1];
+  $("fleet").tBodies[0].insertBefore(tr, next === undefined ? null : rows.get(next));
+  listsDirty = true;
+  return tr;
+}
 
-function renderPresence(name) {
-  const d = devices.get(name), tr = rows.get(name) || makeRow(name);
-  const p = cell(tr, "presence");
-  p.textContent = d.online ? "online" : "offline";
-  p.className = "presence " + (d.online ? "online" : "offline");
-  tr.dataset.presence = d.online ? "online" : "offline";
-  cell(tr, "groups").textContent = (d.groups || []).join(", ") || "-";
-  tr.dataset.groups = (d.groups || []).join(" ");
-  refreshTargets();
+function removeRow(name) {
+  const tr = rows.get(name);
+  if (tr) tr.remove();
+  rows.delete(name);
+  const i = position(name);
+  if (order[i] === name) order.splice(i, 1);
+  live.forEach((m) => m.delete(name));
+  listsDirty = true;
+}
+
+function cell(tr, cls) { return tr.cellsByClass[cls]; }
+
+// Brings one device's row up to date with the model.
+function renderRow(name) {
+  const d = devices.get(name);
+  if (!d) return;
+  const tr = rows.get(name) || makeRow(name);
+  const presence = d.online ? "online" : "offline";
+  if (tr.dataset.presence !== presence) {
+    tr.dataset.presence = presence;
+    const p = cell(tr, "presence");
+    p.textContent = presence;
+    p.className = "presence " + presence;
+    countDirty = true;
+  }
+  const groups = (d.groups || []).join(" ");
+  if (tr.dataset.groups !== groups) {
+    tr.dataset.groups = groups;
+    setText(cell(tr, "groups"), (d.groups || []).join(", ") || "-");
+    tr.hidden = !matches(name, filterText());
+    listsDirty = true;
+    countDirty = true;
+  }
+  for (const o of Object.keys(d.outputs || {})) renderOutput(tr, name, o, d.outputs[o]);
+  for (const i of Object.keys(d.inputs || {})) renderInput(tr, i, d.inputs[i]);
+  for (const s of Object.keys(d.sensors || {})) renderSensor(tr, s, d.sensors[s]);
   renderAge(name);
 }
 
-function renderOutput(name, output) {
-  const d = devices.get(name), tr = rows.get(name) || makeRow(name);
+function renderOutput(tr, name, output, state) {
   const td = cell(tr, "outputs");
   let span = td.querySelector(`[data-output="${output}"]`);
   if (!span) {
@@ -141,15 +225,15 @@ function renderOutput(name, output) {
       })));
     td.append(span);
   }
-  const on = d.outputs[output].on;
+  const on = String(!!state.on);
+  if (span.dataset.on === on) return;
   span.dataset.on = on;
   const st = span.querySelector(".state");
-  st.textContent = on ? "on" : "off";
-  st.className = "state" + (on ? " on" : "");
+  st.textContent = state.on ? "on" : "off";
+  st.className = "state" + (state.on ? " on" : "");
 }
 
-function renderInput(name, input) {
-  const d = devices.get(name), tr = rows.get(name) || makeRow(name);
+function renderInput(tr, input, state) {
   const td = cell(tr, "inputs");
   let span = td.querySelector(`[data-input="${input}"]`);
   if (!span) {
@@ -157,25 +241,24 @@ function renderInput(name, input) {
       el("span", { text: input }), el("span", { class: "state" }));
     td.append(span);
   }
-  const active = d.inputs[input].active;
+  const active = String(!!state.active);
+  if (span.dataset.active === active) return;
   span.dataset.active = active;
   const st = span.querySelector(".state");
-  st.textContent = active ? "pressed" : "released";
-  st.className = "state" + (active ? " active" : "");
+  st.textContent = state.active ? "pressed" : "released";
+  st.className = "state" + (state.active ? " active" : "");
 }
 
-function renderSensor(name, sensor) {
-  const d = devices.get(name), tr = rows.get(name) || makeRow(name);
+function renderSensor(tr, sensor, r) {
   const td = cell(tr, "sensors");
   let span = td.querySelector(`[data-sensor="${sensor}"]`);
   if (!span) {
     span = el("span", { class: "sensor", "data-sensor": sensor },
       el("span", { class: "v" }), " ", el("span", { class: "age" }));
     td.append(span);
+    listsDirty = true;
   }
-  const r = d.sensors[sensor];
-  span.querySelector(".v").textContent = `${sensor}=${Number(r.value).toFixed(2)}${r.unit}`;
-  refreshSensors();
+  setText(span.firstChild, `${sensor}=${Number(r.value).toFixed(2)}${r.unit}`);
 }
 
 // Ages and staleness change with time alone: updated every second, text only.
@@ -183,29 +266,65 @@ function renderAge(name) {
   const d = devices.get(name), tr = rows.get(name);
   if (!d || !tr) return;
   let stale = false;
-  for (const span of cell(tr, "sensors").querySelectorAll("[data-sensor]")) {
+  for (const span of cell(tr, "sensors").children) {
     const r = d.sensors[span.dataset.sensor];
+    if (!r) continue;
     const old = d.online && now() - r.ts > STALE_MS;
     stale = stale || old;
-    span.classList.toggle("stale", old);
-    span.querySelector(".age").textContent = "(" + ago(r.ts) + ")";
+    if (span.classList.contains("stale") !== old) span.classList.toggle("stale", old);
+    setText(span.lastChild, "(" + ago(r.ts) + ")");
   }
-  cell(tr, "seen").textContent = ago(d.last_seen);
-  tr.classList.toggle("offline", !d.online);
-  tr.classList.toggle("stale", stale);
+  setText(cell(tr, "seen"), ago(d.last_seen));
+  if (tr.classList.contains("offline") === d.online) tr.classList.toggle("offline", !d.online);
+  if (tr.classList.contains("stale") !== stale) tr.classList.toggle("stale", stale);
 }
 
-function applyFilter() {
-  const q = $("filter").value.trim().toLowerCase();
-  let shown = 0;
-  for (const [name, tr] of rows) {
-    const hit = !q || name.toLowerCase().includes(q) || (tr.dataset.groups || "").toLowerCase().includes(q);
-    tr.hidden = !hit;
-    if (hit) shown++;
-  }
-  const online = [...devices.values()].filter((d) => d.online).length;
+function updateCount() {
+  const q = filterText();
+  let online = 0, shown = 0;
+  for (const d of devices.values()) if (d.online) online++;
+  if (q) for (const tr of rows.values()) if (!tr.hidden) shown++;
   $("count").textContent = `${online} online of ${devices.size}` + (q ? `, ${shown} shown` : "");
   $("empty").hidden = devices.size > 0;
+}
+
+// The filter box: name or group contains the text. Hides and shows rows; builds nothing.
+function applyFilter() {
+  const q = filterText();
+  for (const [name, tr] of rows) {
+    const hide = !matches(name, q);
+    if (tr.hidden !== hide) {
+      tr.hidden = hide;
+      if (!hide) renderAge(name);
+    }
+  }
+  updateCount();
+  refreshHistoryDevices();
+  for (const s of live.keys()) drawLive(s);
+}
+
+function flush() {
+  frame = 0;
+  const started = performance.now();
+  lastFlush = started;
+  for (const name of dirty) renderRow(name);
+  dirty.clear();
+  if (listsDirty) {
+    listsDirty = false;
+    refreshTargets();
+    refreshSensors();
+  }
+  if (countDirty) {
+    countDirty = false;
+    updateCount();
+  }
+  if (secondDue) {
+    secondDue = false;
+    for (const [n, tr] of rows) if (!tr.hidden) renderAge(n);
+    for (const s of live.keys()) drawLive(s);
+  }
+  stats.flushes++;
+  stats.flushMs += performance.now() - started;
 }
 
 function refreshTargets() {
@@ -215,33 +334,48 @@ function refreshTargets() {
   for (const d of devices.values()) for (const g of d.groups || []) groups.add(g);
   const opts = [el("option", { value: "all:", text: "All devices" })];
   for (const g of [...groups].sort()) opts.push(el("option", { value: "group:" + g, text: "group " + g }));
-  for (const n of [...devices.keys()].sort()) opts.push(el("option", { value: "device:" + n, text: n }));
+  for (const n of order) opts.push(el("option", { value: "device:" + n, text: n }));
   sel.replaceChildren(...opts);
   if ([...sel.options].some((o) => o.value === keep)) sel.value = keep;
   const csvSel = $("csv-device"), csvKeep = csvSel.value;
-  csvSel.replaceChildren(...[...devices.keys()].sort().map((n) => el("option", { value: n, text: n })));
+  csvSel.replaceChildren(...order.map((n) => el("option", { value: n, text: n })));
   if (csvKeep) csvSel.value = csvKeep;
   updateCsv();
-  applyFilter();
+  countDirty = true;
 }
 
+// A `fleet` snapshot: the first one, or a fresh one after a reconnect or after this page fell
+// behind. Existing rows are updated in place, devices no longer listed removed.
 function snapshot(fleet) {
-  devices.clear();
-  rows.clear();
-  $("fleet").tBodies[0].replaceChildren();
+  const listed = new Set();
+  const fresh = rows.size === 0;
   for (const d of fleet.devices) {
+    listed.add(d.device);
     devices.set(d.device, d);
-    renderPresence(d.device);
-    for (const o of Object.keys(d.outputs || {})) renderOutput(d.device, o);
-    for (const i of Object.keys(d.inputs || {})) renderInput(d.device, i);
-    for (const s of Object.keys(d.sensors || {})) {
-      renderSensor(d.device, s);
-      pushLive(s, d.device, d.sensors[s]);
-    }
-    renderAge(d.device);
+    dirty.add(d.device);
+    for (const s of Object.keys(d.sensors || {})) pushLive(s, d.device, d.sensors[s]);
   }
-  refreshTargets();
-  refreshSensors();
+  for (const name of [...devices.keys()]) {
+    if (!listed.has(name)) { devices.delete(name); dirty.delete(name); removeRow(name); }
+  }
+  if (fresh) {
+    // Build all rows at once, off the document, in order.
+    order.length = 0;
+    order.push(...[...listed].sort());
+    const frag = document.createDocumentFragment();
+    const q = filterText();
+    for (const name of order) {
+      const tr = newRow(name, q);
+      rows.set(name, tr);
+      frag.append(tr);
+    }
+    $("fleet").tBodies[0].replaceChildren(frag);
+  }
+  listsDirty = true;
+  countDirty = true;
+  if (frame) clearTimeout(frame);
+  flush();
+  for (const s of live.keys()) drawLive(s);
 }
 
 function device(name) {
@@ -249,7 +383,6 @@ function device(name) {
   if (!d) {
     d = { device: name, online: false, groups: [], outputs: {}, inputs: {}, sensors: {} };
     devices.set(name, d);
-    renderPresence(name);
   }
   return d;
 }
@@ -266,44 +399,60 @@ function onEvent(ev) {
         d.groups = p.groups || [];
         d.version = p.version;
       }
-      renderPresence(ev.device);
       break;
     }
-    case "output": d.outputs[ev.output] = ev.state; renderOutput(ev.device, ev.output); break;
-    case "input": d.inputs[ev.input] = ev.state; renderInput(ev.device, ev.input); break;
+    case "output": d.outputs[ev.output] = ev.state; break;
+    case "input": d.inputs[ev.input] = ev.state; break;
     case "sensor":
       d.sensors[ev.sensor] = ev.reading;
-      renderSensor(ev.device, ev.sensor);
       pushLive(ev.sensor, ev.device, ev.reading);
-      drawLive(ev.sensor);
       break;
     case "event": break;
   }
-  renderAge(ev.device);
-  applyFilter();
+  stats.events++;
+  dirty.add(ev.device);
+  schedule();
 }
 
 // ---- charts --------------------------------------------------------------------------------
 
-function colorOf(name) {
-  const names = [...devices.keys()].sort();
-  return COLORS[Math.max(0, names.indexOf(name)) % COLORS.length];
+// Up to MAX_SERIES devices with `sensor`, among those the filter shows, first by name; and how
+// many had it in all.
+function chartDevices(sensor) {
+  const q = filterText();
+  const out = [];
+  let total = 0;
+  for (const name of order) {
+    const d = devices.get(name);
+    if (!d.sensors || !d.sensors[sensor] || !matches(name, q)) continue;
+    total++;
+    if (out.length < MAX_SERIES) out.push(name);
+  }
+  return { names: out, total };
 }
 
-// Draws `series` ([{label, points: [[t, v]...]}]) on `canvas` for times [t0, t1]; records the
-// number of points drawn in data-points.
+// Draws `series` ([{label, color, points: [t0, v0, t1, v1, ...]}]) on `canvas` for times
+// [t0, t1]; records the number of points drawn in data-points.
 function drawChart(canvas, series, t0, t1, unit) {
   const dpr = window.devicePixelRatio || 1;
   const w = canvas.clientWidth || canvas.width, h = canvas.clientHeight || canvas.height;
-  canvas.width = Math.round(w * dpr);
-  canvas.height = Math.round(h * dpr);
+  // Setting the size clears the canvas and costs a layout: only when it changed.
+  const cw = Math.round(w * dpr), ch = Math.round(h * dpr);
+  if (canvas.width !== cw) canvas.width = cw;
+  if (canvas.height !== ch) canvas.height = ch;
   const g = canvas.getContext("2d");
   g.setTransform(dpr, 0, 0, dpr, 0, 0);
   g.clearRect(0, 0, w, h);
   const pad = { l: 48, r: 8, t: 8, b: 20 };
   let lo = Infinity, hi = -Infinity, n = 0;
-  for (const s of series) for (const [t, v] of s.points) if (t >= t0 && t <= t1) { lo = Math.min(lo, v); hi = Math.max(hi, v); n++; }
+  for (const s of series) {
+    const p = s.points;
+    for (let i = 0; i < p.length; i += 2) {
+      if (p[i] >= t0 && p[i] <= t1) { lo = Math.min(lo, p[i + 1]); hi = Math.max(hi, p[i + 1]); n++; }
+    }
+  }
   canvas.dataset.points = n;
+  canvas.dataset.series = series.length;
   g.font = "11px system-ui, sans-serif";
   g.fillStyle = "#777";
   if (!n) { g.fillText("no data in this range", pad.l + 8, h / 2); return; }
@@ -321,17 +470,18 @@ function drawChart(canvas, series, t0, t1, unit) {
   g.fillText(end, w - pad.r - g.measureText(end).width, h - 4);
   let lx = pad.l + 8;
   for (const s of series) {
+    const p = s.points;
     g.strokeStyle = g.fillStyle = s.color;
     g.lineWidth = 1.5;
     g.beginPath();
     let first = true;
-    for (const [t, v] of s.points) {
-      if (t < t0 || t > t1) continue;
-      if (first) g.moveTo(x(t), y(v)); else g.lineTo(x(t), y(v));
+    for (let i = 0; i < p.length; i += 2) {
+      if (p[i] < t0 || p[i] > t1) continue;
+      if (first) g.moveTo(x(p[i]), y(p[i + 1])); else g.lineTo(x(p[i]), y(p[i + 1]));
       first = false;
     }
     g.stroke();
-    for (const [t, v] of s.points) if (t >= t0 && t <= t1) g.fillRect(x(t) - 1.5, y(v) - 1.5, 3, 3);
+    for (let i = 0; i < p.length; i += 2) if (p[i] >= t0 && p[i] <= t1) g.fillRect(x(p[i]) - 1.5, y(p[i + 1]) - 1.5, 3, 3);
     g.fillText(s.label, lx, pad.t + 10);
     lx += g.measureText(s.label).width + 12;
   }
@@ -342,16 +492,20 @@ function pushLive(sensor, dev, reading) {
   const m = live.get(sensor);
   if (!m.has(dev)) m.set(dev, []);
   const pts = m.get(dev);
-  if (pts.length && pts[pts.length - 1][0] >= reading.ts) return;
-  pts.push([reading.ts, reading.value]);
-  while (pts.length && pts[0][0] < now() - LIVE_WINDOW_MS) pts.shift();
+  if (pts.length && pts[pts.length - 2] >= reading.ts) return;
+  pts.push(reading.ts, reading.value);
+  let old = 0;
+  const cut = now() - LIVE_WINDOW_MS;
+  while (old < pts.length && pts[old] < cut) old += 2;
+  if (old) pts.splice(0, old);
 }
 
 function liveCanvas(sensor) {
   let c = document.querySelector(`canvas[data-live="${sensor}"]`);
   if (!c) {
     c = el("canvas", { class: "chart", "data-live": sensor, width: "420", height: "200" });
-    $("live").append(el("div", { class: "chartbox" }, el("h3", { text: sensor }), c));
+    $("live").append(el("div", { class: "chartbox" },
+      el("h3", {}, sensor + " ", el("span", { class: "muted", "data-live-note": sensor })), c));
   }
   return c;
 }
@@ -359,11 +513,15 @@ function liveCanvas(sensor) {
 function drawLive(sensor) {
   const m = live.get(sensor);
   if (!m) return;
+  const { names, total } = chartDevices(sensor);
   let unit = "";
-  for (const d of devices.values()) if (d.sensors && d.sensors[sensor]) unit = d.sensors[sensor].unit;
-  const series = [...m.entries()].sort().map(([dev, points]) => ({ label: dev, color: colorOf(dev), points }));
+  for (const n of names) unit = devices.get(n).sensors[sensor].unit || unit;
+  const series = names.map((dev, i) => ({ label: dev, color: COLORS[i], points: m.get(dev) || [] }));
   const t1 = now();
-  drawChart(liveCanvas(sensor), series, t1 - LIVE_WINDOW_MS, t1, unit);
+  const canvas = liveCanvas(sensor);
+  drawChart(canvas, series, t1 - LIVE_WINDOW_MS, t1, unit);
+  setText(document.querySelector(`[data-live-note="${sensor}"]`),
+    total > names.length ? `(${names.length} of ${total} devices: filter to choose)` : "");
 }
 
 function refreshSensors() {
@@ -385,18 +543,21 @@ function loadHistorySoon() {
   historyTimer = setTimeout(loadHistory, 200);
 }
 
-// One checkbox per device that has the chosen sensor; new devices start checked.
+// One checkbox per charted device (those the filter shows, up to MAX_SERIES); checked unless
+// the user took it off.
 function refreshHistoryDevices() {
   const sensor = $("h-sensor").value;
   const box = $("h-devices");
-  const names = [...devices.values()].filter((d) => d.sensors && d.sensors[sensor]).map((d) => d.device).sort();
-  if (names.join() === [...box.querySelectorAll("input")].map((i) => i.value).join()) return;
+  const { names, total } = chartDevices(sensor);
+  const note = total > names.length ? ` (${names.length} of ${total}: filter to choose)` : "";
+  if (names.join() === [...box.querySelectorAll("input")].map((i) => i.value).join() && box.dataset.note === note) return;
+  box.dataset.note = note;
   box.replaceChildren(...names.map((n) => el("label", {},
     el("input", Object.assign({
       type: "checkbox", value: n,
       onchange: (ev) => { if (ev.target.checked) unchecked.delete(n); else unchecked.add(n); loadHistorySoon(); },
     }, unchecked.has(n) ? {} : { checked: "" })),
-    " " + n)));
+    " " + n)), note);
   loadHistorySoon();
 }
 
@@ -405,21 +566,26 @@ async function loadHistory() {
   const sensor = $("h-sensor").value;
   const canvas = $("h-chart");
   if (!sensor) return;
+  const names = [...$("h-devices").querySelectorAll("input")].map((i) => i.value);
   const chosen = [...$("h-devices").querySelectorAll("input:checked")].map((i) => i.value);
   const seq = ++historySeq;
   const buckets = Math.max(50, Math.min(2000, Math.round(canvas.clientWidth || 900)));
   const t1 = now();
   const t0 = t1 - { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 }[historyRange];
+  let unit = "";
+  const answers = await Promise.all(chosen.map((dev) =>
+    api(`/api/history/${encodeURIComponent(dev)}/${encodeURIComponent(sensor)}?since=${historyRange}&buckets=${buckets}`)
+      .then((s) => ({ dev, s }), (e) => ({ dev, e }))));
   const series = [];
   const notes = [];
-  let unit = "";
-  for (const dev of chosen) {
-    try {
-      const s = await api(`/api/history/${encodeURIComponent(dev)}/${encodeURIComponent(sensor)}?since=${historyRange}&buckets=${buckets}`);
+  for (const { dev, s, e } of answers) {
+    if (s) {
       unit = s.unit || unit;
-      series.push({ label: dev, color: colorOf(dev), points: s.buckets.map((b) => [(b.first_ms + b.last_ms) / 2, b.mean]) });
+      const points = [];
+      for (const b of s.buckets) points.push((b.first_ms + b.last_ms) / 2, b.mean);
+      series.push({ label: dev, color: COLORS[Math.max(0, names.indexOf(dev)) % COLORS.length], points });
       notes.push(`${dev}: ${s.points} points`);
-    } catch (e) {
+    } else {
       notes.push(`${dev}: ${e.status === 404 ? "no history" : e.message}`);
     }
   }
@@ -510,10 +676,7 @@ document.addEventListener("DOMContentLoaded", () => {
     await api("/api/logout", { method: "POST" }).catch(() => {});
     location.reload();
   });
-  setInterval(() => {
-    for (const n of devices.keys()) renderAge(n);
-    for (const s of live.keys()) drawLive(s);
-  }, 1000);
+  setInterval(() => { secondDue = true; schedule(); }, 1000);
   setInterval(loadHistory, 60000);
   start();
 });

@@ -18,12 +18,11 @@
 //! command confirmed, broker alive). Exit code 0 PASS, 1 FAIL, 2 could not run.
 //!
 //! Modules: [`raw`] hand-built MQTT/WebSocket clients from chosen loopback addresses,
-//! [`floods`] the attackers, [`canary`] the device and controller being timed, [`procfs`] the
-//! broker's memory and CPU.
+//! [`floods`] the attackers, [`canary`] the device and controller being timed;
+//! [`pifleet_bench::procfs`] reads the broker's memory and CPU.
 
 mod canary;
 mod floods;
-mod procfs;
 mod raw;
 
 use std::collections::HashMap;
@@ -36,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use floods::{Ctx, Flood, Src};
+use pifleet_bench::procfs;
 use raw::{connect_packet, Net, Outcome, Port};
 
 const EXIT_FAIL: u8 = 1;

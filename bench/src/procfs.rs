@@ -1,7 +1,8 @@
-//! The broker process as `/proc` shows it: resident memory now (VmRSS) and at its peak (VmHWM,
-//! which the kernel keeps, so no spike between two samples is missed), CPU time, and whether it
-//! is still alive. A sampler thread reads them four times a second and pulls the emergency
-//! brake when memory passes the abort threshold.
+//! A process as `/proc` shows it: resident memory now (VmRSS) and at its peak (VmHWM, which the
+//! kernel keeps, so no spike between two samples is missed), CPU time and whether it is still
+//! alive (its descendants: `pifleet_tests::descendants`). The soak's sampler thread reads the
+//! broker's memory four times a second and pulls the emergency brake when it passes the abort
+//! threshold.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
