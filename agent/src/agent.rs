@@ -133,7 +133,8 @@ impl Agent {
 
         let mut sensors = Vec::new();
         for s in &config.sensors {
-            core.add_sensor(s.name.clone());
+            let index = core.add_sensor(s.name.clone());
+            core.set_sensor_interval(index, s.interval_secs);
             sensors.push((sensor::open(s), Duration::from_secs_f64(s.interval_secs)));
         }
 
