@@ -118,9 +118,14 @@ impl Access {
             None => None,
         };
         let acl = match &credentials {
-            Some(_) => Some(
-                Acl::new(&config.prefix, config.auth.acl_file.as_deref()).map_err(|e| setup(&e))?,
-            ),
+            Some(_) => {
+                let mut acl = Acl::new(&config.prefix, config.auth.acl_file.as_deref())
+                    .map_err(|e| setup(&e))?;
+                if config.homeassistant.enabled {
+                    acl.allow_controllers_under(&config.homeassistant.discovery_prefix);
+                }
+                Some(acl)
+            }
             None => None,
         };
         let tls = match (&config.tls.cert, &config.tls.key) {
