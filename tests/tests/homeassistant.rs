@@ -220,7 +220,7 @@ fn check_against_home_assistant(topic: &str, payload: &Value) -> Vec<String> {
             bad.push(format!("{topic}: device key `{k}` unknown"));
         }
     }
-    if !dev["identifiers"].as_array().is_some_and(|a| !a.is_empty()) {
+    if dev["identifiers"].as_array().is_none_or(|a| a.is_empty()) {
         bad.push(format!("{topic}: device needs identifiers"));
     }
     let origin = &payload["origin"];
@@ -293,16 +293,15 @@ fn check_against_home_assistant(topic: &str, payload: &Value) -> Vec<String> {
                 }
             }
             if let Some(e) = c.get("expire_after") {
-                if !e.as_u64().is_some_and(|e| e > 0) {
+                if e.as_u64().is_none_or(|e| e == 0) {
                     bad.push(format!("{at}: expire_after {e} is not a positive integer"));
                 }
             }
         }
         if platform == "light"
-            && !c
-                .get("brightness_scale")
+            && c.get("brightness_scale")
                 .and_then(Value::as_u64)
-                .is_some_and(|s| s > 0)
+                .is_none_or(|s| s == 0)
         {
             bad.push(format!("{at}: brightness_scale must be a positive integer"));
         }
@@ -388,8 +387,10 @@ fn every_discovery_payload_carries_what_home_assistant_requires() {
 }
 
 /// Messages received by a plain MQTT client subscribed to some filters.
+type Messages = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(String, Vec<u8>)>>>);
+struct Seen(Messages);
 
 impl Seen {
     /// Subscribes (QoS 1) on a thread of its own, returns once subscribed.
