@@ -151,7 +151,7 @@ impl Topics {
 
     /// Where a plain command for one output goes: `ON`/`OFF` ([`PlainKind::Switch`]) on
     /// `<prefix>/dev/<device>/cmnd/<output>`, a level on `…/cmnd/<output>/level`. Inside the
-    /// device's command space, so never retained and writable only by controllers.
+    /// device's command space: never retained, and no other device may publish there.
     pub fn plain_command(&self, device: &Name, output: &Name, kind: PlainKind) -> String {
         match kind {
             PlainKind::Switch => format!("{}/dev/{device}/cmnd/{output}", self.prefix),

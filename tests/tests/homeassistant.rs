@@ -761,3 +761,26 @@ fn the_standalone_service_works_against_mosquitto_and_answers_home_assistant_com
         json_of(&seen.wait_after(from, CONFIG_TOPIC, "the config again", |p| !p.is_empty()));
     assert_eq!(again["components"], config["components"]);
 }
+
+#[test]
+fn after_a_broker_restart_that_lost_its_retained_messages_the_configs_come_back() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["--mqtt", listen.as_str(), "--no-ws", "--no-state"];
+    let broker = Broker::start_with(&args);
+    let url = broker.url();
+    let _agent = Agent::start(&url, PI, agent_extra());
+    let mut cmd = Command::new(bin("pifleet"));
+    cmd.args(["homeassistant", "--broker", &url]);
+    let _service = Proc::spawn("pifleet homeassistant", cmd);
+    let seen = Seen::subscribe(&url, &["homeassistant/#"]);
+    let before = full_config(&seen);
+
+    // The broker restarts with nothing retained. The agent's presence comes back unchanged,
+    // which alone would publish nothing: the service's own reconnect must republish.
+    drop(broker);
+    let _broker = Broker::start_with(&args);
+    let seen = Seen::subscribe(&url, &["homeassistant/#"]);
+    let after = json_of(&seen.wait(CONFIG_TOPIC, "the config republished", |p| !p.is_empty()));
+    assert_eq!(after, before);
+}
