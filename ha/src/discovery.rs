@@ -76,8 +76,8 @@ struct DeviceState {
     /// The last presence that described the device (online, or a goodbye); a bare last will
     /// says nothing about the device's parts and does not replace it.
     presence: Option<Presence>,
-    /// Unit and kind of each sensor's latest reading.
-    sensors: BTreeMap<Name, (String, Option<String>)>,
+    /// Unit, kind and quantity of each sensor's latest reading.
+    sensors: BTreeMap<Name, Known>,
     /// Components published before that are gone now: id → platform.
     removed: BTreeMap<String, &'static str>,
     /// Components of the last published config: id → platform.
@@ -154,8 +154,13 @@ impl Discovery {
                 let Ok(reading) = serde_json::from_slice::<SensorReading>(payload) else {
                     return Vec::new();
                 };
+                // One quantity of a sensor that measures several (a BME280's `humidity`), from
+                // agents that say so: it names what a bare unit such as `%` measures.
+                let quantity = serde_json::from_slice::<Value>(payload)
+                    .ok()
+                    .and_then(|v| Some(v.get("quantity")?.as_str()?.to_string()));
                 let d = self.devices.entry(device.clone()).or_default();
-                let known = (reading.unit, reading.kind);
+                let known = (reading.unit, reading.kind, quantity);
                 if d.sensors.get(&sensor) == Some(&known) {
                     return Vec::new();
                 }
@@ -236,6 +241,9 @@ impl Discovery {
 
 type Components = BTreeMap<String, (&'static str, Value)>;
 
+/// What a reading says about its sensor: unit, kind, quantity.
+type Known = (String, Option<String>, Option<String>);
+
 fn device_config(topics: &Topics, device: &Name, presence: &Presence, cmps: Components) -> Value {
     let mut dev = Map::new();
     dev.insert("identifiers".into(), json!([ids::device_id(device)]));
@@ -265,7 +273,7 @@ fn build_components(
     topics: &Topics,
     device: &Name,
     p: &Presence,
-    sensors: &BTreeMap<Name, (String, Option<String>)>,
+    sensors: &BTreeMap<Name, Known>,
 ) -> Components {
     let mut out = Components::new();
     let mut add = |platform: &'static str, name: &Name, mut c: Map<String, Value>| {
@@ -312,8 +320,13 @@ fn build_components(
         c.insert("state_topic".into(), json!(topics.sensor(device, s)));
         c.insert("value_template".into(), json!(SENSOR_TEMPLATE));
         c.insert("state_class".into(), json!("measurement"));
-        if let Some((unit, kind)) = sensors.get(s) {
-            let (class, unit) = device_class(unit, kind.as_deref());
+        if let Some((unit, kind, quantity)) = sensors.get(s) {
+            let hint = format!(
+                "{} {}",
+                kind.as_deref().unwrap_or(""),
+                quantity.as_deref().unwrap_or("")
+            );
+            let (class, unit) = device_class(unit, Some(&hint));
             if let Some(class) = class {
                 c.insert("device_class".into(), json!(class));
             }
@@ -347,9 +360,7 @@ pub fn device_class<'a>(unit: &'a str, kind: Option<&str>) -> (Option<&'static s
         "°C" | "°F" | "K" => Some("temperature"),
         "%RH" => return (Some("humidity"), "%"),
         "%" if kind.contains("humidity") => Some("humidity"),
-        "hPa" if kind.contains("pressure") || kind.starts_with("bme") => {
-            Some("atmospheric_pressure")
-        }
+        "hPa" if kind.contains("pressure") || kind.contains("bme") => Some("atmospheric_pressure"),
         "Pa" | "hPa" | "kPa" | "mbar" | "bar" | "psi" | "inHg" | "mmHg" => Some("pressure"),
         "dBm" | "dB" if kind.contains("wifi") || kind.contains("signal") || unit == "dBm" => {
             Some("signal_strength")
@@ -442,6 +453,20 @@ mod test {
             cpu("°C", "cpu_temp").as_bytes(),
         );
         assert!(same.is_empty());
+    }
+
+    #[test]
+    fn a_quantity_names_what_a_bare_percentage_measures() {
+        let mut d = disc();
+        let p = r#"{"state":"online","sensors":["env_humidity"]}"#;
+        d.handle("pifleet/dev/k/status", p.as_bytes());
+        let r = r#"{"value":45.05,"unit":"%","kind":"bme280","quantity":"humidity","ts":1}"#;
+        let out = d.handle("pifleet/dev/k/sensor/env_humidity", r.as_bytes());
+        let v: Value = serde_json::from_str(&out[0].payload).unwrap();
+        assert_eq!(
+            components(&v)["sensor_env__humidity"]["device_class"],
+            "humidity"
+        );
     }
 
     #[test]

@@ -327,21 +327,25 @@ fn every_discovery_payload_carries_what_home_assistant_requires() {
         "pifleet/dev/pi-4.lab_1/status",
         presence.to_string().as_bytes(),
     ));
-    for (sensor, unit, kind) in [
-        ("cpu_temp", "°C", "cpu_temp"),
-        ("cpu", "%", "cpu_usage"),
-        ("load", "", "load"),
-        ("mem", "%", "memory"),
-        ("disk", "%", "disk"),
-        ("up", "s", "uptime"),
-        ("wifi", "dBm", "wifi"),
-        ("throttled", "", "throttled"),
-        ("room.t", "°C", "bme280"),
-        ("room.h", "%RH", "bme280"),
-        ("room.p", "hPa", "bme280"),
-        ("probe", "°C", "ds18b20"),
+    // The kinds and units of pifleet's sensors (health, BME280 quantities, probes).
+    for (sensor, unit, kind, quantity) in [
+        ("cpu_temp", "°C", "cpu_temp", None),
+        ("cpu", "%", "cpu_usage", None),
+        ("load", "", "load_average", None),
+        ("mem", "%", "memory_used", None),
+        ("disk", "%", "disk_used", None),
+        ("up", "s", "uptime", None),
+        ("wifi", "dBm", "wifi_signal", None),
+        ("throttled", "", "throttled", Some("undervoltage_occurred")),
+        ("room.t", "°C", "bme280", Some("temperature")),
+        ("room.h", "%", "bme280", Some("humidity")),
+        ("room.p", "hPa", "bme280", Some("pressure")),
+        ("probe", "°C", "ds18b20", None),
     ] {
-        let reading = json!({"value": 1.5, "unit": unit, "kind": kind, "ts": 1});
+        let mut reading = json!({"value": 1.5, "unit": unit, "kind": kind, "ts": 1});
+        if let Some(q) = quantity {
+            reading["quantity"] = json!(q);
+        }
         out.extend(d.handle(
             &format!("pifleet/dev/pi-4.lab_1/sensor/{sensor}"),
             reading.to_string().as_bytes(),
