@@ -565,13 +565,14 @@ fn full_config(seen: &Seen) -> Value {
 }
 
 /// Clicks a switch and dims a light the way Home Assistant does, on the topics the config
-/// names, and checks the confirmed states, read through the config's own templates.
+/// names, and checks the confirmed states, read through the config's own templates. Returns the
+/// command id the agent gave the switch's `ON`.
 fn drive_like_home_assistant(
     broker: &str,
     seen: &Seen,
     config: &Value,
     python: Option<&std::path::Path>,
-) {
+) -> String {
     let c = &config["components"];
     let (switch, light) = (&c["switch_led"], &c["light_lamp"]);
     let s_topic = switch["state_topic"].as_str().unwrap();
@@ -602,7 +603,10 @@ fn drive_like_home_assistant(
         json_of(p)["on"] == false
     });
 
-    let Some(python) = python else { return };
+    let on_cmd = json_of(&on)["cmd"].as_str().unwrap().to_string();
+    let Some(python) = python else {
+        return on_cmd;
+    };
     let input = seen.wait(
         c["binary_sensor_button"]["state_topic"].as_str().unwrap(),
         "the button",
@@ -648,6 +652,7 @@ fn drive_like_home_assistant(
     // brightness_scale (light/schema_basic.py), i.e. the percent the device reported.
     let scale = light["brightness_scale"].as_f64().unwrap();
     assert_eq!(got[3].parse::<f64>().unwrap() / scale, 0.4);
+    on_cmd
 }
 
 #[test]
@@ -686,7 +691,14 @@ fn the_broker_with_homeassistant_lets_home_assistant_see_and_switch_the_fleet() 
         "temperature"
     );
     assert_eq!(config["components"]["sensor_room"]["expire_after"], 32);
-    drive_like_home_assistant(&url, &seen, &config, python.as_deref());
+    let watching = watch(&url, &[]);
+    let cmd = drive_like_home_assistant(&url, &seen, &config, python.as_deref());
+    // The click is an ordinary, acknowledged command: `pifleet watch` shows it with its id.
+    watching
+        .stdout
+        .wait_for("watch to show the click", Duration::from_secs(10), |l| {
+            l.contains(&cmd) && l.contains("\"led\"")
+        });
 
     // The device goes away for good: its retained presence is cleared, and so is its config.
     agent.proc.signal("KILL");
