@@ -142,7 +142,8 @@ impl Agent {
             // One core slot (one topic) per quantity; the config validated the names.
             let first = core.sensors().len();
             for name in s.topic_names().map_err(ConfigError::Invalid)? {
-                core.add_sensor(name);
+                let index = core.add_sensor(name);
+                core.set_sensor_interval(index, s.interval_secs);
             }
             let slots = first..core.sensors().len();
             let interval = Duration::from_secs_f64(s.interval_secs);

@@ -38,6 +38,11 @@ pub fn presence(agent: &AgentState, state: PresenceState) -> Presence {
             .collect(),
         inputs: agent.inputs().iter().map(|i| i.name.clone()).collect(),
         sensors: agent.sensors().iter().map(|s| s.name.clone()).collect(),
+        intervals: agent
+            .sensors()
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.interval_secs?)))
+            .collect(),
         started_at: Some(agent.started_at()),
         ts: Some(agent.now()),
     }
@@ -119,6 +124,8 @@ mod test {
                 ("pifleet/group/downstairs/cmnd", q1),
                 ("pifleet/group/lights/cmnd", q1),
                 ("pifleet/all/cmnd", q1),
+                ("pifleet/dev/k/cmnd/+", q1),
+                ("pifleet/dev/k/cmnd/+/level", q1),
                 ("pifleet/dev/k/status", q1),
             ]
         );

@@ -569,6 +569,8 @@ mod test {
                 Sent::Subscribe(vec![
                     "pifleet/dev/k/cmnd".into(),
                     "pifleet/all/cmnd".into(),
+                    "pifleet/dev/k/cmnd/+".into(),
+                    "pifleet/dev/k/cmnd/+/level".into(),
                     "pifleet/dev/k/status".into(),
                 ])
             );

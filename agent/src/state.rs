@@ -17,7 +17,7 @@ use std::time::Duration;
 use pifleet_proto::payload::{
     EventKind, InputState, OutputState, Presence, PresenceState, SensorReading, StateSource,
 };
-use pifleet_proto::{Action, CommandId, Event, Level, Name, Topic};
+use pifleet_proto::{Action, CommandId, Event, Level, Name, PlainKind, Topic};
 use rumqttc::{Publish, SubscribeFilter, SubscribeReasonCode};
 
 use crate::announce;
@@ -54,6 +54,8 @@ pub struct InputSlot {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SensorSlot {
     pub name: Name,
+    /// How often it is read (`interval_secs`), announced in presence; `None` until set.
+    pub interval_secs: Option<f64>,
     pub last: Option<SensorReading>,
     pub failing: Option<String>,
 }
@@ -199,10 +201,16 @@ impl AgentState {
     pub fn add_sensor(&mut self, name: Name) -> usize {
         self.sensors.push(SensorSlot {
             name,
+            interval_secs: None,
             last: None,
             failing: None,
         });
         self.sensors.len() - 1
+    }
+
+    /// Sensor `index` is read every `secs` seconds (announced in presence as `intervals`).
+    pub fn set_sensor_interval(&mut self, index: usize, secs: f64) {
+        self.sensors[index].interval_secs = Some(secs);
     }
 
     pub fn is_connected(&self) -> bool {
@@ -311,18 +319,26 @@ impl AgentState {
             .collect()
     }
 
-    /// A PUBLISH from the broker: a command, or our own presence.
+    /// A PUBLISH from the broker: a command, a plain per-output command, or our own presence.
     pub fn handle_incoming_publish(&mut self, p: &Publish) -> Incoming {
-        match self.wire.topics().parse(&p.topic) {
-            Some(Topic::Command(_)) => {}
+        let plain = match self.wire.topics().parse(&p.topic) {
+            Some(Topic::Command(_)) => None,
+            Some(Topic::PlainCommand {
+                device,
+                output,
+                kind,
+            }) if device == *self.wire.device() => Some((output, kind)),
             Some(Topic::Status { device }) if device == *self.wire.device() => {
                 return self.on_own_status(&p.payload);
             }
             _ => return Incoming::Nothing,
-        }
+        };
         if p.retain {
             self.ignore_retained_command(&p.topic);
             return Incoming::Nothing;
+        }
+        if let Some((output, kind)) = plain {
+            return self.plain_command(&p.topic, &output, kind, &p.payload);
         }
         let cmd = match command::parse(&p.topic, &p.payload) {
             Ok(cmd) => cmd,
@@ -346,6 +362,56 @@ impl AgentState {
         match order {
             Ok(order) => Incoming::Switch(order),
             Err(e) => Incoming::Publish(vec![self.command_refused(cmd.id, &e)]),
+        }
+    }
+
+    /// A plain payload on `<prefix>/dev/<d>/cmnd/<output>` (`ON`, `OFF`) or `…/level` (a
+    /// number in percent), as Home Assistant sends them: made into an ordinary command with a
+    /// fresh id, so it is checked, executed and acknowledged (the output state carries the id)
+    /// like any other, and a refusal names that id. There is no id to deduplicate a QoS 1
+    /// redelivery by, which is why only idempotent payloads exist here (no toggle).
+    fn plain_command(
+        &mut self,
+        topic: &str,
+        output: &Name,
+        kind: PlainKind,
+        payload: &[u8],
+    ) -> Incoming {
+        let text = String::from_utf8_lossy(payload);
+        let text = text.trim();
+        let (action, value) = match kind {
+            PlainKind::Switch if text.eq_ignore_ascii_case("on") => (Action::On, None),
+            PlainKind::Switch if text.eq_ignore_ascii_case("off") => (Action::Off, None),
+            PlainKind::Level => match text.parse::<f64>() {
+                Ok(v) => (Action::Set, Some(v)),
+                Err(_) => {
+                    let message = format!(
+                        "refused command on {topic}: {text:?} is not a level (a number, percent)"
+                    );
+                    return Incoming::Publish(vec![self.event(
+                        EventKind::BadCommand,
+                        message,
+                        None,
+                    )]);
+                }
+            },
+            PlainKind::Switch => {
+                let message = format!("refused command on {topic}: {text:?} is neither ON nor OFF");
+                return Incoming::Publish(vec![self.event(EventKind::BadCommand, message, None)]);
+            }
+        };
+        let id = CommandId::generate();
+        tracing::info!("plain command on {topic}: {text} (command {id})");
+        match self.order(
+            Some(output),
+            action,
+            value,
+            None,
+            StateSource::Command,
+            Some(id.clone()),
+        ) {
+            Ok(order) => Incoming::Switch(order),
+            Err(e) => Incoming::Publish(vec![self.command_refused(id, &e)]),
         }
     }
 
@@ -772,6 +838,8 @@ mod test {
                 "pifleet/dev/k/cmnd",
                 "pifleet/group/downstairs/cmnd",
                 "pifleet/all/cmnd",
+                "pifleet/dev/k/cmnd/+",
+                "pifleet/dev/k/cmnd/+/level",
                 "pifleet/dev/k/status",
             ]
         );
@@ -1145,19 +1213,19 @@ mod test {
         let ok = SubscribeReasonCode::Success(QoS::AtLeastOnce);
         let no = SubscribeReasonCode::Failure;
         assert_eq!(
-            k.handle_suback(&[ok, no, ok, ok]),
+            k.handle_suback(&[ok, no, ok, ok, ok, ok]),
             vec![event(&format!(
                 r#"{{"kind":"subscription_refused","message":"broker refused subscription to group 'downstairs' (pifleet/group/downstairs/cmnd): check the device's groups in the broker's credentials","filter":"pifleet/group/downstairs/cmnd","ts":{T}}}"#
             ))]
         );
         // That SUBACK answered the SUBSCRIBE; another is for none of ours.
-        assert_eq!(k.handle_suback(&[no, no, no, no]), vec![]);
+        assert_eq!(k.handle_suback(&[no, no, no, no, no, no]), vec![]);
         // After the next CONNACK, a SUBACK whose count does not match says nothing.
         k.handle_connected();
         assert_eq!(k.handle_suback(&[no, no]), vec![]);
         // Refused at every connection, reported at every connection.
         k.handle_connected();
-        assert_eq!(k.handle_suback(&[no, ok, ok, ok]).len(), 1);
+        assert_eq!(k.handle_suback(&[no, ok, ok, ok, ok, ok]).len(), 1);
     }
 
     #[test]
@@ -1165,7 +1233,7 @@ mod test {
         let mut k = connected();
         k.handle_subscribe_unsent();
         let no = SubscribeReasonCode::Failure;
-        assert_eq!(k.handle_suback(&[no, no, no, no]), vec![]);
+        assert_eq!(k.handle_suback(&[no, no, no, no, no, no]), vec![]);
     }
 
     #[test]
@@ -1453,5 +1521,100 @@ mod test {
         let k = garden();
         let p = announce::presence(&k, PresenceState::Online);
         assert_eq!(p.dimmable, vec![n("lamp")]);
+    }
+
+    /// A plain payload on a per-output topic, through both steps with a pin that works.
+    fn plain(k: &mut AgentState, topic: &str, payload: &str) -> Incoming {
+        k.handle_incoming_publish(&publish(topic, payload))
+    }
+
+    #[test]
+    fn plain_on_and_off_switch_an_output_with_a_generated_id_that_the_state_acknowledges() {
+        let mut k = garden();
+        let Incoming::Switch(order) = plain(&mut k, "pifleet/dev/k/cmnd/led", "ON") else {
+            panic!("ON switches")
+        };
+        let id = order.cmd.clone().expect("a generated command id");
+        assert!(id.is_valid());
+        let done = k.handle_switched(order, Ok(()));
+        assert_eq!(done.publish[0].topic, "pifleet/dev/k/out/led");
+        let state = state_of(&done);
+        assert!(state.on);
+        assert_eq!(
+            (state.cmd, state.source),
+            (Some(id), StateSource::Command),
+            "acknowledged like any command"
+        );
+        let Incoming::Switch(order) = plain(&mut k, "pifleet/dev/k/cmnd/led", "OFF") else {
+            panic!("OFF switches")
+        };
+        assert!(!order.on);
+        assert_ne!(
+            order.cmd,
+            state_of(&done).cmd,
+            "every plain command has its own id"
+        );
+    }
+
+    #[test]
+    fn a_plain_level_sets_a_dimmable_output_and_on_brings_that_level_back() {
+        let mut k = garden();
+        let Incoming::Switch(order) = plain(&mut k, "pifleet/dev/k/cmnd/lamp/level", "40") else {
+            panic!("a level sets")
+        };
+        let done = k.handle_switched(order, Ok(()));
+        assert_eq!(
+            (state_of(&done).on, state_of(&done).level),
+            (true, Some(40.0))
+        );
+        // What Home Assistant sends next when a light is switched on at a brightness.
+        let Incoming::Switch(order) = plain(&mut k, "pifleet/dev/k/cmnd/lamp", "ON") else {
+            panic!("ON switches")
+        };
+        assert_eq!(order.level, Some(40.0));
+    }
+
+    #[test]
+    fn plain_payloads_that_are_wrong_are_refused_with_an_event_and_change_nothing() {
+        let mut k = garden();
+        for (topic, payload, reason) in [
+            ("pifleet/dev/k/cmnd/led", "TOGGLE", "neither ON nor OFF"),
+            ("pifleet/dev/k/cmnd/lamp/level", "bright", "not a level"),
+            ("pifleet/dev/k/cmnd/lamp/level", "140", "outside 0 to 100"),
+            ("pifleet/dev/k/cmnd/led/level", "40", "on/off only"),
+            ("pifleet/dev/k/cmnd/nope", "ON", "nope"),
+        ] {
+            let Incoming::Publish(out) = plain(&mut k, topic, payload) else {
+                panic!("{topic} {payload}: expected a refusal")
+            };
+            let e: Event = serde_json::from_slice(&out[0].payload).unwrap();
+            assert!(
+                e.message.contains(reason),
+                "{topic} {payload}: {}",
+                e.message
+            );
+        }
+        assert_eq!(k.outputs()[1].state.level, Some(0.0), "nothing changed");
+    }
+
+    #[test]
+    fn a_retained_or_foreign_plain_command_is_ignored() {
+        let mut k = garden();
+        let mut p = publish("pifleet/dev/k/cmnd/led", "ON");
+        p.retain = true;
+        assert_eq!(k.handle_incoming_publish(&p), Incoming::Nothing);
+        assert_eq!(
+            plain(&mut k, "pifleet/dev/other/cmnd/led", "ON"),
+            Incoming::Nothing
+        );
+    }
+
+    #[test]
+    fn presence_announces_each_sensor_interval() {
+        let mut k = kitchen();
+        k.set_sensor_interval(0, 2.5);
+        let p = announce::presence(&k, PresenceState::Online);
+        assert_eq!(p.intervals.get(&n("cpu")), Some(&2.5));
+        assert_eq!(p.intervals.get(&n("probe")), None, "unknown until set");
     }
 }

@@ -7,7 +7,9 @@
 //! - a device publishes only under `<prefix>/dev/<itself>/`, and subscribes only to filters that
 //!   lie entirely inside that subtree, plus `<prefix>/group/<g>/cmnd` for each of its groups and
 //!   `<prefix>/all/cmnd`: it can neither command nor watch another device;
-//! - a controller publishes and subscribes anywhere under `<prefix>/`;
+//! - a controller publishes and subscribes anywhere under `<prefix>/`, and under any extra
+//!   controller prefix the broker adds ([`Acl::allow_controllers_under`]: Home Assistant's
+//!   discovery prefix while `[homeassistant]` is on);
 //! - nobody reaches topics outside the prefix, `$SYS` included.
 //!
 //! An optional extra ACL file adds rules for topics outside the fleet's own:
@@ -110,6 +112,17 @@ impl Acl {
             topics: Topics::new(prefix)?,
             extra: parse_rules(text, origin)?,
         })
+    }
+
+    /// Lets controllers publish and subscribe under `prefix/` too (e.g. `homeassistant`, for
+    /// the discovery service and Home Assistant itself, which log in as controllers).
+    pub fn allow_controllers_under(&mut self, prefix: &str) {
+        let pattern = format!("{}/#", prefix.trim_end_matches('/'));
+        self.extra.push(Rule {
+            who: Subject::Role(Role::Controller),
+            publish: vec![pattern.clone()],
+            subscribe: vec![pattern],
+        });
     }
 
     /// Whether `who` may publish to the topic name `topic` (no wildcards). Allocation-free.
@@ -345,6 +358,21 @@ mod test {
 
     fn fleet() -> Acl {
         Acl::new("pifleet", None).unwrap()
+    }
+
+    #[test]
+    fn an_extra_controller_prefix_admits_controllers_only() {
+        let mut acl = fleet();
+        let ha = controller("ha");
+        let pi = device("kitchen", &[]);
+        assert!(!acl.may_publish(&ha, "homeassistant/device/pifleet_kitchen/config"));
+        acl.allow_controllers_under("homeassistant");
+        assert!(acl.may_publish(&ha, "homeassistant/device/pifleet_kitchen/config"));
+        assert!(acl.may_subscribe(&ha, "homeassistant/status"));
+        assert!(acl.may_subscribe(&ha, "homeassistant/#"));
+        assert!(!acl.may_publish(&pi, "homeassistant/device/pifleet_kitchen/config"));
+        assert!(!acl.may_subscribe(&pi, "homeassistant/#"));
+        assert!(!acl.may_publish(&ha, "homeassistantx/a"));
     }
 
     #[test]

@@ -26,6 +26,28 @@ pub struct Config {
     pub history: History,
     /// The web dashboard (`pifleet-web`), an MQTT client of this broker.
     pub dashboard: Dashboard,
+    /// Home Assistant discovery (`pifleet-homeassistant`), an MQTT client of this broker.
+    pub homeassistant: HomeAssistant,
+}
+
+/// `[homeassistant]`: the discovery service (`pifleet_homeassistant::service`). Opt-in: it
+/// publishes retained messages outside the fleet's prefix, which a broker shared with other
+/// applications should not get unasked.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HomeAssistant {
+    pub enabled: bool,
+    /// Home Assistant's discovery prefix (its MQTT integration's setting).
+    pub discovery_prefix: String,
+}
+
+impl Default for HomeAssistant {
+    fn default() -> Self {
+        HomeAssistant {
+            enabled: false,
+            discovery_prefix: pifleet_homeassistant::DEFAULT_DISCOVERY_PREFIX.to_string(),
+        }
+    }
 }
 
 /// `[history]`: the recorder service (`pifleet_history::service`), which keeps what devices
@@ -286,6 +308,7 @@ impl Default for Config {
             legacy: Vec::new(),
             history: History::default(),
             dashboard: Dashboard::default(),
+            homeassistant: HomeAssistant::default(),
         }
     }
 }
@@ -404,6 +427,16 @@ impl Config {
             .recorder()
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("[history]: {e}")))?;
+        let dp = &self.homeassistant.discovery_prefix;
+        if Topics::new(dp).is_err()
+            || Topics::new(&self.prefix)
+                .is_ok_and(|t| t.under_prefix(&format!("{dp}/x")).is_some() || dp == &self.prefix)
+        {
+            return bad(
+                "[homeassistant] discovery_prefix must be one or more '/'-separated topic levels \
+                 without wildcards, outside the fleet's prefix",
+            );
+        }
         if self.tls.enabled && (self.tls.cert.is_none() || self.tls.key.is_none()) {
             return bad(
                 "[tls] needs `cert` and `key` (create them with `pifleet-broker tls self-signed`)",
@@ -475,6 +508,19 @@ mod test {
         assert!(e.to_string().contains("max_conections"), "{e}");
         let e = Config::from_toml_str("[tls]\nenabled = true\n", "x").unwrap_err();
         assert!(e.to_string().contains("self-signed"), "{e}");
+    }
+
+    #[test]
+    fn home_assistant_is_off_by_default_and_its_prefix_is_checked() {
+        let h = Config::default().homeassistant;
+        assert!(!h.enabled);
+        assert_eq!(h.discovery_prefix, "homeassistant");
+        let c = Config::from_toml_str("[homeassistant]\nenabled = true\n", "x").unwrap();
+        assert!(c.homeassistant.enabled);
+        for bad in ["a/+", "pifleet", "pifleet/ha", ""] {
+            let toml = format!("[homeassistant]\ndiscovery_prefix = {bad:?}\n");
+            assert!(Config::from_toml_str(&toml, "x").is_err(), "{bad}");
+        }
     }
 
     #[test]

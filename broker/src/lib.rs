@@ -14,6 +14,7 @@
 //!   engine as any other client:
 //!   - [`legacy`]: the shim that relays old TCP clients' on/off/go to devices over MQTT;
 //!   - [`history`]: the recorder that keeps what devices report on disk (`[history]`);
+//!   - [`homeassistant`]: Home Assistant discovery for the fleet (`[homeassistant]`, opt-in);
 //!   - [`demo`]: a small simulated fleet in the same process, for the quickstart;
 //!   - [`dashboard`]: the web dashboard (`pifleet-web`).
 
@@ -27,6 +28,7 @@ pub mod demo;
 pub mod engine;
 pub mod health;
 pub mod history;
+pub mod homeassistant;
 pub mod legacy;
 pub mod services;
 pub mod tls;

@@ -66,6 +66,9 @@ struct Cli {
     /// Do not record history (`[history] enabled = false`).
     #[arg(long, global = true, conflicts_with = "history_dir")]
     no_history: bool,
+    /// Publish Home Assistant discovery for the fleet (`[homeassistant] enabled = true`).
+    #[arg(long, global = true)]
+    homeassistant: bool,
 }
 
 #[derive(Subcommand)]
@@ -198,6 +201,9 @@ fn main() -> ExitCode {
         config.history.enabled = true;
         config.history.dir = Some(d);
     }
+    if cli.homeassistant {
+        config.homeassistant.enabled = true;
+    }
     if cli.no_history {
         config.history.enabled = false;
     }
@@ -296,6 +302,15 @@ fn main() -> ExitCode {
         if let Some(h) = &history {
             say!("pifleet-broker: history in {}", h.dir().display());
         }
+        let homeassistant =
+            pifleet_broker::homeassistant::start(&config.homeassistant, &running, topics.clone())
+                .await;
+        if homeassistant.is_some() {
+            say!(
+                "pifleet-broker: Home Assistant discovery under {}/",
+                config.homeassistant.discovery_prefix
+            );
+        }
         let listen = config.dashboard.listen;
         match pifleet_broker::dashboard::start(
             &config,
@@ -331,6 +346,9 @@ fn main() -> ExitCode {
         #[cfg(not(feature = "demo"))]
         let () = demo;
         if let Some(h) = history {
+            h.stop().await;
+        }
+        if let Some(h) = homeassistant {
             h.stop().await;
         }
         running.engine.close_store();

@@ -139,6 +139,10 @@ pub enum Command {
     /// Record what the devices report into the history directory, until Ctrl-C (what
     /// pifleet-broker does by itself; for other brokers).
     Record(crate::cmd::record::RecordArgs),
+    /// Publish Home Assistant discovery for the fleet, until Ctrl-C (what pifleet-broker does
+    /// with `[homeassistant] enabled`; for other brokers).
+    #[command(name = "homeassistant")]
+    Homeassistant(crate::cmd::homeassistant::HomeAssistantArgs),
     /// Serve the web dashboard (default http://127.0.0.1:8080) for the fleet on --broker.
     Serve(crate::cmd::serve::ServeArgs),
 }

@@ -45,6 +45,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Watch(a) => cmd::watch::exec(&cli.global, topics, a).await,
         Command::History(a) => cmd::history::exec(&cli.global, a),
         Command::Record(a) => cmd::record::exec(&cli.global, topics, a).await,
+        Command::Homeassistant(a) => cmd::homeassistant::exec(&cli.global, topics, a).await,
         Command::Serve(a) => cmd::serve::exec(&cli.global, topics, a).await,
     };
     match result {

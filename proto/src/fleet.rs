@@ -60,7 +60,7 @@ pub fn decode(
             device,
             event: serde_json::from_slice::<Event>(payload).map_err(err)?,
         },
-        Topic::Command(_) => return Ok(None),
+        Topic::Command(_) | Topic::PlainCommand { .. } => return Ok(None),
     }))
 }
 

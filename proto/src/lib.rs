@@ -32,7 +32,7 @@ pub use payload::{
     Action, Command, CommandId, Event, EventKind, InputState, Level, OutputState, Presence,
     PresenceState, SensorReading, StateSource,
 };
-pub use topic::{Target, Topic, Topics};
+pub use topic::{PlainKind, Target, Topic, Topics};
 
 /// The version every agent reports in its presence message.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -2,6 +2,7 @@
 //! `null` so that a hand-written `mosquitto_pub -m '{"id":"1","action":"on"}'` is a valid command.
 //! Unknown fields are ignored on input, so newer agents and older controllers interoperate.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -35,6 +36,11 @@ pub struct Presence {
     pub inputs: Vec<Name>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sensors: Vec<Name>,
+    /// How often each sensor among `sensors` is read, in seconds (`interval_secs`): what a
+    /// consumer needs to tell a stale reading from a slow one (Home Assistant's `expire_after`).
+    /// Absent from agents before it was added; a sensor missing here has an unknown interval.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub intervals: BTreeMap<Name, f64>,
     /// When the agent process started (Unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<u64>,
@@ -55,6 +61,7 @@ impl Presence {
             dimmable: vec![],
             inputs: vec![],
             sensors: vec![],
+            intervals: BTreeMap::new(),
             started_at: None,
             ts: None,
         }
@@ -389,6 +396,12 @@ mod test {
         assert!(p.is_online());
         assert_eq!(p.groups, vec![n("kitchen")]);
         assert_eq!(p.started_at, Some(1_700_000_000_000));
+        assert!(p.intervals.is_empty());
+        // The fixture of docs/protocol.md, "Presence": a pwm output and sensor intervals.
+        let fixture = r#"{"state":"online","version":"0.1.0","outputs":["led","lamp"],"dimmable":["lamp"],"inputs":["button"],"sensors":["cpu","room"],"intervals":{"cpu":10.0,"room":30.0},"started_at":1700000000000,"ts":1700000000500}"#;
+        let p: Presence = serde_json::from_str(fixture).unwrap();
+        assert_eq!(p.intervals.get(&n("room")), Some(&30.0));
+        assert_eq!(serde_json::to_string(&p).unwrap(), fixture);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! ```text
 //! <prefix>/dev/<device>/status          retained  presence, offline via last will
 //! <prefix>/dev/<device>/cmnd            -         commands for one device
+//! <prefix>/dev/<device>/cmnd/<output>   -         plain ON / OFF for one output (Home Assistant)
+//! <prefix>/dev/<device>/cmnd/<output>/level  -    plain level in percent for one output
 //! <prefix>/group/<group>/cmnd           -         commands for every device in a group
 //! <prefix>/all/cmnd                     -         commands for the whole fleet
 //! <prefix>/dev/<device>/out/<output>    retained  output state + id of the command that set it
@@ -39,15 +41,44 @@ impl fmt::Display for Target {
     }
 }
 
+/// What a plain per-output command topic carries (see [`Topics::plain_command`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainKind {
+    /// `ON` or `OFF`.
+    Switch,
+    /// A level in percent, as a bare number (`40`, `12.5`).
+    Level,
+}
+
 /// A parsed pifleet topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Topic {
-    Status { device: Name },
+    Status {
+        device: Name,
+    },
     Command(Target),
-    Output { device: Name, output: Name },
-    Input { device: Name, input: Name },
-    Sensor { device: Name, sensor: Name },
-    Event { device: Name },
+    /// A plain payload for one output, for clients that cannot send JSON commands with an id
+    /// (Home Assistant): the agent makes the command and its id.
+    PlainCommand {
+        device: Name,
+        output: Name,
+        kind: PlainKind,
+    },
+    Output {
+        device: Name,
+        output: Name,
+    },
+    Input {
+        device: Name,
+        input: Name,
+    },
+    Sensor {
+        device: Name,
+        sensor: Name,
+    },
+    Event {
+        device: Name,
+    },
 }
 
 impl Topic {
@@ -59,6 +90,7 @@ impl Topic {
             | Topic::Input { device, .. }
             | Topic::Sensor { device, .. }
             | Topic::Event { device }
+            | Topic::PlainCommand { device, .. }
             | Topic::Command(Target::Device(device)) => Some(device),
             Topic::Command(_) => None,
         }
@@ -114,6 +146,16 @@ impl Topics {
             Target::Device(d) => format!("{}/dev/{d}/cmnd", self.prefix),
             Target::Group(g) => format!("{}/group/{g}/cmnd", self.prefix),
             Target::All => format!("{}/all/cmnd", self.prefix),
+        }
+    }
+
+    /// Where a plain command for one output goes: `ON`/`OFF` ([`PlainKind::Switch`]) on
+    /// `<prefix>/dev/<device>/cmnd/<output>`, a level on `…/cmnd/<output>/level`. Inside the
+    /// device's command space: never retained, and no other device may publish there.
+    pub fn plain_command(&self, device: &Name, output: &Name, kind: PlainKind) -> String {
+        match kind {
+            PlainKind::Switch => format!("{}/dev/{device}/cmnd/{output}", self.prefix),
+            PlainKind::Level => format!("{}/dev/{device}/cmnd/{output}/level", self.prefix),
         }
     }
 
@@ -201,15 +243,19 @@ impl Topics {
         }
     }
 
-    /// The command topics a device listens on: its own, each of its groups', the fleet's.
+    /// The command topics a device listens on: its own, each of its groups', the fleet's, then
+    /// its plain per-output ones (`cmnd/+`, `cmnd/+/level`), which lie in its own subtree.
     pub fn agent_subscriptions(&self, device: &Name, groups: &[Name]) -> Vec<String> {
-        let mut subs = vec![self.command(&Target::Device(device.clone()))];
+        let own = self.command(&Target::Device(device.clone()));
+        let mut subs = vec![own.clone()];
         subs.extend(
             groups
                 .iter()
                 .map(|g| self.command(&Target::Group(g.clone()))),
         );
         subs.push(self.command(&Target::All));
+        subs.push(format!("{own}/+"));
+        subs.push(format!("{own}/+/level"));
         subs
     }
 
@@ -256,6 +302,16 @@ impl Topics {
             ["all", "cmnd"] => Topic::Command(Target::All),
             ["group", g, "cmnd"] => Topic::Command(Target::Group(name(g)?)),
             ["dev", d, "cmnd"] => Topic::Command(Target::Device(name(d)?)),
+            ["dev", d, "cmnd", o] => Topic::PlainCommand {
+                device: name(d)?,
+                output: name(o)?,
+                kind: PlainKind::Switch,
+            },
+            ["dev", d, "cmnd", o, "level"] => Topic::PlainCommand {
+                device: name(d)?,
+                output: name(o)?,
+                kind: PlainKind::Level,
+            },
             ["dev", d, "status"] => Topic::Status { device: name(d)? },
             ["dev", d, "event"] => Topic::Event { device: name(d)? },
             ["dev", d, "out", o] => Topic::Output {
@@ -350,8 +406,18 @@ mod test {
             vec![
                 "pifleet/dev/kitchen/cmnd",
                 "pifleet/group/down/cmnd",
-                "pifleet/all/cmnd"
+                "pifleet/all/cmnd",
+                "pifleet/dev/kitchen/cmnd/+",
+                "pifleet/dev/kitchen/cmnd/+/level"
             ]
+        );
+        assert_eq!(
+            t.plain_command(&n("kitchen"), &n("led"), PlainKind::Switch),
+            "pifleet/dev/kitchen/cmnd/led"
+        );
+        assert_eq!(
+            t.plain_command(&n("kitchen"), &n("lamp.1"), PlainKind::Level),
+            "pifleet/dev/kitchen/cmnd/lamp.1/level"
         );
     }
 
@@ -371,6 +437,22 @@ mod test {
                 Topic::Command(Target::Group(n("g"))),
             ),
             (t.command(&Target::All), Topic::Command(Target::All)),
+            (
+                t.plain_command(&d, &o, PlainKind::Switch),
+                Topic::PlainCommand {
+                    device: d.clone(),
+                    output: o.clone(),
+                    kind: PlainKind::Switch,
+                },
+            ),
+            (
+                t.plain_command(&d, &o, PlainKind::Level),
+                Topic::PlainCommand {
+                    device: d.clone(),
+                    output: o.clone(),
+                    kind: PlainKind::Level,
+                },
+            ),
             (
                 t.output(&d, &o),
                 Topic::Output {
@@ -407,6 +489,8 @@ mod test {
         assert_eq!(t.parse("pifleet/dev/all/status"), None);
         assert_eq!(t.parse("pifleet/dev//status"), None);
         assert_eq!(t.parse("pifleet"), None);
+        assert_eq!(t.parse("pifleet/dev/kitchen/cmnd/led/other"), None);
+        assert_eq!(t.parse("pifleet/dev/kitchen/cmnd/a b"), None);
     }
 
     #[test]

@@ -125,6 +125,9 @@ pub struct AccessFiles {
     pub acl_file: Option<PathBuf>,
     /// The fleet's topic prefix, which the ACL's own rules follow.
     pub prefix: String,
+    /// Prefixes outside the fleet's that controllers may use too (Home Assistant's discovery
+    /// prefix when `[homeassistant]` is on), kept across reloads.
+    pub controller_prefixes: Vec<String>,
     /// What the files looked like just before they were read.
     seen: reload::Seen,
 }
@@ -141,6 +144,12 @@ impl Access {
                 credentials: credentials.clone(),
                 acl_file: config.auth.acl_file.clone(),
                 prefix: config.prefix.clone(),
+                controller_prefixes: config
+                    .homeassistant
+                    .enabled
+                    .then(|| config.homeassistant.discovery_prefix.clone())
+                    .into_iter()
+                    .collect(),
                 seen: reload::Seen::default(),
             });
         let (credentials, acl) = match &mut files {
@@ -186,7 +195,10 @@ impl AccessFiles {
         let setup = |e: &dyn std::fmt::Display| BrokerError::Setup(e.to_string());
         self.seen = reload::Seen::of(self);
         let credentials = Credentials::load(&self.credentials).map_err(|e| setup(&e))?;
-        let acl = Acl::new(&self.prefix, self.acl_file.as_deref()).map_err(|e| setup(&e))?;
+        let mut acl = Acl::new(&self.prefix, self.acl_file.as_deref()).map_err(|e| setup(&e))?;
+        for p in &self.controller_prefixes {
+            acl.allow_controllers_under(p);
+        }
         Ok((credentials, acl))
     }
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod history;
+pub mod homeassistant;
 pub mod record;
 pub mod serve;
 pub mod status;
