@@ -19,6 +19,36 @@ const PAGE_STATE: &str = "return JSON.stringify({error: document.getElementById(
     .map(r => r.dataset.device + ':' + r.dataset.presence + ':' + r.className + ':' + r.textContent), \
     results: document.querySelector('#results tbody').textContent});";
 
+/// Whether the browser is missing (then the test is skipped, or fails under CI).
+fn no_browser() -> bool {
+    if have("chromium") && have("chromedriver") {
+        return false;
+    }
+    skip("chromium and chromedriver (Debian: apt-get install chromium chromium-driver)");
+    true
+}
+
+/// A broker in memory with its dashboard on a free loopback port, its charts reading `history`
+/// (no recorder without it); and the dashboard's URL.
+fn dashboard_broker(history: Option<&std::path::Path>) -> (Broker, String) {
+    let mut cmd = Command::new(bin("pifleet-broker"));
+    cmd.args([
+        "--mqtt",
+        "127.0.0.1:0",
+        "--no-ws",
+        "--dashboard",
+        "127.0.0.1:0",
+        "--no-state",
+    ]);
+    match history {
+        Some(dir) => cmd.arg("--history-dir").arg(dir),
+        None => cmd.arg("--no-history"),
+    };
+    let broker = Broker::ready(Proc::spawn("broker", cmd), false);
+    let url = dashboard_url(&broker);
+    (broker, url)
+}
+
 /// The dashboard's URL, from the broker's readiness line.
 fn dashboard_url(broker: &Broker) -> String {
     let line = broker
@@ -48,8 +78,7 @@ fn open_page(url: &str, online: usize) -> (TempDir, Driver) {
 
 #[test]
 fn a_browser_sees_the_fleet_switches_all_on_sees_a_press_and_charts() {
-    if !have("chromium") || !have("chromedriver") {
-        skip("chromium and chromedriver (Debian: apt-get install chromium chromium-driver)");
+    if no_browser() {
         return;
     }
     // Recorded history for the history chart: an hour of readings per device.
@@ -75,19 +104,7 @@ fn a_browser_sees_the_fleet_switches_all_on_sees_a_press_and_charts() {
         rec.tick(now);
         rec.flush();
     }
-    let mut cmd = Command::new(bin("pifleet-broker"));
-    cmd.args([
-        "--mqtt",
-        "127.0.0.1:0",
-        "--no-ws",
-        "--dashboard",
-        "127.0.0.1:0",
-    ])
-    .arg("--no-state")
-    .arg("--history-dir")
-    .arg(history.path());
-    let broker = Broker::ready(Proc::spawn("broker", cmd), false);
-    let url = dashboard_url(&broker);
+    let (broker, url) = dashboard_broker(Some(history.path()));
     let mut agents: Vec<Agent> = [("garage", "outside"), ("kitchen", "downstairs"), ("porch", "outside")]
         .iter()
         .map(|(d, g)| {
@@ -188,22 +205,10 @@ fn set_filter(d: &Driver, q: &str) {
 
 #[test]
 fn a_browser_lists_hundreds_of_devices_in_name_order_filters_them_and_updates_one_row_in_place() {
-    if !have("chromium") || !have("chromedriver") {
-        skip("chromium and chromedriver (Debian: apt-get install chromium chromium-driver)");
+    if no_browser() {
         return;
     }
-    let mut cmd = Command::new(bin("pifleet-broker"));
-    cmd.args([
-        "--mqtt",
-        "127.0.0.1:0",
-        "--no-ws",
-        "--dashboard",
-        "127.0.0.1:0",
-        "--no-state",
-        "--no-history",
-    ]);
-    let broker = Broker::ready(Proc::spawn("broker", cmd), false);
-    let url = dashboard_url(&broker);
+    let (broker, url) = dashboard_broker(None);
     // 400 devices (retained presence and a reading each, as agents leave them), published in
     // reverse order, four groups.
     let now = pifleet_proto::time::now_ms();

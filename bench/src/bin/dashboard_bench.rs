@@ -21,10 +21,11 @@
 //! 3. **Browser** (headless Chromium over WebDriver, unless `--no-browser`): time from navigation
 //!    to all rows online in the table; then for `--browser-secs` while the fleet publishes: the
 //!    sensor ages the table shows (sampled every 2 s), rows whose value changed, the page's long
-//!    tasks (> 50 ms, PerformanceObserver), the browser's CPU and the renderer's RSS (`/proc`),
-//!    the JS heap (`performance.memory`); a filter by group and by name (time of the input
-//!    handler, rows shown); an All-off clicked on the page until its report shows every device
-//!    confirmed.
+//!    tasks (> 50 ms, PerformanceObserver) and its own counters (events, table updates, their
+//!    script time), the browser's CPU and the largest renderer's RSS (`/proc`), the JS heap
+//!    (`performance.memory`); a filter by group and by name (time of the input handler, rows
+//!    shown); an All-off clicked on the page until its report shows every device confirmed.
+//!    A page that stops answering WebDriver is reported as `page: failed`, with the rest.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};

@@ -36,6 +36,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use floods::{Ctx, Flood, Src};
 use pifleet_bench::procfs;
+// A thousands separator for counts in the report.
+use pifleet_bench::thousands as n;
 use raw::{connect_packet, Net, Outcome, Port};
 
 const EXIT_FAIL: u8 = 1;
@@ -128,19 +130,6 @@ fn secret(dir: &std::path::Path, who: &str) -> Result<String, String> {
     let path = dir.join(format!("{who}.secret"));
     let s = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(s.trim_end().to_string())
-}
-
-/// A thousands separator for counts in the report.
-fn n(v: u64) -> String {
-    let s = v.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn main() -> ExitCode {
