@@ -312,7 +312,11 @@ impl LatencySide {
     /// Command number `i` (on and off in turn), timed until its confirmation.
     async fn command(&mut self, topics: &Topics, i: usize) {
         let target = Target::Device(Name::new("lat-0").unwrap());
-        let action = if i % 2 == 0 { Action::On } else { Action::Off };
+        let action = if i.is_multiple_of(2) {
+            Action::On
+        } else {
+            Action::Off
+        };
         let (d, acked) = command_round(&mut self.controller, topics, &target, 1, action).await;
         assert_eq!(acked, 1, "command {i} was not confirmed");
         self.micros.push(d.as_secs_f64() * 1e6);
