@@ -47,6 +47,10 @@ struct Args {
     /// Seconds to watch an idle agent process for its CPU figure.
     #[arg(long, default_value = "10")]
     idle_secs: u64,
+    /// Confirmation latency only, on every target at once: one command to each in turn, so
+    /// that all of them see the same load (the fair side-by-side on a shared machine).
+    #[arg(long)]
+    latency_only: bool,
     /// Directory with the pifleet-agent and pifleet binaries (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -101,6 +105,77 @@ async fn command_round(
     (started.elapsed(), acked)
 }
 
+/// One device and one controller for the confirmation-latency figure.
+struct LatencySide {
+    fleet: Fleet,
+    controller: Controller,
+    micros: Vec<f64>,
+}
+
+impl LatencySide {
+    async fn start(url: &BrokerUrl, topics: &Topics) -> LatencySide {
+        let (fleet, _) = Fleet::start(url, "lat", 1, topics, Duration::from_secs(60)).await;
+        let mut controller =
+            Controller::connect(url, &format!("bench-ctl:{}", CommandId::generate())).await;
+        controller.subscribe(vec![topics.output_filter(None)]).await;
+        LatencySide {
+            fleet,
+            controller,
+            micros: Vec::new(),
+        }
+    }
+
+    /// Command number `i` (on and off in turn), timed until its confirmation.
+    async fn command(&mut self, topics: &Topics, i: usize) {
+        let target = Target::Device(Name::new("lat-0").unwrap());
+        let action = if i.is_multiple_of(2) {
+            Action::On
+        } else {
+            Action::Off
+        };
+        let (d, acked) = command_round(&mut self.controller, topics, &target, 1, action).await;
+        assert_eq!(acked, 1, "command {i} was not confirmed");
+        self.micros.push(d.as_secs_f64() * 1e6);
+    }
+
+    async fn finish(mut self, r: &mut Results, commands: usize, how: &str) {
+        self.micros.sort_by(f64::total_cmp);
+        r.add(
+            format!("confirmation latency p50 / p99 ({commands} commands{how})"),
+            format!(
+                "{:.0} µs / {:.0} µs",
+                pct(&self.micros, 0.5),
+                pct(&self.micros, 0.99)
+            ),
+        );
+        self.fleet.stop().await;
+    }
+}
+
+/// `--latency-only`: the confirmation latency of every target, measured at once (one command
+/// to each in turn, the first target rotating), so a busy machine slows all of them alike.
+async fn interleaved_latency(targets: &[TargetSpec], args: &Args) -> Vec<Results> {
+    let topics = Topics::new(&format!("bench{}", std::process::id())).unwrap();
+    let mut sides = Vec::new();
+    for t in targets {
+        sides.push(LatencySide::start(&t.url, &topics).await);
+    }
+    for i in 0..args.commands {
+        let n = sides.len();
+        for k in 0..n {
+            sides[(i + k) % n].command(&topics, i).await;
+        }
+    }
+    let mut all = Vec::new();
+    for (t, side) in targets.iter().zip(sides) {
+        let mut r = Results { rows: vec![] };
+        println!("== {} ({})", t.name, t.url);
+        side.finish(&mut r, args.commands, ", interleaved").await;
+        all.push(r);
+    }
+    all
+}
+
 async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results {
     let mut r = Results::default();
     let topics = Topics::new(&format!("bench{}", std::process::id())).unwrap();
@@ -114,27 +189,11 @@ async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results
 
     // Confirmation latency: one device, commands one after another.
     {
-        let (fleet, _) = Fleet::start(&t.url, "lat", 1, &topics, Duration::from_secs(60)).await;
-        let mut c =
-            Controller::connect(&t.url, &format!("bench-ctl:{}", CommandId::generate())).await;
-        c.subscribe(vec![topics.output_filter(None)]).await;
-        let target = Target::Device(Name::new("lat-0").unwrap());
-        let mut lat = Vec::with_capacity(args.commands);
+        let mut side = LatencySide::start(&t.url, &topics).await;
         for i in 0..args.commands {
-            let action = if i % 2 == 0 { Action::On } else { Action::Off };
-            let (d, acked) = command_round(&mut c, &topics, &target, 1, action).await;
-            assert_eq!(acked, 1, "command {i} was not confirmed");
-            lat.push(d.as_secs_f64() * 1e6);
+            side.command(&topics, i).await;
         }
-        lat.sort_by(f64::total_cmp);
-        r.add(
-            format!(
-                "confirmation latency p50 / p99 ({} commands)",
-                args.commands
-            ),
-            format!("{:.0} µs / {:.0} µs", pct(&lat, 0.5), pct(&lat, 0.99)),
-        );
-        fleet.stop().await;
+        side.finish(&mut r, args.commands, "").await;
     }
 
     // Telemetry: two publishers, QoS 0, 64-byte payloads, one subscriber counting.
@@ -342,9 +401,22 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // Each measurement runs in a task on the runtime's workers, like the client code it drives,
+    // not in `block_on` on the main thread: there every reply would wait for a wake-up of
+    // another thread, a cost of the harness rather than of the broker under test.
+    let targets = std::sync::Arc::new(targets);
+    let args = std::sync::Arc::new(args);
+    let bins = std::sync::Arc::new(bins);
     let mut all = Vec::new();
-    for t in &targets {
-        all.push(rt.block_on(measure(t, &args, &bins)));
+    if args.latency_only {
+        let (targets, args) = (targets.clone(), args.clone());
+        let task = rt.spawn(async move { interleaved_latency(&targets, &args).await });
+        all = rt.block_on(task).expect("measurement task");
+    }
+    for i in (0..targets.len()).filter(|_| !args.latency_only) {
+        let (targets, args, bins) = (targets.clone(), args.clone(), bins.clone());
+        let task = rt.spawn(async move { measure(&targets[i], &args, &bins).await });
+        all.push(rt.block_on(task).expect("measurement task"));
     }
     println!();
     let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();

@@ -156,6 +156,7 @@ pub(super) async fn serve<R, W>(
         wbuf,
         denied: 0,
         congested: Vec::new(),
+        forwarded: false,
     };
     c.resend_inflight();
     let end = c.run(&mut r, &mut w, rbuf, &attachment.link, max).await;
@@ -228,6 +229,8 @@ struct Conn<'a> {
     denied: u32,
     /// Subscribers that the last publishes found congested: waited for before reading more.
     congested: Vec<Arc<Outbox>>,
+    /// The packets just handled queued a message for another session.
+    forwarded: bool,
 }
 
 impl Conn<'_> {
@@ -333,6 +336,13 @@ impl Conn<'_> {
                 Err(DecodeError::Incomplete) => break,
                 Err(e) => return Err(End::Protocol(format!("{e}"))),
             }
+        }
+        if std::mem::take(&mut self.forwarded) {
+            // The subscribers' connections were just woken on this worker: let them write the
+            // message before this one writes its PUBACK, so the acknowledgement (which the
+            // publisher does not wait for) is not on the path of the delivery (which someone
+            // does: a command's confirmation is two such hops).
+            tokio::task::yield_now().await;
         }
         if !self.congested.is_empty() {
             // Backpressure: answer what we owe, then let the slow subscribers catch up before
@@ -485,7 +495,7 @@ impl Conn<'_> {
             return Ok(());
         }
         if deliver {
-            self.engine.publish(
+            self.forwarded |= self.engine.publish(
                 Message {
                     topic: p.topic.into_boxed_str(),
                     // A copy, so a retained message does not pin the read buffer it arrived in.
@@ -586,4 +596,128 @@ fn read_some<'a, R: AsyncRead + Unpin>(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod test {
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    use super::*;
+    use crate::config::Limits;
+    use crate::engine::Access;
+
+    /// Every write of every connection, in the order the engine made them.
+    type Log = Arc<Mutex<Vec<(&'static str, Vec<u8>)>>>;
+
+    /// A connection's socket that records what the engine writes to it.
+    struct Recorded {
+        inner: DuplexStream,
+        name: &'static str,
+        log: Log,
+    }
+
+    impl AsyncWrite for Recorded {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if let Poll::Ready(Ok(n)) = res {
+                let entry = (self.name, buf[..n].to_vec());
+                self.log.lock().unwrap().push(entry);
+            }
+            res
+        }
+
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Starts a connection task for client `id`; returns the client's ends (what it sends, what
+    /// it receives) after the CONNACK.
+    async fn client(
+        engine: &Arc<Engine>,
+        id: &'static str,
+        log: &Log,
+    ) -> (DuplexStream, DuplexStream) {
+        let (mut to_broker, from_client) = tokio::io::duplex(4096);
+        let (to_client, mut from_broker) = tokio::io::duplex(4096);
+        let w = Recorded {
+            inner: to_client,
+            name: id,
+            log: log.clone(),
+        };
+        let engine = engine.clone();
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        tokio::spawn(async move { serve(&engine, from_client, w, peer, deadline).await });
+        let connect = [
+            0x10,
+            13,
+            0,
+            4,
+            b'M',
+            b'Q',
+            b'T',
+            b'T',
+            4,
+            2,
+            0,
+            60,
+            0,
+            1,
+            id.as_bytes()[0],
+        ];
+        to_broker.write_all(&connect).await.unwrap();
+        let mut connack = [0u8; 4];
+        from_broker.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0]);
+        (to_broker, from_broker)
+    }
+
+    /// The publisher does not wait for its PUBACK, the subscriber's answer is what someone
+    /// waits for (a command's confirmation is two such hops): the delivery goes first.
+    #[tokio::test]
+    async fn a_delivery_is_written_before_the_publishers_puback() {
+        let engine = Engine::new(Limits::default(), Access::default());
+        let log = Log::default();
+        let (mut sub_tx, mut sub_rx) = client(&engine, "s", &log).await;
+        sub_tx
+            .write_all(&[0x82, 6, 0, 1, 0, 1, b't', 1])
+            .await
+            .unwrap();
+        let mut suback = [0u8; 5];
+        sub_rx.read_exact(&mut suback).await.unwrap();
+        assert_eq!(suback, [0x90, 3, 0, 1, 1]);
+        let (mut pub_tx, mut pub_rx) = client(&engine, "p", &log).await;
+        log.lock().unwrap().clear();
+
+        pub_tx
+            .write_all(&[0x32, 6, 0, 1, b't', 0, 7, b'x'])
+            .await
+            .unwrap();
+        let mut puback = [0u8; 4];
+        pub_rx.read_exact(&mut puback).await.unwrap();
+        assert_eq!(puback, [0x40, 2, 0, 7]);
+        let mut delivery = [0u8; 8];
+        sub_rx.read_exact(&mut delivery).await.unwrap();
+        assert_eq!(delivery, [0x32, 6, 0, 1, b't', 0, 1, b'x']);
+
+        let order: Vec<&str> = log.lock().unwrap().iter().map(|(n, _)| *n).collect();
+        assert_eq!(order, ["s", "p"], "delivery first, then the PUBACK");
+    }
 }

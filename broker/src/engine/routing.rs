@@ -39,10 +39,16 @@ pub(crate) enum SubscribeRefused {
 impl Engine {
     /// Routes a message to every matching subscription and updates the retained store.
     /// Subscribers (other than `from`) whose queues are congested are added to `congested`, so
-    /// the publishing connection can wait for them before reading more.
-    pub(crate) fn publish(&self, message: Message, from: u64, congested: &mut Vec<Arc<Outbox>>) {
+    /// the publishing connection can wait for them before reading more. Returns whether the
+    /// message was queued for a session other than `from`.
+    pub(crate) fn publish(
+        &self,
+        message: Message,
+        from: u64,
+        congested: &mut Vec<Arc<Outbox>>,
+    ) -> bool {
         let mut st = self.state();
-        self.route(&mut st, message, from, congested);
+        self.route(&mut st, message, from, congested)
     }
 
     pub(super) fn route(
@@ -51,7 +57,7 @@ impl Engine {
         mut message: Message,
         from: u64,
         congested: &mut Vec<Arc<Outbox>>,
-    ) {
+    ) -> bool {
         if message.retain && self.topics.is_command_space(&message.topic) {
             // A stored command would switch the device again on every reconnect.
             message.retain = false;
@@ -88,6 +94,7 @@ impl Engine {
         }
         // A QoS 1/2 message for persistent sessions is stored once, however many it reaches.
         let mut stored = None;
+        let mut forwarded = false;
         for (id, qos, outbox) in hits {
             let qos = message.qos.min(qos);
             let stored = match qos != QoS::AtMostOnce && outbox.is_logged() {
@@ -100,11 +107,13 @@ impl Engine {
                 retain: false,
                 stored,
             });
+            forwarded |= pushed != Pushed::Dropped && id != from;
             // A client's own subscription never holds it back: it drains its own queue.
             if pushed == Pushed::Congested && id != from && !congested.iter().any(|o| o.id == id) {
                 congested.push(outbox.clone());
             }
         }
+        forwarded
     }
 
     /// Updates the retained store for `message`, within `max_retained_messages` and
