@@ -108,9 +108,16 @@ fn a_browser_sees_the_fleet_switches_all_on_sees_a_press_and_charts() {
     let mut agents: Vec<Agent> = [("garage", "outside"), ("kitchen", "downstairs"), ("porch", "outside")]
         .iter()
         .map(|(d, g)| {
-            let extra = format!(
+            let mut extra = format!(
                 "groups = [\"{g}\"]\n[[sensor]]\nname = \"temp\"\nkind = \"sim\"\ninterval_secs = 0.5\n"
             );
+            if *d == "kitchen" {
+                // A dimmable output beside the LED: the page gives it a level control.
+                extra.push_str(
+                    "[[output]]\nname = \"led\"\npin = 17\n\
+                     [[output]]\nname = \"lamp\"\npin = 18\nkind = \"pwm\"\n",
+                );
+            }
             Agent::start(&broker.url(), d, &extra)
         })
         .collect();
@@ -134,6 +141,33 @@ fn a_browser_sees_the_fleet_switches_all_on_sees_a_press_and_charts() {
         Duration::from_secs(5),
         "const o = [...document.querySelectorAll('#fleet [data-output=led]')]; \
          return o.length === 3 && o.every(x => x.dataset.on === 'true');",
+        PAGE_STATE,
+    );
+
+    // The kitchen's dimmable lamp: a level typed into its own control, confirmed and shown.
+    d.wait(
+        "the lamp's level control",
+        Duration::from_secs(5),
+        "return !!document.querySelector('tr[data-device=kitchen] input[data-level-for=lamp]');",
+        PAGE_STATE,
+    );
+    d.js(
+        "const i = document.querySelector('tr[data-device=kitchen] input[data-level-for=lamp]'); \
+          i.value = '30'; return 1;",
+    );
+    d.click("tr[data-device=kitchen] [data-output=lamp] button[data-action=set]");
+    d.wait(
+        "the kitchen lamp at 30 %",
+        Duration::from_secs(10),
+        "const s = document.querySelector('tr[data-device=kitchen] [data-output=lamp] .state'); \
+         return !!s && s.textContent === '30 %';",
+        PAGE_STATE,
+    );
+    d.wait(
+        "the lamp's confirmation in the results",
+        Duration::from_secs(5),
+        "const r = [...document.querySelectorAll('#results tbody tr')]; \
+         return r.length === 1 && r[0].dataset.outcome === 'confirmed';",
         PAGE_STATE,
     );
 

@@ -87,10 +87,11 @@ async function api(path, opts = {}) {
 
 // ---- the fleet table ---------------------------------------------------------------------
 
-function command(target, name, action, output) {
+function command(target, name, action, output, value) {
   const body = { target, action };
   if (name) body.name = name;
   if (output) body.output = output;
+  if (value !== undefined) body.value = value;
   const label = target === "all" ? "all devices" : target + " " + name;
   $("busy").textContent = action + " → " + label + "…";
   return api("/api/command", { method: "POST", body })
@@ -225,11 +226,25 @@ function renderOutput(tr, name, output, state) {
       })));
     td.append(span);
   }
-  const on = String(!!state.on);
-  if (span.dataset.on === on) return;
-  span.dataset.on = on;
+  // A dimmable output (its state carries a level) gets a level control, once.
+  if (typeof state.level === "number" && !span.querySelector("input.level")) {
+    const level = el("input", {
+      class: "level", type: "number", min: "0", max: "100", step: "1",
+      "data-level-for": output, title: "level, %",
+    });
+    level.value = String(state.level);
+    span.append(level, el("button", {
+      class: "small", "data-action": "set", text: "set",
+      onclick: () => command("device", name, "set", output, Number(level.value)),
+    }));
+  }
+  const shown = typeof state.level === "number" ? state.level + " %" : (state.on ? "on" : "off");
+  const key = shown + (state.off_at ? " pulse" : "");
+  if (span.dataset.shown === key) return;
+  span.dataset.shown = key;
+  span.dataset.on = String(!!state.on);
   const st = span.querySelector(".state");
-  st.textContent = state.on ? "on" : "off";
+  st.textContent = shown + (state.off_at ? " (pulse)" : "");
   st.className = "state" + (state.on ? " on" : "");
 }
 
@@ -647,7 +662,8 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const b of document.querySelectorAll("button.act")) {
     b.addEventListener("click", () => {
       const [kind, name] = $("target").value.split(":");
-      command(kind, name || null, b.dataset.action, $("output").value.trim() || null);
+      const level = b.dataset.action === "set" ? Number($("level").value) : undefined;
+      command(kind, name || null, b.dataset.action, $("output").value.trim() || null, level);
     });
   }
   for (const b of document.querySelectorAll("button.range")) {
