@@ -33,9 +33,6 @@ printf 'hosts: files dns\n' > "$ctx/rootfs/etc/nsswitch.conf"
 printf 'root:x:0:0:root:/:/nonexistent\nnobody:x:65534:65534:nobody:/:/nonexistent\n' > "$ctx/rootfs/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$ctx/rootfs/etc/group"
 chmod 1777 "$ctx/rootfs/tmp"
-# The state directory (the broker's history, an agent's saved outputs) must be writable by the
-# unprivileged user the image runs as; COPY keeps the mode, and a new volume copies it.
-chmod 1777 "$ctx/rootfs/var/lib/pifleet"
 cp docker/Dockerfile.local "$ctx/Dockerfile"
 docker build -q -t "$tag" "$ctx" >/dev/null
 echo "built $tag ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.1f MB", $1/1000000}'))"
