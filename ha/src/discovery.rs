@@ -11,15 +11,25 @@
 //!   100, i.e. percent) per dimmable output, a `binary_sensor` per input, a `sensor` per sensor.
 //!
 //! Full key names, not abbreviations: Home Assistant accepts both, and the abbreviation table
-//! grows between releases, so a full name is the form every release reads.
+//! (`homeassistant/components/mqtt/abbreviations.py`) grows between releases, so a full name is
+//! the form every release reads. Each platform's discovery schema silently drops a key it does
+//! not accept, so every key here is one that platform's schema names.
+//!
+//! What Home Assistant requires was read at one commit of a full Home Assistant core tree with
+//! device-based discovery, NewBabyFace/core@2077c28a46beca80625c3e888ba7423664f2d419
+//! (`homeassistant/components/mqtt/`: `discovery.py`, `schemas.py`, `const.py`, `config.py`
+//! and the platform files; `homeassistant/components/sensor/const.py`); `mod ha` of
+//! `tests/tests/homeassistant.rs` lists what was read from which file and checks every payload
+//! built here against it.
 //!
 //! What is built comes from the device's presence (its outputs, which are dimmable, inputs,
 //! sensors and their intervals) and from each sensor's latest reading (`unit` and `kind`, for
 //! the device class). A device whose retained presence is cleared gets an empty retained config
 //! (Home Assistant removes the device); a component that disappears from a device stays in its
 //! config as `{"platform": …}` alone, which is how Home Assistant is told to remove one
-//! component (`_parse_device_payload` and the component loop of `discovery.py`: a component
-//! config that is empty once `platform` is taken out is a removal).
+//! component (`_parse_device_payload` and the device-component loop of `discovery.py` at that
+//! commit: a component config that is empty once `platform` is taken out is a removal, and
+//! `check_unique_id` in `schemas.py` asks no `unique_id` of it).
 
 use std::collections::BTreeMap;
 

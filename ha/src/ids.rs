@@ -1,6 +1,9 @@
 //! Identifiers for Home Assistant. Its discovery topic accepts only `[a-zA-Z0-9_-]` in the
 //! node and object id (`TOPIC_MATCHER` in `homeassistant/components/mqtt/discovery.py`), and
-//! it splits discovery ids at spaces; pifleet names are ASCII letters, digits, `-`, `_` and `.`.
+//! it splits discovery ids at spaces (`_generate_device_config`, same file); both read at
+//! NewBabyFace/core@2077c28a46beca80625c3e888ba7423664f2d419, a full Home Assistant core tree
+//! with device-based discovery, which `tests/tests/homeassistant.rs` (`mod ha`) checks against.
+//! pifleet names are ASCII letters, digits, `-`, `_` and `.`.
 //! [`escape`] maps `_` to `__` and `.` to `_d`: the result is in Home Assistant's alphabet, and
 //! no two names map to the same id (read left to right, `_` is always followed by `_` or `d`).
 
