@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::credentials::{Credentials, CredentialsError, Identity, Role};
+use crate::credentials::{lock_for_edit, Credentials, CredentialsError, Identity, Role};
 use crate::tls::TlsError;
 use crate::Config;
 
@@ -269,7 +269,7 @@ fn add(
     groups: Vec<String>,
     secret: Secret,
 ) -> Result<(), Failure> {
-    let mut creds = Credentials::load_or_new(path)?;
+    let creds = Credentials::load_or_new(path)?;
     // Check before reading standard input, so a taken name fails before anyone types a secret.
     if let Some(existing) = creds.identity(name) {
         return Err(CredentialsError::Exists {
@@ -282,6 +282,10 @@ fn add(
         Secret::Stdin => Some(read_secret()?),
         _ => None,
     };
+    // Read again under the edit lock (not held while someone types): a broker moving entries
+    // to the fast hash, or another admin command, may have written the file meanwhile.
+    let _lock = lock_for_edit(path)?;
+    let mut creds = Credentials::load_or_new(path)?;
     // The file first: an identity whose secret could not be written anywhere would be useless.
     let secret_file = match &secret {
         Secret::ToFile(p) => Some(SecretFile::create(p)?),
@@ -413,6 +417,7 @@ fn init(config: &Config, path: &Path, hosts: &[String], controller: &str) -> Res
             })?;
         }
     }
+    let _lock = lock_for_edit(path)?;
     let mut creds = Credentials::load_or_new(path)?;
     let secret = creds.add(name.as_str(), Role::Controller, vec![], None)?;
     creds.save()?;
@@ -491,6 +496,7 @@ fn read_secret() -> Result<String, Failure> {
 }
 
 fn remove(path: &Path, name: &str, role: Role) -> Result<(), Failure> {
+    let _lock = lock_for_edit(path)?;
     let mut creds = Credentials::load(path)?;
     match creds.identity(name) {
         Some(who) if who.role != role => {
@@ -552,6 +558,7 @@ fn list(path: &Path, role: Role, json: bool) -> Result<(), Failure> {
 }
 
 fn set_groups(path: &Path, name: &str, groups: Vec<String>, none: bool) -> Result<(), Failure> {
+    let _lock = lock_for_edit(path)?;
     let mut creds = Credentials::load(path)?;
     let who = creds
         .identity(name)

@@ -186,6 +186,10 @@ struct Entry {
     hash: String,
     /// `hash` parsed once, when the file is read.
     scheme: Scheme,
+    /// Added with a secret a person chose (`chosen = true` in the file): never moved to the
+    /// fast scheme, whatever the secret looks like. Entries from before the fast scheme have
+    /// no mark; see [`Credentials::write_migrations`].
+    chosen: bool,
 }
 
 /// How an entry's secret is checked.
@@ -256,6 +260,8 @@ struct DeviceRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     groups: Vec<String>,
     hash: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    chosen: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -263,12 +269,20 @@ struct DeviceRecord {
 struct ControllerRecord {
     name: String,
     hash: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    chosen: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 const FILE_HEADER: &str = "\
 # pifleet-broker credentials. Managed with `pifleet-broker device|controller add|remove|list`.
-# Holds hashes only (pifleet-blake2b for generated secrets, argon2id for chosen ones): each
-# secret was shown once, when it was added. A running broker re-reads this file when it changes.
+# Holds hashes only (pifleet-blake2b for generated secrets, argon2id for chosen ones, which
+# are marked `chosen`): each secret was shown once, when it was added. A running broker re-reads this
+# file when it changes, and moves unmarked argon2id entries of generated secrets (files from
+# older versions) to pifleet-blake2b on their first login.
 
 ";
 
@@ -289,6 +303,12 @@ pub struct Credentials {
     /// User name -> keyed digest of the password that last verified for it. At most one entry
     /// per known identity, so it cannot grow beyond the file.
     cache: Mutex<HashMap<String, CtOutput<Blake2bMac512>>>,
+    /// User name -> the [`FAST_SCHEME`] hash that replaces its argon2id entry: noted when an
+    /// unmarked argon2id entry (from before the fast scheme) verified a secret of the generated
+    /// shape, written by [`write_migrations`](Self::write_migrations).
+    migrations: Mutex<HashMap<String, String>>,
+    /// A write of the migrations failed (a read-only file?): not tried again with this copy.
+    migrations_blocked: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Credentials {
@@ -336,6 +356,8 @@ impl Credentials {
             entries: BTreeMap::new(),
             cache_key,
             cache: Mutex::new(HashMap::new()),
+            migrations: Mutex::new(HashMap::new()),
+            migrations_blocked: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -352,13 +374,13 @@ impl Credentials {
         let records = file
             .devices
             .into_iter()
-            .map(|d| (d.name, Role::Device, d.groups, d.hash))
+            .map(|d| (d.name, Role::Device, d.groups, d.hash, d.chosen))
             .chain(
                 file.controllers
                     .into_iter()
-                    .map(|c| (c.name, Role::Controller, Vec::new(), c.hash)),
+                    .map(|c| (c.name, Role::Controller, Vec::new(), c.hash, c.chosen)),
             );
-        for (name, role, groups, hash) in records {
+        for (name, role, groups, hash, chosen) in records {
             let name = Name::new(name).map_err(|e| parse_err(format!("{role}: {e}")))?;
             let groups =
                 valid_groups(groups).map_err(|e| parse_err(format!("{role} {name}: {e}")))?;
@@ -376,6 +398,7 @@ impl Credentials {
                     groups,
                     hash,
                     scheme,
+                    chosen,
                 },
             );
         }
@@ -398,10 +421,12 @@ impl Credentials {
                     name: name.clone(),
                     groups: e.groups.clone(),
                     hash: e.hash.clone(),
+                    chosen: e.chosen,
                 }),
                 Role::Controller => file.controllers.push(ControllerRecord {
                     name: name.clone(),
                     hash: e.hash.clone(),
+                    chosen: e.chosen,
                 }),
             }
         }
@@ -423,7 +448,8 @@ impl Credentials {
     /// Adds an identity and returns its secret: `secret` if given (at least
     /// [`MIN_SECRET_LEN`] characters), hashed with argon2id, otherwise a fresh random one of 192
     /// bits, hashed with [`FAST_SCHEME`]. A given secret always gets argon2id, whatever it looks
-    /// like: only a secret generated here is known to be unguessable.
+    /// like, and is marked `chosen` in the file: only a secret generated here is known to be
+    /// unguessable.
     ///
     /// Refuses a name that exists in either role instead of replacing it: replacing would
     /// silently lock out the Pi that holds the old secret.
@@ -445,6 +471,7 @@ impl Credentials {
             return Err(CredentialsError::NotADevice(name.to_string()));
         }
         let groups = valid_groups(groups)?;
+        let chosen = secret.is_some();
         let (secret, hash, scheme) = match secret {
             Some(s) => {
                 check_secret(&s)?;
@@ -464,6 +491,7 @@ impl Credentials {
                 groups,
                 hash,
                 scheme,
+                chosen,
             },
         );
         self.forget(name.as_str());
@@ -553,6 +581,11 @@ impl Credentials {
         if !password_matches(password, &entry.hash, memory) {
             return Err(AuthError::BadPassword);
         }
+        if !entry.chosen && has_generated_shape(password) {
+            lock_ignoring_poison(&self.migrations)
+                .entry(username.to_string())
+                .or_insert_with(|| hash_generated(password));
+        }
         self.cache
             .lock()
             .expect("cache lock")
@@ -589,7 +622,11 @@ impl Credentials {
     /// the file): if not, a login made with this file's secret no longer proves anything.
     pub fn same_secret(&self, newer: &Credentials, name: &str) -> bool {
         match (self.entries.get(name), newer.entries.get(name)) {
-            (Some(a), Some(b)) => a.role == b.role && a.hash == b.hash,
+            (Some(a), Some(b)) => {
+                a.role == b.role
+                    && (a.hash == b.hash
+                        || lock_ignoring_poison(&self.migrations).get(name) == Some(&b.hash))
+            }
             _ => false,
         }
     }
@@ -608,6 +645,84 @@ impl Credentials {
             .collect();
         self.cache_key = older.cache_key;
         *self.cache.get_mut().expect("cache lock") = kept;
+        // Migrations not written yet, for entries this read still has unchanged.
+        let pending: HashMap<String, String> = lock_ignoring_poison(&older.migrations)
+            .iter()
+            .filter(|(name, _)| {
+                matches!((older.entries.get(*name), self.entries.get(*name)),
+                    (Some(a), Some(b)) if a.hash == b.hash && a.role == b.role)
+            })
+            .map(|(n, h)| (n.clone(), h.clone()))
+            .collect();
+        *self.migrations.get_mut().unwrap_or_else(|p| p.into_inner()) = pending;
+    }
+
+    /// How many entries wait to be moved to the fast scheme (see
+    /// [`write_migrations`](Self::write_migrations)); 0 once a write failed.
+    pub fn pending_migrations(&self) -> usize {
+        if self
+            .migrations_blocked
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return 0;
+        }
+        lock_ignoring_poison(&self.migrations)
+            .iter()
+            .filter(|(name, new)| self.entries.get(*name).is_some_and(|e| &e.hash != *new))
+            .count()
+    }
+
+    /// Moves argon2id entries to [`FAST_SCHEME`] in the file, transparently, for files written
+    /// before that scheme existed, when `device add` hashed its generated secrets with argon2id
+    /// too: such an entry has no `chosen` mark, and once a login proves a secret of exactly the
+    /// generated shape ([`has_generated_shape`]: 192 random bits, nothing a person types), its
+    /// hash is replaced by the fast one of that secret. Entries marked `chosen` (added with a
+    /// secret a person chose, since this mark exists) always keep argon2id.
+    ///
+    /// Reads the file afresh under the edit lock ([`lock_for_edit`]) and replaces only entries
+    /// whose hash is still the one that verified, so an edit made meanwhile by the admin
+    /// commands is neither lost nor overwritten. Returns how many entries it moved. The
+    /// broker's own reload of the result keeps every session: [`same_secret`](Self::same_secret)
+    /// knows the new hash. A failed write (a read-only file) is returned, and this copy stops
+    /// trying; logins keep working with argon2id.
+    pub fn write_migrations(&self) -> Result<usize, CredentialsError> {
+        let pending: Vec<(String, String)> = lock_ignoring_poison(&self.migrations)
+            .iter()
+            .map(|(n, h)| (n.clone(), h.clone()))
+            .collect();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let result = (|| {
+            let _lock = lock_for_edit(&self.path)?;
+            let mut fresh = Credentials::load(&self.path)?;
+            let mut moved = 0;
+            for (name, new_hash) in pending {
+                let (Some(was), Some(now)) =
+                    (self.entries.get(&name), fresh.entries.get_mut(&name))
+                else {
+                    continue;
+                };
+                if now.hash != was.hash || now.chosen || !matches!(now.scheme, Scheme::Argon2) {
+                    continue;
+                }
+                let Ok(scheme) = parse_hash(&new_hash) else {
+                    continue;
+                };
+                now.hash = new_hash;
+                now.scheme = scheme;
+                moved += 1;
+            }
+            if moved > 0 {
+                fresh.save()?;
+            }
+            Ok(moved)
+        })();
+        if result.is_err() {
+            self.migrations_blocked
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
     }
 
     /// Whether `name`'s secret is checked with argon2id (a chosen secret, or an entry from
@@ -638,6 +753,55 @@ impl Credentials {
     fn forget(&mut self, name: &str) {
         self.cache.get_mut().expect("cache lock").remove(name);
     }
+}
+
+/// Whether `secret` looks exactly like one [`generate_secret`] makes: [`SECRET_LEN`]
+/// characters of [`SECRET_ALPHABET`], at least 14 of them distinct, with an upper-case letter,
+/// a lower-case letter and a digit. A generated secret has about 25 distinct characters and
+/// all three classes; it misses this shape about once in 250 (no digit, mostly), and then just
+/// stays argon2id. The extra conditions keep out the likes of 32 times the same letter or a
+/// lower-case passphrase. Only used to move unmarked entries from before the fast scheme
+/// ([`Credentials::write_migrations`]).
+fn has_generated_shape(secret: &[u8]) -> bool {
+    if secret.len() != SECRET_LEN || !secret.iter().all(|b| SECRET_ALPHABET.contains(b)) {
+        return false;
+    }
+    let mut seen = [false; 256];
+    secret.iter().for_each(|&b| seen[b as usize] = true);
+    seen.iter().filter(|s| **s).count() >= 14
+        && secret.iter().any(u8::is_ascii_uppercase)
+        && secret.iter().any(u8::is_ascii_lowercase)
+        && secret.iter().any(u8::is_ascii_digit)
+}
+
+fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Held while the credentials file at `path` is read, changed and written, by the admin
+/// commands and by the broker's [`Credentials::write_migrations`], so that two editors never
+/// interleave and one's change is not lost to the other's older copy. An advisory lock on
+/// `<file>.lock` beside it (the file itself is replaced by a rename on every save, so it cannot
+/// carry the lock); released when the guard drops.
+pub fn lock_for_edit(path: &Path) -> Result<std::fs::File, CredentialsError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let err = |source| CredentialsError::Write {
+        path: lock_path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(err)?;
+    file.lock().map_err(err)?;
+    Ok(file)
 }
 
 fn identity(name: &str, e: &Entry) -> Identity {
@@ -1169,31 +1333,141 @@ pub(crate) mod test {
         assert!(e.to_string().contains("pifleet-blake2b"), "{e}");
     }
 
-    /// Migration: an entry written before the fast scheme (argon2id of a generated secret)
-    /// keeps working and stays argon2id, however often it logs in; saving keeps its hash.
-    #[test]
-    fn an_argon2_entry_of_a_generated_secret_keeps_working_and_stays_argon2() {
-        let dir = temp_dir("migrate");
-        let path = dir.path().join("credentials.toml");
-        let secret = generate_secret();
+    /// A file as written before the fast scheme: argon2id of a generated secret, no mark.
+    fn old_file(path: &Path, secret: &str) -> String {
         let old = hash_secret(secret.as_bytes()).unwrap();
         std::fs::write(
-            &path,
+            path,
             format!("[[device]]\nname = \"kitchen\"\nhash = '{old}'\n"),
         )
         .unwrap();
-        let mut c = Credentials::load(&path).unwrap();
-        assert_eq!(c.uses_argon2("kitchen"), Some(true));
-        assert_eq!(c.verify_quick("kitchen", secret.as_bytes()), None);
-        assert!(c.verify("kitchen", secret.as_bytes()).is_ok());
-        assert!(c.verify("kitchen", secret.as_bytes()).is_ok());
-        c.add("garage", Role::Device, vec![], None).unwrap();
-        c.save().unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(&old), "{text}");
+        old
+    }
+
+    /// Migration: an unmarked argon2id entry (from before the fast scheme) keeps working, and
+    /// once a login proved a secret of the generated shape it is moved to the fast scheme in
+    /// the file; the copy that verified counts the moved entry as the same secret.
+    #[test]
+    fn an_old_argon2_entry_of_a_generated_secret_moves_to_the_fast_scheme() {
+        let dir = temp_dir("migrate");
+        let path = dir.path().join("credentials.toml");
+        let secret = generate_secret();
+        let old = old_file(&path, &secret);
         let c = Credentials::load(&path).unwrap();
         assert_eq!(c.uses_argon2("kitchen"), Some(true));
-        assert_eq!(c.uses_argon2("garage"), Some(false));
+        assert_eq!(c.verify_quick("kitchen", secret.as_bytes()), None);
+        assert_eq!(c.pending_migrations(), 0);
+        assert!(c.verify("kitchen", b"a wrong secret here").is_err());
+        assert_eq!(c.pending_migrations(), 0, "a failed login proves nothing");
+        assert!(c.verify("kitchen", secret.as_bytes()).is_ok());
+        assert_eq!(c.pending_migrations(), 1);
+        assert_eq!(c.write_migrations().unwrap(), 1);
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains(&old) && text.contains("$pifleet-blake2b$"),
+            "{text}"
+        );
+        let mut new = Credentials::load(&path).unwrap();
+        assert_eq!(new.uses_argon2("kitchen"), Some(false));
+        assert!(new
+            .verify_quick("kitchen", secret.as_bytes())
+            .unwrap()
+            .is_ok());
+        assert!(c.same_secret(&new, "kitchen"), "the move is no new secret");
+        new.keep_cache_of(&c);
+        assert_eq!(new.pending_migrations(), 0);
+        // Written once: the copy that verified finds nothing more to move.
+        assert_eq!(c.write_migrations().unwrap(), 0);
+    }
+
+    /// What stays argon2id: an entry marked chosen (whatever its secret looks like), and an
+    /// unmarked one whose secret does not have the generated shape.
+    #[test]
+    fn chosen_secrets_and_other_shapes_stay_argon2() {
+        let dir = temp_dir("migrate-not");
+        let path = dir.path().join("credentials.toml");
+        let generated_shape = generate_secret();
+        let mut c = Credentials::load_or_new(&path).unwrap();
+        c.add(
+            "garage",
+            Role::Device,
+            vec![],
+            Some(generated_shape.clone()),
+        )
+        .unwrap();
+        c.save().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("chosen = true"), "{text}");
+        let c = Credentials::load(&path).unwrap();
+        assert!(c.verify("garage", generated_shape.as_bytes()).is_ok());
+        assert_eq!(c.pending_migrations(), 0);
+
+        let typed = "correct horse battery staple";
+        old_file(&path, typed);
+        let c = Credentials::load(&path).unwrap();
+        assert!(c.verify("kitchen", typed.as_bytes()).is_ok());
+        assert_eq!(c.pending_migrations(), 0);
+    }
+
+    /// An edit made between the login and the write (the device removed and added again
+    /// with a new secret) is kept: only an entry whose hash is still the one that verified
+    /// is moved.
+    #[test]
+    fn a_migration_never_overwrites_an_edit_made_meanwhile() {
+        let dir = temp_dir("migrate-edit");
+        let path = dir.path().join("credentials.toml");
+        let secret = generate_secret();
+        old_file(&path, &secret);
+        let c = Credentials::load(&path).unwrap();
+        assert!(c.verify("kitchen", secret.as_bytes()).is_ok());
+        let mut edit = Credentials::load(&path).unwrap();
+        edit.remove("kitchen").unwrap();
+        let again = edit.add("kitchen", Role::Device, vec![], None).unwrap();
+        edit.add("garage", Role::Device, vec![], None).unwrap();
+        edit.save().unwrap();
+        assert_eq!(c.write_migrations().unwrap(), 0);
+        let now = Credentials::load(&path).unwrap();
+        assert!(now.verify("kitchen", again.as_bytes()).is_ok());
+        assert!(now.exists("garage"));
+        assert!(!c.same_secret(&now, "kitchen"));
+    }
+
+    /// A file the broker cannot write: the entry keeps argon2id and logins keep working.
+    #[test]
+    fn a_migration_that_cannot_be_written_is_given_up_and_logins_go_on() {
+        let dir = temp_dir("migrate-ro");
+        let path = dir.path().join("credentials.toml");
+        let secret = generate_secret();
+        old_file(&path, &secret);
+        let c = Credentials::load(&path).unwrap();
+        assert!(c.verify("kitchen", secret.as_bytes()).is_ok());
+        // The lock file cannot be created where the file's directory is gone.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        std::fs::write(dir.path(), b"not a directory").unwrap();
+        assert!(c.write_migrations().is_err());
+        assert_eq!(c.pending_migrations(), 0, "tried once, not every second");
+        assert!(c.verify("kitchen", secret.as_bytes()).is_ok());
+        std::fs::remove_file(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn the_generated_shape() {
+        let fits = (0..10_000)
+            .filter(|_| has_generated_shape(generate_secret().as_bytes()))
+            .count();
+        assert!(
+            fits > 9_900,
+            "{fits} of 10,000 generated secrets have the shape"
+        );
+        let mut s = generate_secret().into_bytes();
+        assert!(!has_generated_shape(&s[..31]));
+        s[0] = b'+';
+        assert!(!has_generated_shape(&s));
+        assert!(!has_generated_shape(&[b'a'; 32]));
+        assert!(!has_generated_shape(b"abcdefghijklmnopABCDEFGHIJKLMNO!"));
+        assert!(!has_generated_shape(b"my_garage_door_password_2024_abc"));
+        assert!(has_generated_shape(b"q7Xk-2mZ_Rb9sLw4TnV0cYhJ8dPa3GfE"));
     }
 
     #[test]

@@ -293,3 +293,99 @@ fn an_acl_file_change_applies_without_a_restart() {
     assert_eq!(kitchen.publishes_until(own), []);
     assert_eq!(kitchen.subscribe(3, &[("weather/#", 0)]), [raw::REFUSED]);
 }
+
+/// `pifleet-broker device add NAME --secret-stdin` with `secret`.
+fn add_with_secret(creds: &Creds, name: &str, secret: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin("pifleet-broker"))
+        .arg("--credentials")
+        .arg(&creds.path)
+        .args(["device", "add", name, "--secret-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{secret}").unwrap();
+    assert!(child.wait().unwrap().success(), "device add {name} failed");
+}
+
+/// The hash stored for `name` in the credentials file.
+fn stored_hash(path: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let block = text
+        .split("[[")
+        .find(|b| b.contains(&format!("name = \"{name}\"")))
+        .unwrap_or_else(|| panic!("no entry for {name} in {text}"));
+    let line = block.lines().find(|l| l.starts_with("hash = ")).unwrap();
+    line.trim_start_matches("hash = ")
+        .trim_matches(['"', '\''])
+        .to_string()
+}
+
+/// A file from before the fast hash held argon2id for generated secrets too, with no mark to
+/// tell them from chosen ones. The first login with a secret of the generated shape moves that
+/// entry to the fast hash in the file (so the next restart lets it in in microseconds), and the
+/// broker's reload of its own write keeps the connection; an entry marked `chosen` stays
+/// argon2id even with a secret of that shape.
+#[test]
+fn an_old_argon2_entry_of_a_generated_secret_moves_to_the_fast_hash_and_keeps_its_connection() {
+    let creds = Creds::new();
+    // The shape `device add` generates: 32 characters of A-Z a-z 0-9 - _.
+    let old = "q7Xk-2mZ_Rb9sLw4TnV0cYhJ8dPa3GfE";
+    let chosen = "Zt5_Hw0Lq-Kp8NbR2vXs6YmCj1DgF4Ue";
+    add_with_secret(&creds, "kitchen", old);
+    add_with_secret(&creds, "garage", chosen);
+    let text = std::fs::read_to_string(&creds.path).unwrap();
+    assert_eq!(text.matches("chosen = true").count(), 2, "{text}");
+    // kitchen as an older pifleet-broker wrote it: no mark.
+    let kitchen_block = text.find("name = \"kitchen\"").unwrap();
+    let mark = kitchen_block + text[kitchen_block..].find("chosen = true\n").unwrap();
+    let older = format!(
+        "{}{}",
+        &text[..mark],
+        &text[mark + "chosen = true\n".len()..]
+    );
+    write_atomically(&creds.path, &older);
+    let argon2 = stored_hash(&creds.path, "kitchen");
+    assert!(argon2.starts_with("$argon2id$"), "{argon2}");
+
+    let broker = creds.broker();
+    let addr = broker.mqtt.as_str();
+    let mut kitchen = Client::accepted(
+        addr,
+        &Connect::new("kitchen").persistent().login("kitchen", old),
+    );
+    assert_eq!(
+        kitchen.subscribe(1, &[("pifleet/dev/kitchen/cmnd", 1)]),
+        [1]
+    );
+    let mut garage = Client::accepted(addr, &Connect::new("garage").login("garage", chosen));
+
+    wait_until("kitchen's entry moved to the fast hash", NOTICE, || {
+        stored_hash(&creds.path, "kitchen").starts_with("$pifleet-blake2b$")
+    });
+    wait_until("the broker re-read its own write", NOTICE, || {
+        let log = broker.proc.stderr.since(0);
+        log.iter()
+            .position(|l| l.contains("moved from argon2id to the fast hash"))
+            .is_some_and(|i| log[i..].iter().any(|l| l.contains("credentials re-read")))
+    });
+    // Neither connection was closed by the reload.
+    assert!(kitchen.ping().is_empty());
+    assert!(garage.ping().is_empty());
+    // The persistent session is the same one, resumed with the fast hash.
+    drop(kitchen);
+    let (_, session_present, code) = Client::connect(
+        addr,
+        &Connect::new("kitchen").persistent().login("kitchen", old),
+    );
+    assert_eq!((session_present, code), (true, 0));
+    assert_eq!(
+        login_code(addr, "kitchen", "q7Xk-2mZ_Rb9sLw4TnV0cYhJ8dPa3GfF"),
+        4
+    );
+    assert!(stored_hash(&creds.path, "garage").starts_with("$argon2id$"));
+    let text = std::fs::read_to_string(&creds.path).unwrap();
+    assert_eq!(text.matches("chosen = true").count(), 1, "{text}");
+}

@@ -322,6 +322,29 @@ impl Engine {
         }
     }
 
+    /// Writes the entries that logins proved ready to move from argon2id to the fast hash
+    /// ([`Credentials::write_migrations`]); the next poll then reloads the file as for any
+    /// edit, keeping every session. A failure is logged once per read of the file.
+    async fn write_hash_migrations(&self) {
+        let Some(credentials) = self.access().credentials.clone() else {
+            return;
+        };
+        if credentials.pending_migrations() == 0 {
+            return;
+        }
+        let result = tokio::task::spawn_blocking(move || credentials.write_migrations()).await;
+        match result {
+            Ok(Ok(0)) | Err(_) => {}
+            Ok(Ok(moved)) => tracing::info!(
+                moved,
+                "credentials file: entries of generated secrets moved from argon2id to the fast hash"
+            ),
+            Ok(Err(e)) => tracing::warn!(
+                "cannot move entries of generated secrets to the fast hash, they keep argon2id: {e}"
+            ),
+        }
+    }
+
     /// Checks the files every [`POLL_EVERY`] and reloads when one changed.
     pub(super) async fn watch_access_files(self: Arc<Self>) {
         let mut tick = tokio::time::interval(POLL_EVERY);
@@ -332,6 +355,7 @@ impl Engine {
             let Some(files) = self.access().files.clone() else {
                 return;
             };
+            self.write_hash_migrations().await;
             let mut now = Seen::of(&files);
             if now == *lock(&self.reloading) {
                 continue;
