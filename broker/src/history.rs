@@ -7,13 +7,10 @@
 //! directory that cannot be created or written, another recorder on the same directory), that is
 //! one logged error and the broker goes on without it.
 
-use std::time::Duration;
-
 use pifleet_history::service::{self, Options, Recording};
-use pifleet_proto::{CommandId, Topics};
+use pifleet_proto::Topics;
 
 use crate::config::History;
-use crate::credentials::Role;
 use crate::engine::Running;
 
 /// The recorder's identity when the broker has credentials: an in-process controller.
@@ -26,16 +23,10 @@ pub async fn start(config: &History, running: &Running, topics: Topics) -> Optio
         return None;
     }
     let recorder = config.recorder();
-    let security = crate::services::login(&running.engine, NAME, Role::Controller, Vec::new());
     let options = Options {
-        broker: crate::services::loopback_url(running),
-        // A controller's client id: its name, `:`, anything (see engine/auth.rs).
-        client_id: format!("{NAME}:{}", CommandId::generate()),
-        security,
-        role: "controller",
+        login: crate::services::service_login(running, NAME),
         topics,
         recorder,
-        connect_timeout: Duration::from_secs(5),
     };
     match service::start(options).await {
         Ok(r) => Some(r),

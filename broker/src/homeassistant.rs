@@ -6,13 +6,10 @@
 //! Discovery is an addition to the broker, not part of serving MQTT: when it cannot start, that
 //! is one logged error and the broker goes on without it.
 
-use std::time::Duration;
-
 use pifleet_homeassistant::service::{self, Options, Running};
-use pifleet_proto::{CommandId, Topics};
+use pifleet_proto::Topics;
 
 use crate::config::HomeAssistant;
-use crate::credentials::Role;
 use crate::engine;
 
 /// The service's identity when the broker has credentials: an in-process controller.
@@ -27,15 +24,10 @@ pub async fn start(
     if !config.enabled {
         return None;
     }
-    let security = crate::services::login(&running.engine, NAME, Role::Controller, Vec::new());
     let options = Options {
-        broker: crate::services::loopback_url(running),
-        client_id: format!("{NAME}:{}", CommandId::generate()),
-        security,
-        role: "controller",
+        login: crate::services::service_login(running, NAME),
         topics,
         discovery_prefix: config.discovery_prefix.clone(),
-        connect_timeout: Duration::from_secs(5),
     };
     match service::start(options).await {
         Ok(r) => Some(r),

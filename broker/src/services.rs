@@ -4,8 +4,12 @@
 //! against any other broker and the engine knows nothing about them. What they need from the
 //! engine is an address and a login.
 
+use std::time::Duration;
+
 use pifleet_client::mqtt::{Password, Security};
+use pifleet_client::service::Login;
 use pifleet_client::{BrokerUrl, Scheme};
+use pifleet_proto::CommandId;
 
 use crate::credentials::{Identity, Role};
 use crate::engine::{Engine, Running};
@@ -43,5 +47,18 @@ pub fn login(engine: &Engine, name: &str, role: Role, groups: Vec<String>) -> Se
         username: Some(name.to_string()),
         password: Some(Password::new(secret)),
         ca_file: None,
+    }
+}
+
+/// The login of a long-running fleet service (the recorder, Home Assistant discovery) named
+/// `name`: an in-process controller over loopback, with a controller's client id (its name,
+/// `:`, anything; see engine/auth.rs) so that a restarted service never takes over another.
+pub fn service_login(running: &Running, name: &str) -> Login {
+    Login {
+        broker: loopback_url(running),
+        client_id: format!("{name}:{}", CommandId::generate()),
+        security: login(&running.engine, name, Role::Controller, Vec::new()),
+        role: "controller",
+        connect_timeout: Duration::from_secs(5),
     }
 }

@@ -12,6 +12,8 @@
 //!   system's roots).
 //! - [`logging`]: the binaries' shared log setup, and [`say!`]/[`tell!`], the `println!` and
 //!   `eprintln!` that cannot panic on a closed stdout or stderr.
+//! - [`service`]: the start-up of a long-running fleet service (the recorder, Home Assistant
+//!   discovery): one connection, subscribed before `start` returns, retried once running.
 //! - [`signal`]: the binaries' stop signal (SIGINT, SIGTERM).
 //! - [`files`]: files written atomically (temporary file, fsync, rename, fsync of the directory).
 
@@ -20,6 +22,7 @@ pub mod files;
 pub mod logging;
 pub mod mqtt;
 pub mod security;
+pub mod service;
 pub mod signal;
 
 pub use broker_url::{BrokerUrl, Scheme};

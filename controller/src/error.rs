@@ -1,6 +1,8 @@
 //! The CLI's errors and the exit codes scripts can rely on (documented in README.md, "Using
 //! the CLI", and in `pifleet --help`).
 
+use pifleet_client::service::ConnectError;
+
 /// Every command finished and every targeted device confirmed.
 pub const EXIT_OK: u8 = 0;
 /// The command ran, but at least one device did not confirm (timed out, offline, refused,
@@ -27,6 +29,18 @@ pub enum CliError {
     Auth(String),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+}
+
+/// A service's first connection: a refused login or subscription is exit 4, since retrying with
+/// the same account will not help; anything else is the broker's, exit 3.
+impl From<ConnectError> for CliError {
+    fn from(e: ConnectError) -> CliError {
+        if e.auth {
+            CliError::Auth(e.message)
+        } else {
+            CliError::Broker(e.message)
+        }
+    }
 }
 
 impl CliError {

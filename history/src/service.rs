@@ -4,7 +4,8 @@
 //! any broker.
 //!
 //! Two halves, so that neither waits for the other's kind of I/O:
-//! - **The MQTT task** (on the caller's tokio runtime) polls rumqttc, stamps each message with its
+//! - **The MQTT task** (on the caller's tokio runtime; `pifleet_client::service`, shared with
+//!   Home Assistant discovery) polls rumqttc, stamps each message with its
 //!   receive time and hands it over a bounded channel. It resubscribes after every reconnect
 //!   (rumqttc does not) and backs off between attempts. A full channel stops it polling, which
 //!   makes the broker queue for us within its own limits instead of us buffering without bound.
@@ -28,13 +29,11 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pifleet_client::mqtt::{describe, is_auth_refusal, Account, Backoff, Security, SecurityError};
-use pifleet_client::BrokerUrl;
+use pifleet_client::mqtt::SecurityError;
+use pifleet_client::service::{ConnectError, Connection, Handler, Login, Subscription};
 use pifleet_proto::time::now_ms;
 use pifleet_proto::Topics;
-use rumqttc::{
-    AsyncClient, Event, Outgoing, Packet, Publish, QoS, SubscribeFilter, SubscribeReasonCode,
-};
+use rumqttc::{AsyncClient, Publish, QoS, SubscribeFilter};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -53,22 +52,11 @@ const QUEUE: usize = 4096;
 /// Undecodable payloads are logged at most once per this many milliseconds.
 const BAD_PAYLOAD_LOG_MS: u64 = 60_000;
 
-const KEEP_ALIVE: Duration = Duration::from_secs(30);
-
 /// What the service needs: where the broker is and how to log in, and the recorder's settings.
 pub struct Options {
-    pub broker: BrokerUrl,
-    /// A controller's client id is `NAME` or `NAME:anything` on a pifleet broker with
-    /// credentials (see the broker's `engine/auth.rs`).
-    pub client_id: String,
-    pub security: Security,
-    /// How connection errors name the account: `controller` → "controller 'alice'".
-    pub role: &'static str,
+    pub login: Login,
     pub topics: Topics,
     pub recorder: RecorderConfig,
-    /// Bounds the TCP connect; the first connection must succeed within it (plus 10 s for the
-    /// TLS and MQTT handshakes and the subscription).
-    pub connect_timeout: Duration,
 }
 
 /// Why the service did not start. Once it runs, nothing stops it but [`Recording::stop`]:
@@ -92,9 +80,9 @@ pub enum StartError {
     InUse { dir: PathBuf, pid: Option<String> },
     #[error("{0}")]
     Security(SecurityError),
-    /// One sentence naming the broker; `auth` when it refused the login.
-    #[error("{message}")]
-    Connect { message: String, auth: bool },
+    /// The first connection failed, or the broker refused the login or the subscription.
+    #[error(transparent)]
+    Connect(ConnectError),
 }
 
 /// Counters since the service started.
@@ -156,6 +144,35 @@ impl Drop for Recording {
     }
 }
 
+/// The MQTT task's side: each message stamped with its receive time; a refusal after a
+/// reconnect logged once (the rows it costs are not recorded), a refused login loudly.
+struct Stamp {
+    refused_logged: bool,
+}
+
+impl Handler for Stamp {
+    type Item = (Publish, u64);
+
+    fn message(&mut self, publish: Publish) -> (Publish, u64) {
+        (publish, now_ms())
+    }
+
+    fn refused(&mut self, message: &str) {
+        if !self.refused_logged {
+            self.refused_logged = true;
+            tracing::error!("history: {message}; those rows are not recorded");
+        }
+    }
+
+    fn lost(&mut self, message: &str, auth: bool) {
+        if auth {
+            tracing::error!("history: {message}; retrying");
+        } else {
+            tracing::warn!("history: {message}; reconnecting");
+        }
+    }
+}
+
 /// Starts the service and returns once it is subscribed, so that everything published from
 /// then on is recorded (and the retained state is being replayed to it). The first connection
 /// fails fast, with the reason; later losses are retried with backoff, logged.
@@ -163,15 +180,8 @@ pub async fn start(opts: Options) -> Result<Recording, StartError> {
     let recorder = Recorder::new(opts.recorder).map_err(StartError::Config)?;
     let dir = recorder.config().dir.clone();
     let lock = DirLock::acquire(&dir)?;
-    let (client, mut eventloop) = pifleet_client::mqtt::client(
-        &opts.broker,
-        &opts.client_id,
-        &opts.security,
-        KEEP_ALIVE,
-        opts.connect_timeout,
-        |_| {},
-    )
-    .map_err(StartError::Security)?;
+    let connection = Connection::new(&opts.login).map_err(StartError::Security)?;
+    let client = connection.client().clone();
 
     // The recorder first: the retained replay arrives right after the subscription and must
     // find someone emptying the channel.
@@ -195,113 +205,30 @@ pub async fn start(opts: Options) -> Result<Recording, StartError> {
         // duplicate is a repeat the recorder skips (same device timestamp).
         .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce))
         .collect();
-    let (ready_tx, ready) = oneshot::channel::<Result<(), StartError>>();
-    let url = opts.broker.clone();
-    let who = Account::new(opts.role, &opts.security);
-    let subscriber = client.clone();
-    let mqtt = tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let mut refused_logged = false;
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    if ready.is_none() {
-                        tracing::info!("history: reconnected to {}", url.authority());
-                    }
-                    backoff.reset();
-                    let _ = subscriber.try_subscribe_many(filters.clone());
-                }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    let refused: Vec<&str> = ack
-                        .return_codes
-                        .iter()
-                        .zip(&filters)
-                        .filter(|(c, _)| matches!(c, SubscribeReasonCode::Failure))
-                        .map(|(_, f)| f.path.as_str())
-                        .collect();
-                    let error = (!refused.is_empty()).then(|| {
-                        format!(
-                            "the broker at {} refused the subscription to {} (is the account a \
-                             controller?)",
-                            url.authority(),
-                            refused.join(", ")
-                        )
-                    });
-                    match (ready.take(), error) {
-                        (Some(r), None) => {
-                            let _ = r.send(Ok(()));
-                        }
-                        (Some(r), Some(message)) => {
-                            let _ = r.send(Err(StartError::Connect {
-                                message,
-                                auth: true,
-                            }));
-                            return;
-                        }
-                        (None, Some(message)) if !refused_logged => {
-                            refused_logged = true;
-                            tracing::error!("history: {message}; those rows are not recorded");
-                        }
-                        (None, _) => {}
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if tx.send((p, now_ms())).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-                Ok(_) => {}
-                Err(e) => {
-                    let message = describe(&e, &url, &who);
-                    if let Some(r) = ready.take() {
-                        let auth = is_auth_refusal(&e);
-                        let _ = r.send(Err(StartError::Connect { message, auth }));
-                        return;
-                    }
-                    if is_auth_refusal(&e) {
-                        tracing::error!("history: {message}; retrying");
-                    } else {
-                        tracing::warn!("history: {message}; reconnecting");
-                    }
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            }
-        }
-    });
-
-    let deadline = opts.connect_timeout + Duration::from_secs(10);
-    let failed = match tokio::time::timeout(deadline, ready).await {
-        Ok(Ok(Ok(()))) => None,
-        Ok(Ok(Err(e))) => Some(e),
-        Ok(Err(_)) => Some(StartError::Connect {
-            message: "the recorder's connection task ended".into(),
-            auth: false,
-        }),
-        Err(_) => Some(StartError::Connect {
-            message: format!(
-                "no answer from the broker at {} within {} s",
-                opts.broker.authority(),
-                deadline.as_secs()
-            ),
-            auth: false,
-        }),
+    let subscription = Subscription {
+        name: "history",
+        owner: "the recorder",
+        filters,
+        refused_hint: "(is the account a controller?)",
     };
-    if let Some(e) = failed {
-        // Ending the task closes the channel, which ends the thread and releases the lock.
-        mqtt.abort();
-        let _ = mqtt.await;
-        let _ = done.await;
-        return Err(e);
+    let handler = Stamp {
+        refused_logged: false,
+    };
+    match connection.run(subscription, handler, tx).await {
+        Ok(mqtt) => Ok(Recording {
+            dir,
+            client,
+            mqtt,
+            stats,
+            done,
+        }),
+        Err(e) => {
+            // The task has ended, which closed the channel: the thread ends and releases the
+            // lock.
+            let _ = done.await;
+            Err(StartError::Connect(e))
+        }
     }
-    Ok(Recording {
-        dir,
-        client,
-        mqtt,
-        stats,
-        done,
-    })
 }
 
 /// The recorder thread: records what arrives, ticks, and flushes when the channel closes.

@@ -1,11 +1,14 @@
 //! The `pifleet` CLI's `--json` output. These types are the documented contract for scripts
 //! (see `docs/protocol.md`, section "CLI JSON"); the CLI's own end-to-end tests decode its output
-//! with them, so a change here that breaks scripts also breaks a test.
+//! with them, so a change here that breaks scripts also breaks a test. [`SwitchRows`] builds a
+//! switch report's rows from a command's replies, for the CLI and the dashboard alike.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fleet::{CommandReply, Fleet};
 use crate::name::Name;
 use crate::payload::{Action, CommandId, Event, InputState, OutputState, Presence, SensorReading};
 
@@ -106,6 +109,105 @@ impl SwitchReport {
     }
 }
 
+/// The rows of a [`SwitchReport`], built as a command's replies come in. `pifleet on|off|…` and
+/// the dashboard's `POST /api/command` both fill it, so that a device counts as confirmed,
+/// refused, offline, unknown or timed out by one rule, with the same words, wherever the
+/// command came from. Sans-IO: the caller publishes, waits, and hands over each
+/// [`CommandReply`] with the time since it published.
+#[derive(Debug, Clone, Default)]
+pub struct SwitchRows {
+    rows: BTreeMap<Name, SwitchResult>,
+    waiting: BTreeSet<Name>,
+}
+
+impl SwitchRows {
+    pub fn new() -> SwitchRows {
+        SwitchRows::default()
+    }
+
+    /// A targeted device, as `fleet` knows it. An online one is waited for (`true`). An offline
+    /// or unknown one gets its row at once and is not waited for, so that `off --all` on a fleet
+    /// with a dead Pi answers at once instead of after the timeout.
+    pub fn target(&mut self, fleet: &Fleet, device: &Name) -> bool {
+        let (outcome, message) = match fleet.get(device) {
+            Some(d) if d.online => {
+                self.waiting.insert(device.clone());
+                return true;
+            }
+            Some(_) => (Outcome::Offline, "offline: not waited for"),
+            None => (
+                Outcome::Unknown,
+                "no such device has announced itself on this broker",
+            ),
+        };
+        self.rows
+            .insert(device.clone(), unanswered(device, outcome, message));
+        false
+    }
+
+    /// Whether a targeted device has not answered yet.
+    pub fn is_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// A reply that arrived `elapsed` after command `id` was published. Replies to other
+    /// commands, and from devices not waited for or already answered, change nothing: the
+    /// first answer is the device's row.
+    pub fn reply(&mut self, id: &CommandId, reply: CommandReply, elapsed: Duration) {
+        if !reply.answers(id) || !self.waiting.remove(reply.device()) {
+            return;
+        }
+        let (device, row) = match reply {
+            CommandReply::Confirmed { device, state, .. } => {
+                let row = SwitchResult {
+                    device: device.to_string(),
+                    outcome: Outcome::Confirmed,
+                    on: Some(state.on),
+                    level: state.level,
+                    off_at: state.off_at,
+                    // Milliseconds to a tenth: finer is noise from the scheduler.
+                    latency_ms: Some((elapsed.as_secs_f64() * 10_000.0).round() / 10.0),
+                    message: None,
+                };
+                (device, row)
+            }
+            CommandReply::Refused { device, reason, .. } => {
+                let row = unanswered(&device, Outcome::Refused, &reason);
+                (device, row)
+            }
+            CommandReply::WentOffline { device } => {
+                let row = unanswered(&device, Outcome::Offline, "went offline before confirming");
+                (device, row)
+            }
+        };
+        self.rows.insert(device, row);
+    }
+
+    /// The wait is over after `timeout_s` seconds: every device still waited for timed out.
+    /// The rows, one per targeted device, in name order.
+    pub fn finish(mut self, timeout_s: f64) -> Vec<SwitchResult> {
+        let message = format!("no confirmation within {timeout_s} s");
+        for device in std::mem::take(&mut self.waiting) {
+            let row = unanswered(&device, Outcome::TimedOut, &message);
+            self.rows.insert(device, row);
+        }
+        self.rows.into_values().collect()
+    }
+}
+
+/// A row without a confirmed state: only the outcome and why.
+fn unanswered(device: &Name, outcome: Outcome, message: &str) -> SwitchResult {
+    SwitchResult {
+        device: device.to_string(),
+        outcome,
+        on: None,
+        level: None,
+        off_at: None,
+        latency_ms: None,
+        message: Some(message.to_string()),
+    }
+}
+
 /// One line of `pifleet watch --json` (JSON Lines: one object per line).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -133,4 +235,108 @@ pub enum WatchEvent {
         device: Name,
         event: Event,
     },
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::fleet::decode;
+    use crate::topic::Topics;
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    fn reply(topic: &str, payload: &str) -> CommandReply {
+        let event = decode(&Topics::default(), topic, payload.as_bytes())
+            .unwrap()
+            .unwrap();
+        CommandReply::from_event(&event).unwrap()
+    }
+
+    #[test]
+    fn each_targeted_device_gets_one_row_confirmed_refused_offline_unknown_or_timed_out() {
+        let t = Topics::default();
+        let mut fleet = Fleet::new();
+        for (device, state) in [
+            ("kitchen", "online"),
+            ("porch", "online"),
+            ("hall", "online"),
+            ("attic", "online"),
+            ("garage", "offline"),
+        ] {
+            let topic = format!("pifleet/dev/{device}/status");
+            let payload = format!(r#"{{"state":"{state}","version":"0.1.0","groups":[],"ts":1}}"#);
+            fleet.apply(&decode(&t, &topic, payload.as_bytes()).unwrap().unwrap());
+        }
+        let mut rows = SwitchRows::new();
+        for device in ["kitchen", "porch", "hall", "attic"] {
+            assert!(rows.target(&fleet, &name(device)), "{device} is online");
+        }
+        assert!(
+            !rows.target(&fleet, &name("garage")),
+            "offline: not waited for"
+        );
+        assert!(!rows.target(&fleet, &name("cellar")), "never announced");
+        assert!(rows.is_waiting());
+
+        let id = CommandId("c1".into());
+        let ms = Duration::from_micros(12_345);
+        let confirm = |cmd: &str, level: u8| {
+            let state =
+                format!(r#"{{"on":true,"level":{level},"cmd":"{cmd}","source":"command","ts":5}}"#);
+            reply("pifleet/dev/kitchen/out/led", &state)
+        };
+        rows.reply(&id, confirm("c2", 10), ms);
+        rows.reply(&id, confirm("c1", 40), ms);
+        rows.reply(&id, confirm("c1", 70), ms);
+        let refusal = r#"{"kind":"unknown_output","message":"no output 'x'","cmd":"c1","ts":6}"#;
+        rows.reply(&id, reply("pifleet/dev/porch/event", refusal), ms);
+        let gone = r#"{"state":"offline"}"#;
+        rows.reply(&id, reply("pifleet/dev/hall/status", gone), ms);
+        rows.reply(&id, reply("pifleet/dev/kitchen/status", gone), ms);
+        rows.reply(&id, reply("pifleet/dev/garage/status", gone), ms);
+        assert!(rows.is_waiting(), "attic has not answered");
+
+        let rows: BTreeMap<String, SwitchResult> = rows
+            .finish(2.5)
+            .into_iter()
+            .map(|r| (r.device.clone(), r))
+            .collect();
+        assert_eq!(rows.len(), 6, "{rows:?}");
+        let kitchen = &rows["kitchen"];
+        assert_eq!(
+            (
+                kitchen.outcome,
+                kitchen.on,
+                kitchen.level,
+                kitchen.latency_ms
+            ),
+            (Outcome::Confirmed, Some(true), Some(40.0), Some(12.3)),
+            "its own command's confirmation, not another's, and the first answer stays"
+        );
+        assert_eq!(kitchen.message, None);
+        let row = |device: &str| {
+            let r = &rows[device];
+            assert_eq!((r.on, r.latency_ms), (None, None), "{device}");
+            (r.outcome, r.message.as_deref().unwrap())
+        };
+        assert_eq!(row("porch"), (Outcome::Refused, "no output 'x'"));
+        assert_eq!(
+            row("hall"),
+            (Outcome::Offline, "went offline before confirming")
+        );
+        assert_eq!(row("garage"), (Outcome::Offline, "offline: not waited for"));
+        assert_eq!(
+            row("cellar"),
+            (
+                Outcome::Unknown,
+                "no such device has announced itself on this broker"
+            )
+        );
+        assert_eq!(
+            row("attic"),
+            (Outcome::TimedOut, "no confirmation within 2.5 s")
+        );
+    }
 }

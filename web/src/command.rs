@@ -2,13 +2,11 @@
 //! same [`SwitchReport`] `pifleet on|off|toggle --json` prints. Targets are resolved from the
 //! live fold the way the CLI resolves them from its snapshot: offline devices are reported and
 //! not waited for, unknown ones reported as such, and each online one is confirmed, refused or
-//! timed out by proto's [`CommandReply`] rule.
+//! timed out by proto's [`SwitchRows`], the rows the CLI builds too.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use pifleet_proto::fleet::CommandReply;
-use pifleet_proto::report::{Outcome, SwitchReport, SwitchResult};
+use pifleet_proto::report::{SwitchReport, SwitchRows};
 use pifleet_proto::{Action, Command, CommandId, Name, Target};
 use rumqttc::QoS;
 use serde::{Deserialize, Serialize};
@@ -50,18 +48,6 @@ pub enum TargetKind {
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
 
-fn row(device: &Name, outcome: Outcome, message: &str) -> SwitchResult {
-    SwitchResult {
-        device: device.to_string(),
-        outcome,
-        on: None,
-        level: None,
-        off_at: None,
-        latency_ms: None,
-        message: Some(message.to_string()),
-    }
-}
-
 /// Sends the command and collects every targeted device's answer.
 pub async fn run(link: &Link, req: CommandRequest) -> Result<SwitchReport, Error> {
     let timeout_ms = req
@@ -85,24 +71,9 @@ pub async fn run(link: &Link, req: CommandRequest) -> Result<SwitchReport, Error
             ))
         }
     };
-    let mut results: BTreeMap<Name, SwitchResult> = BTreeMap::new();
-    let mut waiting: BTreeSet<Name> = BTreeSet::new();
-    for d in targeted {
-        match fleet.get(&d) {
-            Some(s) if s.online => {
-                waiting.insert(d);
-            }
-            Some(_) => {
-                results.insert(
-                    d.clone(),
-                    row(&d, Outcome::Offline, "offline: not waited for"),
-                );
-            }
-            None => {
-                let why = "no such device has announced itself on this broker";
-                results.insert(d.clone(), row(&d, Outcome::Unknown, why));
-            }
-        }
+    let mut rows = SwitchRows::new();
+    for d in &targeted {
+        rows.target(&fleet, d);
     }
     let command = Command {
         id: CommandId::generate(),
@@ -114,7 +85,7 @@ pub async fn run(link: &Link, req: CommandRequest) -> Result<SwitchReport, Error
     let mut waiter = link.wait_for(&command.id);
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-    if !waiting.is_empty() {
+    if rows.is_waiting() {
         let payload = serde_json::to_vec(&command).expect("commands serialize");
         let publish = link.client.publish(
             link.topics.command(&target),
@@ -128,43 +99,12 @@ pub async fn run(link: &Link, req: CommandRequest) -> Result<SwitchReport, Error
             Err(_) => return Err(Error::Broker("could not hand the command over".into())),
         }
     }
-    while !waiting.is_empty() {
+    while rows.is_waiting() {
         let reply = tokio::select! {
             r = waiter.rx.recv() => match r { Some(r) => r, None => break },
             _ = tokio::time::sleep_until(deadline) => break,
         };
-        if !reply.answers(&command.id) {
-            continue;
-        }
-        let (device, result) = match reply {
-            CommandReply::Confirmed { device, state, .. } => {
-                let r = SwitchResult {
-                    device: device.to_string(),
-                    outcome: Outcome::Confirmed,
-                    on: Some(state.on),
-                    level: state.level,
-                    off_at: state.off_at,
-                    latency_ms: Some((started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0),
-                    message: None,
-                };
-                (device, r)
-            }
-            CommandReply::Refused { device, reason, .. } => {
-                let r = row(&device, Outcome::Refused, &reason);
-                (device, r)
-            }
-            CommandReply::WentOffline { device } => {
-                let r = row(&device, Outcome::Offline, "went offline before confirming");
-                (device, r)
-            }
-        };
-        if waiting.remove(&device) {
-            results.insert(device, result);
-        }
-    }
-    for d in std::mem::take(&mut waiting) {
-        let why = format!("no confirmation within {} s", timeout_ms as f64 / 1000.0);
-        results.insert(d.clone(), row(&d, Outcome::TimedOut, &why));
+        rows.reply(&command.id, reply, started.elapsed());
     }
     Ok(SwitchReport {
         command_id: command.id,
@@ -172,7 +112,7 @@ pub async fn run(link: &Link, req: CommandRequest) -> Result<SwitchReport, Error
         value: req.value,
         on_time: req.on_time,
         output: req.output.map(|o| o.to_string()),
-        results: results.into_values().collect(),
+        results: rows.finish(timeout_ms as f64 / 1000.0),
     })
 }
 

@@ -9,8 +9,9 @@
 
 use clap::Args;
 use pifleet_homeassistant::service::{self, Options, StartError};
-use pifleet_proto::{CommandId, Topics};
+use pifleet_proto::Topics;
 
+use super::service_login;
 use crate::cli::Global;
 use crate::error::{CliError, EXIT_OK};
 
@@ -28,26 +29,13 @@ pub async fn exec(g: &Global, topics: Topics, a: &HomeAssistantArgs) -> Result<u
             a.discovery_prefix
         )));
     }
-    let security = g.security()?;
-    let name = security
-        .user()
-        .unwrap_or("pifleet-homeassistant")
-        .to_string();
     let options = Options {
-        broker: g.broker.clone(),
-        client_id: format!("{name}:{}", CommandId::generate()),
-        security,
-        role: "controller",
+        login: service_login(g, "pifleet-homeassistant")?,
         topics,
         discovery_prefix: a.discovery_prefix.clone(),
-        connect_timeout: g.connect_timeout(),
     };
     let running = service::start(options).await.map_err(|e| match e {
-        StartError::Connect {
-            message,
-            auth: true,
-        } => CliError::Auth(message),
-        StartError::Connect { message, .. } => CliError::Broker(message),
+        StartError::Connect(e) => e.into(),
         other => CliError::Usage(other.to_string()),
     })?;
     // The readiness line: subscribed; each device's config follows as its presence arrives.

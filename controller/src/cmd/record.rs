@@ -15,8 +15,9 @@ use clap::Args;
 use pifleet_history::layout::DIR_ENV;
 use pifleet_history::service::{self, Options, StartError};
 use pifleet_history::RecorderConfig;
-use pifleet_proto::{CommandId, Topics};
+use pifleet_proto::Topics;
 
+use super::service_login;
 use crate::cli::Global;
 use crate::error::{CliError, EXIT_OK};
 
@@ -56,24 +57,13 @@ impl RecordArgs {
 }
 
 pub async fn exec(g: &Global, topics: Topics, a: &RecordArgs) -> Result<u8, CliError> {
-    let security = g.security()?;
-    // A controller's client id (`NAME:<random>`), so it never takes over another session.
-    let name = security.user().unwrap_or("pifleet-record").to_string();
     let options = Options {
-        broker: g.broker.clone(),
-        client_id: format!("{name}:{}", CommandId::generate()),
-        security,
-        role: "controller",
+        login: service_login(g, "pifleet-record")?,
         topics,
         recorder: a.recorder(),
-        connect_timeout: g.connect_timeout(),
     };
     let recording = service::start(options).await.map_err(|e| match e {
-        StartError::Connect {
-            message,
-            auth: true,
-        } => CliError::Auth(message),
-        StartError::Connect { message, .. } => CliError::Broker(message),
+        StartError::Connect(e) => e.into(),
         other => CliError::Usage(other.to_string()),
     })?;
     // The readiness line: subscribed, so everything published from now on is recorded.

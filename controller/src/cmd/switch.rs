@@ -3,12 +3,11 @@
 //! carrying the same id. Devices whose retained presence says offline are reported, not waited
 //! for, so `off --all` on a fleet with a dead Pi returns at once instead of after the timeout.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use pifleet_proto::fleet::{decode, CommandReply};
-use pifleet_proto::report::{Outcome, SwitchReport, SwitchResult};
+use pifleet_proto::report::{Outcome, SwitchReport, SwitchRows};
 use pifleet_proto::{Action, Command, CommandId, Name, Target, Topics};
 use rumqttc::QoS;
 
@@ -67,41 +66,8 @@ pub async fn exec(
     let snapshot = session.subscribe_snapshot(filters).await?;
     let fleet = fold(&topics, &snapshot);
 
-    let mut results: BTreeMap<Name, SwitchResult> = BTreeMap::new();
-    let mut waiting: BTreeSet<Name> = BTreeSet::new();
-    let not_waited = |device: &Name, outcome: Outcome, message: &str| SwitchResult {
-        device: device.to_string(),
-        outcome,
-        on: None,
-        level: None,
-        off_at: None,
-        latency_ms: None,
-        message: Some(message.to_string()),
-    };
-    // `None`: online, wait for it; otherwise the row to report without waiting.
-    let classify = |device: &Name| match fleet.get(device) {
-        Some(d) if d.online => None,
-        Some(_) => Some(not_waited(
-            device,
-            Outcome::Offline,
-            "offline: not waited for",
-        )),
-        None => Some(not_waited(
-            device,
-            Outcome::Unknown,
-            "no such device has announced itself on this broker",
-        )),
-    };
-    let mut consider = |device: &Name| match classify(device) {
-        None => {
-            waiting.insert(device.clone());
-            true
-        }
-        Some(row) => {
-            results.insert(device.clone(), row);
-            false
-        }
-    };
+    let mut rows = SwitchRows::new();
+    let mut consider = |device: &Name| rows.target(&fleet, device);
     let mut targets = Vec::new();
     if a.all {
         for name in fleet.names() {
@@ -134,7 +100,7 @@ pub async fn exec(
     };
     let payload = serde_json::to_vec(&command).expect("commands serialize");
     let started = Instant::now();
-    if !waiting.is_empty() {
+    if rows.is_waiting() {
         for target in &targets {
             session
                 .client
@@ -150,7 +116,7 @@ pub async fn exec(
     }
 
     let deadline = tokio::time::Instant::from_std(started + Duration::from_secs_f64(a.timeout));
-    while !waiting.is_empty() {
+    while rows.is_waiting() {
         let p = tokio::select! {
             p = session.next_publish() => p?,
             _ = tokio::time::sleep_until(deadline) => break,
@@ -158,43 +124,9 @@ pub async fn exec(
         let Ok(Some(event)) = decode(&topics, &p.topic, &p.payload) else {
             continue;
         };
-        let Some(reply) = CommandReply::from_event(&event).filter(|r| r.answers(&command.id))
-        else {
-            continue;
-        };
-        let (device, result) = match reply {
-            CommandReply::Confirmed { device, state, .. } => {
-                let result = SwitchResult {
-                    device: device.to_string(),
-                    outcome: Outcome::Confirmed,
-                    on: Some(state.on),
-                    level: state.level,
-                    off_at: state.off_at,
-                    latency_ms: Some((started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0),
-                    message: None,
-                };
-                (device, result)
-            }
-            CommandReply::Refused { device, reason, .. } => {
-                let result = not_waited(&device, Outcome::Refused, &reason);
-                (device, result)
-            }
-            CommandReply::WentOffline { device } => {
-                let result =
-                    not_waited(&device, Outcome::Offline, "went offline before confirming");
-                (device, result)
-            }
-        };
-        if waiting.remove(&device) {
-            results.insert(device, result);
+        if let Some(reply) = CommandReply::from_event(&event) {
+            rows.reply(&command.id, reply, started.elapsed());
         }
-    }
-    for device in std::mem::take(&mut waiting) {
-        let message = format!("no confirmation within {} s", a.timeout);
-        results.insert(
-            device.clone(),
-            not_waited(&device, Outcome::TimedOut, &message),
-        );
     }
     session.close().await;
 
@@ -204,7 +136,7 @@ pub async fn exec(
         value,
         on_time: a.pulse,
         output: a.output.as_ref().map(|o| o.to_string()),
-        results: results.into_values().collect(),
+        results: rows.finish(a.timeout),
     };
     if g.json {
         print_json(&report)?;
