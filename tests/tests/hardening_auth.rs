@@ -406,7 +406,9 @@ fn a_flood_of_wrong_passwords_does_not_delay_a_cached_login() {
 /// closed without CONNACK (and never hashed) instead of holding their connections for a minute.
 #[test]
 fn logins_still_waiting_for_a_verifier_at_the_connect_deadline_are_closed() {
-    const FLOOD: usize = 400;
+    // About 3 s of hashing on two cores (8 ms each): however the connects spread on a busy
+    // machine (400 once all got their hash within the second), many are still queued at 1 s.
+    const FLOOD: usize = 800;
     let creds = Creds::new();
     creds.add_chosen(
         &["controller", "add", "ops"],
@@ -451,7 +453,7 @@ fn logins_still_waiting_for_a_verifier_at_the_connect_deadline_are_closed() {
         "{codes:?}"
     );
     assert!(closed > 0, "every login waited for its hash ({took:?})");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
