@@ -671,8 +671,8 @@ impl Engine {
             match wills {
                 0 => String::new(),
                 n => format!(
-                    "; {n} last wills of connections the restart ended are pending: each is \
-                     published unless its client connects again within 1.5 x its keep-alive"
+                    "; last wills pending (each published unless its client connects again \
+                     within 1.5 x its keep-alive): {n}"
                 ),
             },
             match expired {
