@@ -1,7 +1,8 @@
 //! The broker's state survives it: retained messages (an offline device's presence and last
 //! states) and persistent sessions with their queued QoS 1 messages come back after `kill -9`
-//! and a restart on the same state directory, and damaged state files are reported and their
-//! intact part served (docs/broker.md).
+//! and a restart on the same state directory, the last wills of the connections a crash ended
+//! are published unless their clients come back within 1.5 x keep-alive, and damaged state
+//! files are reported and their intact part served (docs/broker.md).
 //!
 //! Before each `kill -9` the test waits until what it needs is in the state files (a retained
 //! marker published after it shows up on disk: records are committed in order), so the test
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pifleet_proto::report::Outcome;
+use pifleet_proto::Presence;
 use pifleet_tests::raw::{self, Client, Connect, Packet};
 use pifleet_tests::*;
 
@@ -271,4 +273,107 @@ fn a_truncated_log_and_a_corrupted_snapshot_are_reported_and_their_intact_part_s
         "the intact prefix is served; the broker started all the same"
     );
     assert!(state.path().join("snapshot.damaged").exists());
+}
+
+/// The keep-alive of the agents in the will tests: the grace after a restart is 1.5 x this.
+const AGENT_KEEP_ALIVE_SECS: u64 = 4;
+
+/// An agent with [`AGENT_KEEP_ALIVE_SECS`] (longer than the fixtures' 2 s, so that a loaded
+/// machine still checks the restored presence well within the grace).
+fn agent_with_keep_alive(broker_url: &str, device: &str) -> Agent {
+    let dir = temp_dir(device);
+    let state = dir.path().join("state.json");
+    let config = format!(
+        "device = {device:?}\nbroker = {broker_url:?}\ngpio = \"sim\"\n\
+         keep_alive_secs = {AGENT_KEEP_ALIVE_SECS}\nreconnect_max_secs = 0.5\n\
+         state_file = {state:?}\n\n[[output]]\nname = \"led\"\npin = 17\n"
+    );
+    Agent::start_config(dir, device, &config)
+}
+
+/// A device dies while the broker is down: after the restart its restored presence says
+/// online for the grace its last will gets (its client might be reconnecting), then the will
+/// is published and the fleet sees it offline.
+#[test]
+fn a_device_that_died_while_the_broker_was_down_goes_offline_after_the_grace() {
+    let grace = Duration::from_millis(AGENT_KEEP_ALIVE_SECS * 1500);
+    let state = temp_dir("durability-will");
+    let mut broker = broker_on(state.path());
+    let url = broker.url();
+    let mut agent = agent_with_keep_alive(&url, "cellar");
+    wait_online(&url, "cellar");
+    // Its will was recorded at its CONNECT, before this marker.
+    committed(&broker, state.path(), "cellar-online");
+    kill_9(&mut broker);
+    agent.proc.signal("KILL");
+    agent.proc.wait_exit(Duration::from_secs(5));
+
+    let started = std::time::Instant::now();
+    let broker = broker_on(state.path());
+    let url = broker.url();
+    let cellar = device_status(&url, "cellar").expect("cellar is listed after the restart");
+    let checked = started.elapsed();
+    assert!(
+        checked < grace,
+        "the restored presence was checked {checked:?} after the restart, past the {grace:?} \
+         grace: this machine is too slow for this test"
+    );
+    assert!(cellar.online, "within the grace: its restored presence");
+    wait_until("cellar is offline", Duration::from_secs(30), || {
+        device_status(&url, "cellar").is_some_and(|d| !d.online)
+    });
+    let offline = started.elapsed();
+    assert!(
+        offline >= grace,
+        "its will is published only once the grace is over, not after {offline:?}"
+    );
+    // `pifleet status --json` says so, and so does a person's `pifleet status`.
+    assert!(!device_status(&url, "cellar").unwrap().online);
+    let out = cli(&url, &["status"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cellar"));
+}
+
+/// A device that outlives the broker's crash reconnects within the grace: its pending will is
+/// dropped, it stays online, and no offline presence is published in between.
+#[test]
+fn a_device_that_comes_back_within_the_grace_stays_online_without_an_offline_blip() {
+    let grace = Duration::from_millis(AGENT_KEEP_ALIVE_SECS * 1500);
+    let state = temp_dir("durability-will-back");
+    let mut broker = broker_on(state.path());
+    let url = broker.url();
+    let _agent = agent_with_keep_alive(&url, "porch");
+    wait_online(&url, "porch");
+    committed(&broker, state.path(), "porch-online");
+    kill_9(&mut broker);
+
+    // The same port, so the agent finds the broker again.
+    let port = broker.mqtt.clone();
+    drop(broker);
+    let started = std::time::Instant::now();
+    let broker = Broker::start_with(&[
+        "--mqtt",
+        &port,
+        "--no-ws",
+        "--state-dir",
+        state.path().to_str().unwrap(),
+    ]);
+    let topic = "pifleet/dev/porch/status";
+    let mut watch = Client::accepted(&broker.mqtt, &Connect::new("presence-watch"));
+    watch.subscribe(1, &[(topic, 1), ("durability/end", 0)]);
+    // Past the grace, with room for the sweeper and a slow machine.
+    std::thread::sleep((grace + Duration::from_secs(2)).saturating_sub(started.elapsed()));
+    watch.send(&raw::publish_packet("durability/end", b"", 0, false, 0));
+    let seen: Vec<Presence> = watch
+        .publishes_until("durability/end")
+        .into_iter()
+        .filter(|p| p.topic == topic)
+        .map(|p| serde_json::from_slice(&p.payload).expect("a presence"))
+        .collect();
+    assert!(!seen.is_empty(), "the watcher sees porch's presence");
+    assert!(
+        seen.iter().all(|p| p.is_online()),
+        "no offline presence between the restart and now: {seen:?}"
+    );
+    let porch = device_status(&broker.url(), "porch").expect("porch is listed");
+    assert!(porch.online, "porch stays online after the grace");
 }

@@ -31,6 +31,7 @@
 //!   and bytes.
 //! - [`store`]: persistence: what registry, routing and outbox change is recorded there, committed
 //!   to the state directory by a writer thread, and read back at start (docs/broker.md).
+//! - [`wills`]: last wills across a restart: recorded in the store, pending after it.
 //! - [`tree`]: the topic tries; [`counters`]: how often each bound bit.
 
 mod admission;
@@ -48,6 +49,7 @@ mod store;
 mod tests;
 pub mod tree;
 pub mod v4;
+mod wills;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -228,7 +230,9 @@ pub struct Engine {
     verifiers: auth::Verifiers,
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    started: std::time::Instant,
+    /// Tokio's clock, so that tests with paused time drive keep-alives and wills (it is
+    /// `std::time::Instant` outside such tests).
+    started: tokio::time::Instant,
     /// The queue bounds all sessions share.
     budget: Arc<Budget>,
     counters: Counters,
@@ -257,6 +261,9 @@ struct Tables {
     by_identity: HashMap<Box<str>, Vec<Box<str>>>,
     /// Where changes to persistent state are recorded (a no-op for an in-memory engine).
     store: Store,
+    /// Last wills read back at start, by client id, until published or their client connects
+    /// again ([`wills`]).
+    pending_wills: HashMap<Box<str>, wills::PendingWill>,
 }
 
 impl Engine {
@@ -294,7 +301,7 @@ impl Engine {
             verifiers: auth::Verifiers::new(cpus),
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
-            started: std::time::Instant::now(),
+            started: tokio::time::Instant::now(),
             counters: Counters::default(),
             log_refusals: LogGate::default(),
             log_ends: LogGate::default(),

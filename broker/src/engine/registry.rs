@@ -8,7 +8,9 @@
 //! [`Engine::detach`], [`Tables::discard`], [`Tables::drop_filters`] and the routing module's
 //! subscribe/unsubscribe, all
 //! under the one state lock, and each is recorded there in the [`store`](super::store): created,
-//! online, offline, discarded (expired, evicted, replaced).
+//! online, offline, discarded (expired, evicted, replaced). So is each connection's last will:
+//! set by `attach`, settled (published or discarded) wherever a connection ends
+//! ([`super::wills`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -59,6 +61,8 @@ pub(super) struct Attached {
     pub(super) link: Arc<Link>,
     /// 1.5 × the client's keep-alive in milliseconds (0: no keep-alive).
     pub(super) grace_ms: u64,
+    /// The keep-alive in seconds, as its CONNECT asked (stored with the will).
+    pub(super) keep_alive: u16,
 }
 
 /// What the engine and a connection task share: the way to close it (takeover, keep-alive
@@ -107,8 +111,9 @@ impl Engine {
     }
 
     /// Closes connections silent for longer than 1.5 × their keep-alive (§3.1.2.10); their
-    /// tasks then fire the last will as for any lost connection. With `expire`, also forgets
-    /// offline sessions older than `session_expiry_secs`. `now` is [`Engine::now_ms`].
+    /// tasks then fire the last will as for any lost connection. Publishes the wills pending
+    /// from before a restart whose grace is over. With `expire`, also forgets offline sessions
+    /// older than `session_expiry_secs`. `now` is [`Engine::now_ms`].
     pub(super) fn sweep(&self, now: u64, expire: bool) {
         let expiry_ms = self.limits.session_expiry_secs.saturating_mul(1000);
         let mut st = self.state();
@@ -130,6 +135,7 @@ impl Engine {
                 None => {}
             }
         }
+        self.fire_due_wills(&mut st, now);
         for id in expired {
             st.discard(&id);
             if bump(&self.counters.sessions_expired) {
@@ -175,9 +181,7 @@ impl Engine {
                 old.link.kick.notify_one();
             }
         }
-        if let Some(w) = old_will {
-            self.route(&mut st, w.into_message(), 0, &mut Vec::new());
-        }
+        self.settle_will(&mut st, client_id, old_will, true);
         let existing = st.sessions.get(client_id);
         let resume = !clean_session && existing.is_some_and(|e| e.persistent && e.owner == owner);
         if !clean_session && !resume && existing.is_some_and(|e| e.persistent) {
@@ -226,6 +230,13 @@ impl Engine {
                 bump(&self.counters.subscriptions_refused);
             }
         }
+        // Back in time after a restart: the will from before it is not due. Dropped before the
+        // new one is recorded, as both are the client id's.
+        st.drop_pending_will(client_id);
+        let keep_alive_secs = u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
+        if let Some(w) = &will {
+            st.store.will(client_id, keep_alive_secs, w);
+        }
         let Tables {
             sessions, store, ..
         } = &mut *st;
@@ -237,6 +248,7 @@ impl Engine {
             will,
             link: link.clone(),
             grace_ms: keep_alive.as_millis() as u64 * 3 / 2,
+            keep_alive: keep_alive_secs,
         });
         entry.offline_since_ms = 0;
         if entry.persistent {
@@ -315,9 +327,7 @@ impl Engine {
         } else {
             st.discard(client_id);
         }
-        if let (false, Some(w)) = (graceful, attached.will) {
-            self.route(&mut st, w.into_message(), 0, &mut Vec::new());
-        }
+        self.settle_will(&mut st, client_id, attached.will, !graceful);
     }
 }
 

@@ -247,9 +247,7 @@ impl Engine {
             connected = attached.is_some(),
             "identity removed or its secret changed in the credentials file: session discarded"
         );
-        if let Some(w) = attached.and_then(|a| a.will) {
-            self.route(st, w.into_message(), 0, &mut Vec::new());
-        }
+        self.settle_will(st, client_id, attached.and_then(|a| a.will), true);
         st.discard(client_id);
     }
 

@@ -1,6 +1,7 @@
-//! Persistence: retained messages and persistent sessions (client id, owner, subscriptions,
-//! queued and in-flight QoS 1/2 messages) survive a restart and a `kill -9`. The design, the
-//! files and the durability window are in docs/broker.md; in short:
+//! Persistence: retained messages, persistent sessions (client id, owner, subscriptions,
+//! queued and in-flight QoS 1/2 messages) and the last wills of live connections survive a
+//! restart and a `kill -9`. The design, the files and the durability window are in
+//! docs/broker.md; in short:
 //!
 //! - The seam is [`Store`], which the registry, routing and outbox call where the state
 //!   changes, always under the lock that guards that change (the engine's state lock, or a
@@ -15,9 +16,13 @@
 //! - At start, [`open`] locks the directory and reads it, and [`Opened::attach`] rebuilds the
 //!   engine ([`Engine::restore`], within today's limits), writes a fresh snapshot and starts
 //!   the writer, all before a listener accepts.
+//! - Wills: a connection's will is recorded at its CONNECT (clean sessions too) and settled
+//!   when the registry ends the connection. Those read back at start are pending: published
+//!   unless their client id connects within 1.5 × its keep-alive ([`super::wills`]). Pending
+//!   wills are in every snapshot until settled, so a restart during the grace keeps them.
 //!
-//! Not persisted: QoS 0 messages (never queued for an offline session anyway), clean sessions,
-//! connections' last wills, QoS 2 packet ids a client sent us and has not released, and the
+//! Not persisted: QoS 0 messages (never queued for an offline session anyway), clean sessions
+//! (their wills are), QoS 2 packet ids a client sent us and has not released, and the
 //! counters.
 
 mod files;
@@ -34,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::outbox::{Delivery, Outbox, Stage};
-use super::packet::{Message, QoS};
+use super::packet::{Message, QoS, Will};
 use super::registry::{Owner, SessionEntry};
 use super::routing::Subscription;
 use super::tree::valid_filter;
@@ -44,6 +49,7 @@ use files::{Loaded, StateDir, Unusable};
 use record::Record;
 use recover::Recovered;
 
+pub(super) use recover::RecoveredWill;
 pub(crate) use writer::Handle as Writer;
 
 /// The id of a message body stored for persistent sessions (shared by all their queues).
@@ -132,6 +138,23 @@ impl Store {
 
     pub fn unsubscribed(&self, sid: u64, filter: &str) {
         self.put(Record::Unsubscribe { sid, filter });
+    }
+
+    /// `client_id`'s connection (just attached) has `will`; `keep_alive` in seconds.
+    pub fn will(&self, client_id: &str, keep_alive: u16, will: &Will) {
+        self.put(Record::Will {
+            client_id,
+            keep_alive,
+            topic: &will.topic,
+            qos: will.qos,
+            retain: will.retain,
+            payload: &will.payload,
+        });
+    }
+
+    /// `client_id`'s will was published or discarded.
+    pub fn will_gone(&self, client_id: &str) {
+        self.put(Record::WillGone { client_id });
     }
 
     /// Stores `m`'s body once, before it is queued for persistent sessions.
@@ -348,6 +371,9 @@ impl Opened {
 pub(crate) struct Snapshot {
     retained: Vec<Arc<Message>>,
     sessions: Vec<SessionImage>,
+    /// (client id, keep-alive, will) of every live connection that has one, and of every
+    /// will still pending from the last start.
+    wills: Vec<(Box<str>, u16, Will)>,
 }
 
 struct SessionImage {
@@ -419,6 +445,16 @@ impl Snapshot {
                 queue(d, put)?;
             }
         }
+        for (client_id, keep_alive, w) in &self.wills {
+            put(&Record::Will {
+                client_id,
+                keep_alive: *keep_alive,
+                topic: &w.topic,
+                qos: w.qos,
+                retain: w.retain,
+                payload: &w.payload,
+            })?;
+        }
         Ok(())
     }
 }
@@ -462,7 +498,23 @@ impl Engine {
                 }
             })
             .collect();
-        (before, Snapshot { retained, sessions })
+        let live = st.sessions.iter().filter_map(|(client_id, e)| {
+            let a = e.attached.as_ref()?;
+            Some((client_id.clone(), a.keep_alive, a.will.clone()?))
+        });
+        let pending = st
+            .pending_wills
+            .iter()
+            .map(|(client_id, p)| (client_id.clone(), p.keep_alive, p.will.clone()));
+        let wills = live.chain(pending).collect();
+        (
+            before,
+            Snapshot {
+                retained,
+                sessions,
+                wills,
+            },
+        )
     }
 
     /// Rebuilds the retained store and the persistent sessions from `rec`, within the limits
@@ -601,6 +653,8 @@ impl Engine {
             );
             restored += 1;
         }
+        let (wills, wills_dropped) = self.restore_wills(&mut st, rec.wills);
+        dropped += wills_dropped;
         if expired > 0 {
             self.counters
                 .sessions_expired
@@ -611,9 +665,16 @@ impl Engine {
             .fetch_add(dropped as u64, Ordering::Relaxed);
         tracing::info!(
             "state: restored {} retained messages and {restored} persistent sessions ({queued} \
-             queued messages) from {}{}{}{}",
+             queued messages) from {}{}{}{}{}",
             st.retained.len(),
             from.display(),
+            match wills {
+                0 => String::new(),
+                n => format!(
+                    "; last wills pending (each published unless its client connects again \
+                     within 1.5 x its keep-alive): {n}"
+                ),
+            },
             match expired {
                 0 => String::new(),
                 n => format!("; {n} sessions had expired meanwhile"),

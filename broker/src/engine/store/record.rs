@@ -118,6 +118,23 @@ pub enum Record<'a> {
     End {
         records: u64,
     },
+    /// The live connection of `client_id` has this last will, due if the connection ends
+    /// without DISCONNECT (a crash of the broker included). `keep_alive` is the seconds its
+    /// CONNECT asked for: after a restart, the client has 1.5 times that to connect again
+    /// before the will is published.
+    Will {
+        client_id: &'a str,
+        keep_alive: u16,
+        topic: &'a str,
+        qos: QoS,
+        retain: bool,
+        payload: &'a [u8],
+    },
+    /// `client_id`'s will is settled: published, discarded by a DISCONNECT, or replaced by
+    /// what a new connection of the client id brought.
+    WillGone {
+        client_id: &'a str,
+    },
 }
 
 mod tag {
@@ -136,6 +153,8 @@ mod tag {
     pub const RELEASED: u8 = 13;
     pub const DONE: u8 = 14;
     pub const END: u8 = 15;
+    pub const WILL: u8 = 16;
+    pub const WILL_GONE: u8 = 17;
 }
 
 fn put_u16(out: &mut Vec<u8>, v: u16) {
@@ -280,6 +299,26 @@ impl Record<'_> {
             Record::End { records } => {
                 out.push(tag::END);
                 put_u64(out, records);
+            }
+            Record::Will {
+                client_id,
+                keep_alive,
+                topic,
+                qos,
+                retain,
+                payload,
+            } => {
+                out.push(tag::WILL);
+                out.push(qos as u8);
+                out.push(retain as u8);
+                put_u16(out, keep_alive);
+                put_str(out, client_id);
+                put_str(out, topic);
+                put_bytes(out, payload);
+            }
+            Record::WillGone { client_id } => {
+                out.push(tag::WILL_GONE);
+                put_str(out, client_id);
             }
         }
     }
@@ -434,6 +473,25 @@ pub fn decode(body: &[u8]) -> Result<Record<'_>, Undecodable> {
             mid: f.u64()?,
         },
         tag::END => Record::End { records: f.u64()? },
+        tag::WILL => {
+            let qos = f.qos()?;
+            let retain = match f.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(Undecodable("retain flag beyond 1")),
+            };
+            Record::Will {
+                keep_alive: f.u16()?,
+                client_id: f.str()?,
+                topic: f.str()?,
+                qos,
+                retain,
+                payload: f.bytes()?,
+            }
+        }
+        tag::WILL_GONE => Record::WillGone {
+            client_id: f.str()?,
+        },
         _ => return Err(Undecodable("unknown record type")),
     };
     if !f.0.is_empty() {
@@ -607,7 +665,26 @@ mod test {
             },
             Record::Released { sid: 4, mid: 1 },
             Record::Done { sid: 4, mid: 1 },
-            Record::End { records: 15 },
+            Record::Will {
+                client_id: "kitchen",
+                keep_alive: 30,
+                topic: "pifleet/dev/kitchen/status",
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                payload: b"{\"online\":false}",
+            },
+            Record::Will {
+                client_id: "auto-7",
+                keep_alive: 0,
+                topic: "t",
+                qos: QoS::AtMostOnce,
+                retain: false,
+                payload: b"",
+            },
+            Record::WillGone {
+                client_id: "auto-7",
+            },
+            Record::End { records: 18 },
         ]
     }
 
@@ -685,6 +762,81 @@ mod test {
             );
             assert_eq!(w.intact, whole as u64);
         }
+    }
+
+    #[test]
+    fn a_will_torn_off_at_the_end_keeps_every_record_and_will_before_it() {
+        let kept = [
+            Record::Will {
+                client_id: "kitchen",
+                keep_alive: 2,
+                topic: "pifleet/dev/kitchen/status",
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                payload: b"offline",
+            },
+            Record::WillGone {
+                client_id: "kitchen",
+            },
+            Record::Will {
+                client_id: "attic",
+                keep_alive: 60,
+                topic: "pifleet/dev/attic/status",
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                payload: b"offline",
+            },
+        ];
+        let mut buf = Vec::new();
+        for r in &kept {
+            r.encode(&mut buf);
+        }
+        let whole = buf.len();
+        Record::Will {
+            client_id: "garage",
+            keep_alive: 5,
+            topic: "pifleet/dev/garage/status",
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            payload: b"offline, cut off",
+        }
+        .encode(&mut buf);
+        let want: Vec<String> = kept.iter().map(|r| format!("{r:?}")).collect();
+        for cut in whole + 1..buf.len() {
+            let (seen, w) = walk(&buf[..cut]);
+            assert_eq!(seen, want, "cut at {cut}");
+            assert_eq!(
+                w.damage,
+                Some(Damage {
+                    offset: whole as u64,
+                    why: Why::Torn
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn a_will_is_tag_qos_retain_keep_alive_client_id_topic_payload() {
+        let mut buf = Vec::new();
+        Record::Will {
+            client_id: "c",
+            keep_alive: 0x0102,
+            topic: "t",
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            payload: b"p",
+        }
+        .encode(&mut buf);
+        assert_eq!(
+            &buf[FRAME_HEADER..],
+            b"\x10\x01\x01\x02\x01\x01\0c\x01\0t\x01\0\0\0p"
+        );
+        let mut gone = Vec::new();
+        Record::WillGone { client_id: "c" }.encode(&mut gone);
+        assert_eq!(&gone[FRAME_HEADER..], b"\x11\x01\0c");
+        let mut bad = buf[FRAME_HEADER..].to_vec();
+        bad[2] = 2;
+        assert_eq!(decode(&bad), Err(Undecodable("retain flag beyond 1")));
     }
 
     #[test]

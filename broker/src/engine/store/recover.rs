@@ -6,13 +6,16 @@
 //! message body lost with a damaged part of a file) is skipped, and the records that race a
 //! compaction are idempotent on top of the snapshot: a `Sent` for a message already in flight,
 //! or a `Done` for one already gone, changes nothing.
+//!
+//! Last wills are kept by client id, apart from sessions: a clean session has no session
+//! record, yet its connection's will matters as much.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::super::packet::{Message, QoS};
+use super::super::packet::{Message, QoS, Will};
 use super::record::Record;
 use crate::credentials::Role;
 
@@ -47,11 +50,22 @@ pub struct RecoveredSession {
     pub pending: VecDeque<Queued>,
 }
 
+/// The last will of a connection that was live when the state was last written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredWill {
+    pub will: Will,
+    /// Seconds, as its CONNECT asked (0: none).
+    pub keep_alive: u16,
+}
+
 /// The persistent state the files describe.
 #[derive(Debug, Default)]
 pub struct Recovered {
     /// Topic → (QoS, payload).
     pub retained: BTreeMap<Box<str>, (QoS, Bytes)>,
+    /// Client id → the will of its connection (live at the crash, or still pending after an
+    /// earlier restart).
+    pub wills: BTreeMap<Box<str>, RecoveredWill>,
     /// By session id, which follows creation order.
     pub sessions: BTreeMap<u64, RecoveredSession>,
     by_client: HashMap<Box<str>, u64>,
@@ -184,6 +198,34 @@ impl Recovered {
                     s.inflight.remove(i);
                 } else if let Some(i) = s.pending.iter().position(|q| q.mid == mid) {
                     s.pending.remove(i);
+                }
+            }
+            Record::Will {
+                client_id,
+                keep_alive,
+                topic,
+                qos,
+                retain,
+                payload,
+            } => {
+                // One connection per client id: a newer will replaces one whose `WillGone`
+                // was lost.
+                self.wills.insert(
+                    client_id.into(),
+                    RecoveredWill {
+                        will: Will {
+                            topic: topic.into(),
+                            payload: Bytes::copy_from_slice(payload),
+                            qos,
+                            retain,
+                        },
+                        keep_alive,
+                    },
+                );
+            }
+            Record::WillGone { client_id } => {
+                if self.wills.remove(client_id).is_none() {
+                    self.skipped += 1;
                 }
             }
         }
@@ -354,6 +396,59 @@ mod test {
         }
         let s = &r.sessions[&1];
         assert_eq!((s.inflight.len(), s.pending.len()), (1, 0));
+    }
+
+    fn will<'a>(client_id: &'a str, payload: &'a [u8]) -> Record<'a> {
+        Record::Will {
+            client_id,
+            keep_alive: 30,
+            topic: "pifleet/dev/x/status",
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            payload,
+        }
+    }
+
+    #[test]
+    fn wills_replay_by_client_id_until_settled_whatever_the_session() {
+        let r = replay(&[
+            // A clean session's connection (no session record) and a persistent one's.
+            will("kitchen", b"k1"),
+            session(1, "attic"),
+            will("attic", b"a1"),
+            // Settled: a DISCONNECT, a fired will, a takeover.
+            will("garage", b"g1"),
+            Record::WillGone {
+                client_id: "garage",
+            },
+            // A takeover: the old will settled, the new connection's recorded.
+            Record::WillGone {
+                client_id: "kitchen",
+            },
+            will("kitchen", b"k2"),
+            // A newer will whose predecessor's WillGone was lost replaces it.
+            will("attic", b"a2"),
+            Record::Gone { sid: 1 },
+        ]);
+        let got: Vec<_> = r
+            .wills
+            .iter()
+            .map(|(id, w)| (&**id, &w.will.payload[..], w.keep_alive, w.will.retain))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("attic", &b"a2"[..], 30, true),
+                ("kitchen", &b"k2"[..], 30, true)
+            ],
+            "a session's end does not settle its connection's will"
+        );
+        assert_eq!(r.skipped, 0);
+        let mut r = r;
+        r.apply(Record::WillGone {
+            client_id: "nobody",
+        });
+        assert_eq!(r.skipped, 1, "a will never recorded");
     }
 
     #[test]

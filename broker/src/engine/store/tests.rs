@@ -1,6 +1,7 @@
 //! The store end to end inside one process: an engine writes its state directory, a second
 //! engine is rebuilt from it, and what the files cannot or may not bring back is left out.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use super::files::{self, StateDir};
 use super::record::{FileKind, Record};
 use super::*;
 use crate::config::{Limits, StateConfig};
-use crate::engine::packet::QoS;
+use crate::engine::packet::{QoS, Will};
 use crate::engine::{Access, Principal};
 use pifleet_proto::Topics;
 
@@ -407,4 +408,334 @@ fn a_log_that_outgrows_the_snapshot_is_compacted_while_the_broker_runs() {
         n += 1;
     }
     assert_eq!(n, round, "every queued message, in order");
+}
+
+fn presence_will(device: &str) -> Will {
+    Will {
+        topic: format!("pifleet/dev/{device}/status"),
+        payload: Bytes::from_static(b"offline"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+    }
+}
+
+/// A device as an agent connects: retained presence `online`, will `offline`, keep-alive 2 s.
+fn device_online(engine: &Engine, device: &str, clean: bool, conn: u64) {
+    engine
+        .attach(
+            device,
+            clean,
+            Some(presence_will(device)),
+            Duration::from_secs(2),
+            conn,
+            &Principal::Anonymous,
+        )
+        .unwrap();
+    publish(
+        engine,
+        &format!("pifleet/dev/{device}/status"),
+        "online",
+        QoS::AtLeastOnce,
+        true,
+    );
+}
+
+fn presence(engine: &Engine) -> Vec<(String, String)> {
+    retained(engine, "pifleet/dev/+/status")
+}
+
+fn pending(engine: &Engine) -> Vec<(String, u64)> {
+    let st = engine.state();
+    let mut v: Vec<_> = st
+        .pending_wills
+        .iter()
+        .map(|(id, p)| (id.to_string(), p.due_ms))
+        .collect();
+    v.sort();
+    v
+}
+
+fn pair(device: &str, state: &str) -> (String, String) {
+    (format!("pifleet/dev/{device}/status"), state.to_string())
+}
+
+#[test]
+fn the_wills_of_connections_a_crash_ended_are_published_after_their_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = engine_in(dir.path(), Limits::default());
+        // Clean and persistent sessions alike.
+        device_online(&engine, "kitchen", true, 1);
+        device_online(&engine, "attic", false, 2);
+        // No detach: the broker dies with both connected.
+        engine.close_store();
+    }
+    let engine = engine_in(dir.path(), Limits::default());
+    assert_eq!(
+        presence(&engine),
+        [pair("attic", "online"), pair("kitchen", "online")],
+        "restored presence"
+    );
+    let due = pending(&engine);
+    assert_eq!(due.len(), 2, "{due:?}");
+    let at = due[0].1;
+    assert!(
+        due.iter().all(|(_, d)| *d == at) && at >= engine.now_ms() + 2_900,
+        "1.5 x the 2 s keep-alive from the restart: {due:?}"
+    );
+    engine.sweep(at - 1, false);
+    assert_eq!(
+        presence(&engine),
+        [pair("attic", "online"), pair("kitchen", "online")],
+        "within the grace"
+    );
+    engine.sweep(at, false);
+    assert_eq!(
+        presence(&engine),
+        [pair("attic", "offline"), pair("kitchen", "offline")],
+        "published through the normal routing (retained)"
+    );
+    assert!(pending(&engine).is_empty());
+    engine.close_store();
+    drop(engine);
+    let engine = engine_in(dir.path(), Limits::default());
+    assert!(pending(&engine).is_empty(), "published once, not again");
+    assert_eq!(
+        presence(&engine),
+        [pair("attic", "offline"), pair("kitchen", "offline")]
+    );
+}
+
+#[test]
+fn a_client_that_connects_within_the_grace_drops_its_pending_will() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = engine_in(dir.path(), Limits::default());
+        device_online(&engine, "kitchen", true, 1);
+        device_online(&engine, "attic", true, 2);
+        engine.close_store();
+    }
+    let engine = engine_in(dir.path(), Limits::default());
+    let at = pending(&engine)[0].1;
+    // kitchen comes back with its will; attic comes back without one, and leaves gracefully.
+    device_online(&engine, "kitchen", true, 10);
+    engine
+        .attach(
+            "attic",
+            true,
+            None,
+            Duration::from_secs(2),
+            11,
+            &Principal::Anonymous,
+        )
+        .unwrap();
+    assert!(pending(&engine).is_empty());
+    engine.sweep(at + 60_000, false);
+    assert_eq!(
+        presence(&engine),
+        [pair("attic", "online"), pair("kitchen", "online")],
+        "no offline blip"
+    );
+    engine.detach("attic", 11, true);
+    engine.close_store();
+    drop(engine);
+    // The next restart knows only what the new connections brought: kitchen's will.
+    let engine = engine_in(dir.path(), Limits::default());
+    let ids: Vec<_> = pending(&engine).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["kitchen"]);
+}
+
+#[test]
+fn wills_settled_while_the_broker_runs_are_not_pending_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = engine_in(dir.path(), Limits::default());
+        // DISCONNECT: discarded.
+        device_online(&engine, "a", true, 1);
+        engine.detach("a", 1, true);
+        // A lost connection: published.
+        device_online(&engine, "b", false, 2);
+        engine.detach("b", 2, false);
+        // A takeover by a connection without a will: the old one published.
+        device_online(&engine, "c", true, 3);
+        engine
+            .attach("c", true, None, Duration::ZERO, 4, &Principal::Anonymous)
+            .unwrap();
+        assert_eq!(
+            presence(&engine),
+            [
+                pair("a", "online"),
+                pair("b", "offline"),
+                pair("c", "offline")
+            ]
+        );
+        engine.close_store();
+    }
+    let engine = engine_in(dir.path(), Limits::default());
+    assert!(pending(&engine).is_empty());
+}
+
+#[test]
+fn a_restart_during_the_grace_keeps_each_pending_will_once() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = engine_in(dir.path(), Limits::default());
+        device_online(&engine, "kitchen", true, 1);
+        engine.close_store();
+    }
+    for restart in 0..2 {
+        // Down again before the grace ended: the snapshot of this start carries the will.
+        let engine = engine_in(dir.path(), Limits::default());
+        assert_eq!(pending(&engine).len(), 1, "restart {restart}");
+        assert!(
+            !dir.path().join("log.1").exists(),
+            "the files read are replaced by a snapshot"
+        );
+        engine.close_store();
+    }
+    let engine = engine_in(dir.path(), Limits::default());
+    let at = pending(&engine)[0].1;
+    engine.sweep(at, false);
+    assert_eq!(presence(&engine), [pair("kitchen", "offline")]);
+    engine.close_store();
+    drop(engine);
+    assert!(pending(&engine_in(dir.path(), Limits::default())).is_empty());
+}
+
+#[test]
+fn a_snapshot_carries_live_and_pending_wills() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = engine_in(dir.path(), Limits::default());
+        device_online(&engine, "kitchen", true, 1);
+        engine.close_store();
+    }
+    {
+        let engine = engine_in(dir.path(), Limits::default());
+        // kitchen is pending; attic connects now, with a keep-alive of 0 (the default applies).
+        engine
+            .attach(
+                "attic",
+                false,
+                Some(presence_will("attic")),
+                Duration::ZERO,
+                5,
+                &Principal::Anonymous,
+            )
+            .unwrap();
+        engine.close_store();
+    }
+    let engine = engine_in(dir.path(), Limits::default());
+    let due: HashMap<_, _> = pending(&engine).into_iter().collect();
+    assert_eq!(
+        due["attic"] - due["kitchen"],
+        90_000 - 3_000,
+        "keep-alive 0 counts as 60 s, 2 s as 2 s"
+    );
+    // What a compaction writes now: the pending wills and garage's live one.
+    device_online(&engine, "garage", true, 6);
+    let (_, snapshot) = engine.capture();
+    let mut records = Vec::new();
+    snapshot
+        .write(&mut |r| {
+            r.encode(&mut records);
+            Ok(())
+        })
+        .unwrap();
+    let mut rec = Recovered::default();
+    record::read_frames(&mut &records[..], |r| rec.apply(r)).unwrap();
+    let wills: Vec<_> = rec
+        .wills
+        .iter()
+        .map(|(id, w)| (id.to_string(), w.keep_alive, w.will.clone()))
+        .collect();
+    assert_eq!(
+        wills,
+        [
+            ("attic".to_string(), 0, presence_will("attic")),
+            ("garage".to_string(), 2, presence_will("garage")),
+            ("kitchen".to_string(), 2, presence_will("kitchen")),
+        ]
+    );
+}
+
+#[test]
+fn a_torn_will_at_the_end_of_the_log_keeps_the_wills_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let sd = StateDir::lock(dir.path()).unwrap();
+        let mut log = sd.create_log(1).unwrap();
+        let mut buf = Vec::new();
+        for device in ["attic", "garage", "kitchen"] {
+            let w = presence_will(device);
+            Record::Will {
+                client_id: device,
+                keep_alive: 2,
+                topic: &w.topic,
+                qos: w.qos,
+                retain: w.retain,
+                payload: &w.payload,
+            }
+            .encode(&mut buf);
+        }
+        log.commit(&buf[..buf.len() - 3]).unwrap();
+    }
+    let engine = engine_in(dir.path(), Limits::default());
+    let ids: Vec<_> = pending(&engine).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["attic", "garage"]);
+    assert!(dir.path().join("log.1.damaged").exists());
+}
+
+/// The keep-alive sweeper is the will timer: with tokio's clock paused, a restored will is
+/// published once 1.5 x its keep-alive has passed, and not before.
+#[tokio::test(start_paused = true)]
+async fn the_keep_alive_sweeper_publishes_a_restored_will_on_time() {
+    let engine = Engine::new(Limits::default(), Access::default());
+    let mut rec = Recovered::default();
+    let w = presence_will("kitchen");
+    rec.apply(Record::Retain {
+        topic: &w.topic,
+        qos: QoS::AtLeastOnce,
+        payload: b"online",
+    });
+    rec.apply(Record::Will {
+        client_id: "kitchen",
+        keep_alive: 2,
+        topic: &w.topic,
+        qos: w.qos,
+        retain: w.retain,
+        payload: &w.payload,
+    });
+    engine.restore(rec, Path::new("(test)"));
+    let watcher = engine
+        .attach(
+            "watcher",
+            true,
+            None,
+            Duration::ZERO,
+            100,
+            &Principal::Anonymous,
+        )
+        .unwrap();
+    engine
+        .subscribe("watcher", 100, "pifleet/dev/+/status", QoS::AtLeastOnce)
+        .unwrap();
+    let seen = || {
+        let mut q = watcher.outbox.lock();
+        let mut v = Vec::new();
+        while let Some((d, _)) = q.next_to_send(100) {
+            v.push(String::from_utf8_lossy(&d.message.payload).into_owned());
+        }
+        v
+    };
+    assert_eq!(seen(), ["online"], "the restored presence, retained");
+    tokio::spawn(engine.clone().sweep_keep_alives());
+    tokio::time::sleep(Duration::from_millis(2_900)).await;
+    assert!(seen().is_empty(), "within the grace");
+    assert_eq!(presence(&engine), [pair("kitchen", "online")]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(seen(), ["offline"], "published once the grace is over");
+    assert_eq!(presence(&engine), [pair("kitchen", "offline")]);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(seen().is_empty(), "once");
 }
