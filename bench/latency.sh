@@ -49,5 +49,5 @@ n=${#targets[@]}
 for round in $(seq 0 $((${ROUNDS:-3} - 1))); do
   args=()
   for k in $(seq 0 $((n - 1))); do args+=(--target "${targets[$(((k + round) % n))]}"); done
-  target/release/pifleet-bench --latency-only "${commands[@]}" "${args[@]}" "$@" | grep '^  conf\|^=='
+  target/release/pifleet-bench --latency-only "${commands[@]}" "${args[@]}" "$@" | grep '^  conf\|^  back\|^=='
 done

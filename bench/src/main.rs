@@ -51,6 +51,11 @@ struct Args {
     /// that all of them see the same load (the fair side-by-side on a shared machine).
     #[arg(long)]
     latency_only: bool,
+    /// With `--latency-only`: QoS 0 telemetry at this many messages a second through each
+    /// target (one publisher, one subscriber, 64 B) while the latency is measured: the
+    /// confirmation latency of a broker that is also carrying a fleet's sensor traffic.
+    #[arg(long, default_value = "0")]
+    background: u32,
     /// Directory with the pifleet-agent and pifleet binaries (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -152,6 +157,94 @@ impl LatencySide {
     }
 }
 
+/// `--background`: a steady stream of QoS 0 sensor messages through one broker, from one
+/// publisher to one subscriber, until stopped.
+struct Background {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    publisher: tokio::task::JoinHandle<u64>,
+    subscriber: tokio::task::JoinHandle<u64>,
+    started: Instant,
+}
+
+impl Background {
+    async fn start(url: &BrokerUrl, topics: &Topics, rate: u32) -> Background {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let mut sub =
+            Controller::connect(url, &format!("bench-bg-sub:{}", CommandId::generate())).await;
+        sub.subscribe(vec![topics.sensor_filter(None)]).await;
+        let stopped = stop.clone();
+        let subscriber = tokio::spawn(async move {
+            let mut got = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_millis(100), sub.rx.recv()).await {
+                    Ok(Some(_)) => got += 1,
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
+            }
+            got
+        });
+        let (client, mut ev) = pifleet_client::mqtt::client(
+            url,
+            &format!("bench-bg-pub:{}", CommandId::generate()),
+            &pifleet_client::mqtt::Security::default(),
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+            |_| {},
+        )
+        .expect("no TLS or login in the benchmark");
+        let topic = topics.sensor(&Name::new("bg-0").unwrap(), &Name::new("t").unwrap());
+        let stopped = stop.clone();
+        let publisher = tokio::spawn(async move {
+            let driver = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+            // A burst every millisecond: the rate without a timer per message.
+            let per_tick = rate.div_ceil(1000).max(1);
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut sent = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                tick.tick().await;
+                for _ in 0..per_tick {
+                    if client
+                        .publish(topic.clone(), QoS::AtMostOnce, false, vec![b'x'; 64])
+                        .await
+                        .is_err()
+                    {
+                        return sent;
+                    }
+                    sent += 1;
+                }
+            }
+            let _ = client.disconnect().await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
+            sent
+        });
+        Background {
+            stop,
+            publisher,
+            subscriber,
+            started: Instant::now(),
+        }
+    }
+
+    /// Stops the stream; the row says what it carried.
+    async fn finish(self, r: &mut Results) {
+        let secs = self.started.elapsed().as_secs_f64();
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = self.publisher.await.unwrap_or(0);
+        let got = self.subscriber.await.unwrap_or(0);
+        r.add(
+            "background QoS 0 telemetry during the latency figure",
+            format!(
+                "{:.0} msg/s sent, {:.0} msg/s delivered",
+                sent as f64 / secs,
+                got as f64 / secs
+            ),
+        );
+    }
+}
+
 /// `--latency-only`: the confirmation latency of every target, measured at once (one command
 /// to each in turn, the first target rotating), so a busy machine slows all of them alike.
 async fn interleaved_latency(targets: &[TargetSpec], args: &Args) -> Vec<Results> {
@@ -160,6 +253,18 @@ async fn interleaved_latency(targets: &[TargetSpec], args: &Args) -> Vec<Results
     for t in targets {
         sides.push(LatencySide::start(&t.url, &topics).await);
     }
+    let mut background = Vec::new();
+    if args.background > 0 {
+        for t in targets {
+            background.push(Background::start(&t.url, &topics, args.background).await);
+        }
+        // Let the streams settle before timing anything.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let how = match args.background {
+        0 => ", interleaved".to_string(),
+        n => format!(", interleaved, {n} msg/s background"),
+    };
     for i in 0..args.commands {
         let n = sides.len();
         for k in 0..n {
@@ -167,10 +272,15 @@ async fn interleaved_latency(targets: &[TargetSpec], args: &Args) -> Vec<Results
         }
     }
     let mut all = Vec::new();
+    let mut background = background.into_iter();
     for (t, side) in targets.iter().zip(sides) {
         let mut r = Results { rows: vec![] };
         println!("== {} ({})", t.name, t.url);
-        side.finish(&mut r, args.commands, ", interleaved").await;
+        let bg = background.next();
+        side.finish(&mut r, args.commands, &how).await;
+        if let Some(bg) = bg {
+            bg.finish(&mut r).await;
+        }
         all.push(r);
     }
     all
