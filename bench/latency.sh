@@ -6,6 +6,8 @@
 #   bench/latency.sh                          this tree's broker vs mosquitto, 5,000 commands
 #   BASELINE=/path/to/pifleet-broker bench/latency.sh --commands 3000
 #                                             a third column: another build of the broker
+#   bench/latency.sh --commands 3000 --background 20000
+#                                             while each broker carries 20,000 QoS 0 msg/s
 #
 # Brokers are started as bench/run.sh starts them (per-IP cap lifted, history off, state kept in
 # a fresh directory; mosquitto with set_tcp_nodelay true). Extra arguments go to pifleet-bench.
