@@ -56,6 +56,11 @@ struct Args {
     /// confirmation latency of a broker that is also carrying a fleet's sensor traffic.
     #[arg(long, default_value = "0")]
     background: u32,
+    /// The most one target's measurements may take, in seconds: a broker that stops making
+    /// progress (as stock rumqttd did with 10,000 devices) gets what was measured so far and a
+    /// note, and the next target is measured.
+    #[arg(long, default_value = "1200")]
+    target_deadline: u64,
     /// Directory with the pifleet-agent and pifleet binaries (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -286,8 +291,9 @@ async fn interleaved_latency(targets: &[TargetSpec], args: &Args) -> Vec<Results
     all
 }
 
-async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results {
-    let mut r = Results::default();
+/// Every figure of one target, into `r` as they are measured (so a measurement stopped by
+/// `--target-deadline` keeps what it had).
+async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path, r: &mut Results) {
     let topics = Topics::new(&format!("bench{}", std::process::id())).unwrap();
     println!("== {} ({})", t.name, t.url);
     if let Some(pid) = t.pid {
@@ -303,7 +309,7 @@ async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results
         for i in 0..args.commands {
             side.command(&topics, i).await;
         }
-        side.finish(&mut r, args.commands, "").await;
+        side.finish(r, args.commands, "").await;
     }
 
     // Telemetry: two publishers, QoS 0, 64-byte payloads, one subscriber counting.
@@ -500,7 +506,6 @@ async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path) -> Results
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(&dir);
     }
-    r
 }
 
 fn main() {
@@ -525,7 +530,22 @@ fn main() {
     }
     for i in (0..targets.len()).filter(|_| !args.latency_only) {
         let (targets, args, bins) = (targets.clone(), args.clone(), bins.clone());
-        let task = rt.spawn(async move { measure(&targets[i], &args, &bins).await });
+        let task = rt.spawn(async move {
+            let mut r = Results::default();
+            let deadline = Duration::from_secs(args.target_deadline);
+            let measured = measure(&targets[i], &args, &bins, &mut r);
+            if tokio::time::timeout(deadline, measured).await.is_err() {
+                // Dropping the measurement stops its agents and clients with it.
+                r.add(
+                    "measurement stopped",
+                    format!(
+                        "after {} s (--target-deadline); later figures not measured",
+                        args.target_deadline
+                    ),
+                );
+            }
+            r
+        });
         all.push(rt.block_on(task).expect("measurement task"));
     }
     println!();
