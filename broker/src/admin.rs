@@ -284,7 +284,7 @@ fn add(
     };
     // Read again under the edit lock (not held while someone types): a broker moving entries
     // to the fast hash, or another admin command, may have written the file meanwhile.
-    let _lock = lock_for_edit(path)?;
+    let _lock = lock_for_edit(path, true)?;
     let mut creds = Credentials::load_or_new(path)?;
     // The file first: an identity whose secret could not be written anywhere would be useless.
     let secret_file = match &secret {
@@ -417,7 +417,7 @@ fn init(config: &Config, path: &Path, hosts: &[String], controller: &str) -> Res
             })?;
         }
     }
-    let _lock = lock_for_edit(path)?;
+    let _lock = lock_for_edit(path, true)?;
     let mut creds = Credentials::load_or_new(path)?;
     let secret = creds.add(name.as_str(), Role::Controller, vec![], None)?;
     creds.save()?;
@@ -496,7 +496,7 @@ fn read_secret() -> Result<String, Failure> {
 }
 
 fn remove(path: &Path, name: &str, role: Role) -> Result<(), Failure> {
-    let _lock = lock_for_edit(path)?;
+    let _lock = lock_for_edit(path, false)?;
     let mut creds = Credentials::load(path)?;
     match creds.identity(name) {
         Some(who) if who.role != role => {
@@ -558,7 +558,7 @@ fn list(path: &Path, role: Role, json: bool) -> Result<(), Failure> {
 }
 
 fn set_groups(path: &Path, name: &str, groups: Vec<String>, none: bool) -> Result<(), Failure> {
-    let _lock = lock_for_edit(path)?;
+    let _lock = lock_for_edit(path, false)?;
     let mut creds = Credentials::load(path)?;
     let who = creds
         .identity(name)

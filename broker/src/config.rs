@@ -190,6 +190,10 @@ pub struct Auth {
     pub acl_file: Option<PathBuf>,
     /// Serve anonymous clients on non-loopback addresses (a trusted network only).
     pub allow_anonymous: bool,
+    /// Never move argon2id entries of generated secrets from files of older versions to the
+    /// fast hash (docs/security.md, "Files from before the fast scheme"): the broker then
+    /// never writes the credentials file.
+    pub keep_old_hashes: bool,
 }
 
 /// Where retained messages and persistent sessions are kept across restarts (`[state]`,

@@ -24,12 +24,12 @@
 //! - a secret a person chose (`--secret-stdin`) may be guessable, so it gets argon2id (8 ms per
 //!   check, on a verifier thread), which slows guessing from a leaked copy of the file.
 //!
-//! Files written before the fast scheme hold argon2id for every identity, and those entries
-//! stay argon2id: a generated secret and a chosen one of the same shape cannot be told apart
-//! (a person may paste 32 random-looking characters), so re-hashing "generated-looking" secrets
-//! could weaken a chosen one; and the broker never writes this file (it may be read-only, and
-//! the admin commands own it). `device remove` and `device add` give a device a generated
-//! secret with the fast hash.
+//! Files written before the fast scheme hold argon2id for every identity, generated secrets
+//! included, with no mark telling which is which. Since secrets given with `--secret-stdin` are
+//! marked `chosen`, an unmarked argon2id entry is old; once a login proves a secret of exactly
+//! the generated shape for it, the broker moves it to the fast scheme in the file
+//! ([`Credentials::write_migrations`]: only a file that is the broker's to write, under the
+//! admin commands' edit lock, after keeping a copy; `[auth] keep_old_hashes` turns it off).
 //!
 //! A name is unique across both roles: the MQTT user name alone decides the identity, and with
 //! it what the [ACL](crate::acl) allows.
@@ -37,7 +37,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{Ident, ParamsString, PasswordHash, PasswordHasher, SaltString};
@@ -303,12 +303,29 @@ pub struct Credentials {
     /// User name -> keyed digest of the password that last verified for it. At most one entry
     /// per known identity, so it cannot grow beyond the file.
     cache: Mutex<HashMap<String, CtOutput<Blake2bMac512>>>,
-    /// User name -> the [`FAST_SCHEME`] hash that replaces its argon2id entry: noted when an
-    /// unmarked argon2id entry (from before the fast scheme) verified a secret of the generated
-    /// shape, written by [`write_migrations`](Self::write_migrations).
-    migrations: Mutex<HashMap<String, String>>,
-    /// A write of the migrations failed (a read-only file?): not tried again with this copy.
+    /// The moves of old argon2id entries to [`FAST_SCHEME`] that logins proved possible,
+    /// shared by every copy read while this process runs ([`keep_cache_of`](Self::keep_cache_of)
+    /// hands it on), so that whichever copy verified, all agree on one new hash per entry.
+    migrations: Arc<Mutex<HashMap<String, Migration>>>,
+    /// A write of the migrations failed or the file is not the broker's to write: not tried
+    /// again with this copy (the next read of the file tries once more).
     migrations_blocked: std::sync::atomic::AtomicBool,
+}
+
+/// One entry's move: an unmarked argon2id hash (from before the fast scheme) and the
+/// [`FAST_SCHEME`] hash of the same secret, noted when a login with a secret of the generated
+/// shape verified against `from`. Either hash stands for the same secret
+/// ([`Credentials::same_secret`]), for as long as the process runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Migration {
+    from: String,
+    to: String,
+}
+
+impl Migration {
+    fn pairs(&self, a: &str, b: &str) -> bool {
+        (a == self.from && b == self.to) || (a == self.to && b == self.from)
+    }
 }
 
 impl fmt::Debug for Credentials {
@@ -356,7 +373,7 @@ impl Credentials {
             entries: BTreeMap::new(),
             cache_key,
             cache: Mutex::new(HashMap::new()),
-            migrations: Mutex::new(HashMap::new()),
+            migrations: Arc::new(Mutex::new(HashMap::new())),
             migrations_blocked: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -582,9 +599,19 @@ impl Credentials {
             return Err(AuthError::BadPassword);
         }
         if !entry.chosen && has_generated_shape(password) {
-            lock_ignoring_poison(&self.migrations)
-                .entry(username.to_string())
-                .or_insert_with(|| hash_generated(password));
+            let mut migrations = lock_ignoring_poison(&self.migrations);
+            if migrations
+                .get(username)
+                .is_none_or(|m| m.from != entry.hash)
+            {
+                migrations.insert(
+                    username.to_string(),
+                    Migration {
+                        from: entry.hash.clone(),
+                        to: hash_generated(password),
+                    },
+                );
+            }
         }
         self.cache
             .lock()
@@ -625,7 +652,9 @@ impl Credentials {
             (Some(a), Some(b)) => {
                 a.role == b.role
                     && (a.hash == b.hash
-                        || lock_ignoring_poison(&self.migrations).get(name) == Some(&b.hash))
+                        || lock_ignoring_poison(&self.migrations)
+                            .get(name)
+                            .is_some_and(|m| m.pairs(&a.hash, &b.hash)))
             }
             _ => false,
         }
@@ -645,20 +674,12 @@ impl Credentials {
             .collect();
         self.cache_key = older.cache_key;
         *self.cache.get_mut().expect("cache lock") = kept;
-        // Migrations not written yet, for entries this read still has unchanged.
-        let pending: HashMap<String, String> = lock_ignoring_poison(&older.migrations)
-            .iter()
-            .filter(|(name, _)| {
-                matches!((older.entries.get(*name), self.entries.get(*name)),
-                    (Some(a), Some(b)) if a.hash == b.hash && a.role == b.role)
-            })
-            .map(|(n, h)| (n.clone(), h.clone()))
-            .collect();
-        *self.migrations.get_mut().unwrap_or_else(|p| p.into_inner()) = pending;
+        // One map for the whole process: a move noted by any copy holds for all of them.
+        self.migrations = older.migrations.clone();
     }
 
     /// How many entries wait to be moved to the fast scheme (see
-    /// [`write_migrations`](Self::write_migrations)); 0 once a write failed.
+    /// [`write_migrations`](Self::write_migrations)); 0 once a write was given up.
     pub fn pending_migrations(&self) -> usize {
         if self
             .migrations_blocked
@@ -668,7 +689,7 @@ impl Credentials {
         }
         lock_ignoring_poison(&self.migrations)
             .iter()
-            .filter(|(name, new)| self.entries.get(*name).is_some_and(|e| &e.hash != *new))
+            .filter(|(name, m)| self.entries.get(*name).is_some_and(|e| e.hash == m.from))
             .count()
     }
 
@@ -679,41 +700,48 @@ impl Credentials {
     /// hash is replaced by the fast one of that secret. Entries marked `chosen` (added with a
     /// secret a person chose, since this mark exists) always keep argon2id.
     ///
-    /// Reads the file afresh under the edit lock ([`lock_for_edit`]) and replaces only entries
-    /// whose hash is still the one that verified, so an edit made meanwhile by the admin
-    /// commands is neither lost nor overwritten. Returns how many entries it moved. The
-    /// broker's own reload of the result keeps every session: [`same_secret`](Self::same_secret)
-    /// knows the new hash. A failed write (a read-only file) is returned, and this copy stops
-    /// trying; logins keep working with argon2id.
+    /// Only a file that is the broker's to write is changed: a regular file (not a symlink)
+    /// owned by the broker's user with its owner-write bit set; anything else (a file that
+    /// configuration management owns, one made read-only) is left alone, reported once per read
+    /// of the file. Before the first change, the file is copied once to
+    /// `<file>.before-fast-hash` (the way back to an older pifleet-broker, which cannot read
+    /// the fast hash). The file is read afresh under the edit lock ([`lock_for_edit`], not
+    /// waited for: a busy lock means "next time") and only entries whose hash is still the
+    /// argon2id one that verified are replaced, so an edit made meanwhile is neither lost nor
+    /// overwritten. Returns how many entries it moved. The broker's own reload of the result
+    /// keeps every session: [`same_secret`](Self::same_secret) knows both hashes.
     pub fn write_migrations(&self) -> Result<usize, CredentialsError> {
-        let pending: Vec<(String, String)> = lock_ignoring_poison(&self.migrations)
+        let pending: Vec<(String, Migration)> = lock_ignoring_poison(&self.migrations)
             .iter()
-            .map(|(n, h)| (n.clone(), h.clone()))
+            .filter(|(name, m)| self.entries.get(*name).is_some_and(|e| e.hash == m.from))
+            .map(|(n, m)| (n.clone(), m.clone()))
             .collect();
         if pending.is_empty() {
             return Ok(0);
         }
         let result = (|| {
-            let _lock = lock_for_edit(&self.path)?;
+            self.writable_by_us()?;
+            let Some(_lock) = try_lock_for_edit(&self.path)? else {
+                return Ok(0);
+            };
             let mut fresh = Credentials::load(&self.path)?;
             let mut moved = 0;
-            for (name, new_hash) in pending {
-                let (Some(was), Some(now)) =
-                    (self.entries.get(&name), fresh.entries.get_mut(&name))
-                else {
+            for (name, m) in pending {
+                let Some(now) = fresh.entries.get_mut(&name) else {
                     continue;
                 };
-                if now.hash != was.hash || now.chosen || !matches!(now.scheme, Scheme::Argon2) {
+                if now.hash != m.from || now.chosen || !matches!(now.scheme, Scheme::Argon2) {
                     continue;
                 }
-                let Ok(scheme) = parse_hash(&new_hash) else {
+                let Ok(scheme) = parse_hash(&m.to) else {
                     continue;
                 };
-                now.hash = new_hash;
+                now.hash = m.to;
                 now.scheme = scheme;
                 moved += 1;
             }
             if moved > 0 {
+                self.keep_a_copy_before_the_first_move()?;
                 fresh.save()?;
             }
             Ok(moved)
@@ -723,6 +751,56 @@ impl Credentials {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         result
+    }
+
+    /// Whether the file is the broker's to rewrite (see [`write_migrations`]): why not, if not.
+    fn writable_by_us(&self) -> Result<(), CredentialsError> {
+        let refuse = |why: &str| CredentialsError::Write {
+            path: self.path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{why}; set [auth] keep_old_hashes = true to silence this"),
+            ),
+        };
+        let meta =
+            std::fs::symlink_metadata(&self.path).map_err(|source| CredentialsError::Read {
+                path: self.path.clone(),
+                source,
+            })?;
+        if !meta.file_type().is_file() {
+            return Err(refuse("not a regular file (a symlink?), left alone"));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let me = unsafe { libc::geteuid() };
+            if meta.uid() != me {
+                return Err(refuse(&format!(
+                    "owned by uid {}, not by this broker's uid {me}, left alone",
+                    meta.uid()
+                )));
+            }
+            if meta.mode() & 0o200 == 0 {
+                return Err(refuse("not writable by its owner (read-only), left alone"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the file to `<file>.before-fast-hash` unless that copy exists (mode 0600, like
+    /// the file).
+    fn keep_a_copy_before_the_first_move(&self) -> Result<(), CredentialsError> {
+        let copy = sibling(&self.path, ".before-fast-hash");
+        if copy.exists() {
+            return Ok(());
+        }
+        let err = |source| CredentialsError::Write {
+            path: copy.clone(),
+            source,
+        };
+        let text = std::fs::read(&self.path).map_err(err)?;
+        pifleet_client::files::write_atomic(&copy, &text, 0o600).map_err(err)
     }
 
     /// Whether `name`'s secret is checked with argon2id (a chosen secret, or an entry from
@@ -778,30 +856,67 @@ fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `path` with `suffix` added to its file name.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// Held while the credentials file at `path` is read, changed and written, by the admin
 /// commands and by the broker's [`Credentials::write_migrations`], so that two editors never
 /// interleave and one's change is not lost to the other's older copy. An advisory lock on
 /// `<file>.lock` beside it (the file itself is replaced by a rename on every save, so it cannot
-/// carry the lock); released when the guard drops.
-pub fn lock_for_edit(path: &Path) -> Result<std::fs::File, CredentialsError> {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
-    let lock_path = PathBuf::from(name);
+/// carry the lock); released when the guard drops. `create`: the file may not exist yet
+/// (`add`, `init`); otherwise a missing file is [`CredentialsError::Missing`] before any lock
+/// file is made.
+pub fn lock_for_edit(path: &Path, create: bool) -> Result<std::fs::File, CredentialsError> {
+    if !create && !path.exists() {
+        return Err(CredentialsError::Missing(path.to_path_buf()));
+    }
+    let file = open_lock(path, create)?;
+    file.lock().map_err(|source| CredentialsError::Write {
+        path: sibling(path, ".lock"),
+        source,
+    })?;
+    Ok(file)
+}
+
+/// [`lock_for_edit`] of an existing file without waiting: `None` while someone else holds it.
+fn try_lock_for_edit(path: &Path) -> Result<Option<std::fs::File>, CredentialsError> {
+    let file = open_lock(path, false)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(source)) => Err(CredentialsError::Write {
+            path: sibling(path, ".lock"),
+            source,
+        }),
+    }
+}
+
+/// The lock file: opened read-only if it exists (a lock needs no write access, so a lock
+/// file another user made works too), else created beside the credentials file.
+fn open_lock(path: &Path, create_dir: bool) -> Result<std::fs::File, CredentialsError> {
+    let lock_path = sibling(path, ".lock");
     let err = |source| CredentialsError::Write {
         path: lock_path.clone(),
         source,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(err)?;
+    if let Ok(f) = std::fs::File::open(&lock_path) {
+        return Ok(f);
     }
-    let file = std::fs::OpenOptions::new()
+    if create_dir {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+    }
+    std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(err)?;
-    file.lock().map_err(err)?;
-    Ok(file)
+        .map_err(err)
 }
 
 fn identity(name: &str, e: &Entry) -> Identity {
@@ -1449,6 +1564,79 @@ pub(crate) mod test {
         assert_eq!(c.pending_migrations(), 0, "tried once, not every second");
         assert!(c.verify("kitchen", secret.as_bytes()).is_ok());
         std::fs::remove_file(dir.path()).unwrap();
+    }
+
+    /// Copies read one after the other share one note per entry, so whichever verified, all
+    /// agree on the new hash; after the move, the file put back as it was (an editor, a
+    /// config-management run) is still the same secret, not a revocation.
+    #[test]
+    fn copies_share_the_move_and_either_hash_is_the_same_secret() {
+        let dir = temp_dir("migrate-share");
+        let path = dir.path().join("credentials.toml");
+        let secret = generate_secret();
+        old_file(&path, &secret);
+        let before = std::fs::read_to_string(&path).unwrap();
+        let c0 = Credentials::load(&path).unwrap();
+        let mut c1 = Credentials::load(&path).unwrap();
+        c1.keep_cache_of(&c0);
+        assert!(c0.verify("kitchen", secret.as_bytes()).is_ok());
+        assert!(c1.verify("kitchen", secret.as_bytes()).is_ok());
+        assert_eq!(c1.write_migrations().unwrap(), 1);
+        let mut moved = Credentials::load(&path).unwrap();
+        moved.keep_cache_of(&c1);
+        assert!(
+            c0.same_secret(&moved, "kitchen"),
+            "a login checked by the older copy"
+        );
+        assert!(c1.same_secret(&moved, "kitchen"));
+        assert_eq!(
+            c0.write_migrations().unwrap(),
+            0,
+            "one move, not one per copy"
+        );
+        // The file put back.
+        std::fs::write(&path, &before).unwrap();
+        let mut back = Credentials::load(&path).unwrap();
+        back.keep_cache_of(&moved);
+        assert!(moved.same_secret(&back, "kitchen"));
+        // The first move kept the file as it was.
+        let copy = dir.path().join("credentials.toml.before-fast-hash");
+        assert_eq!(std::fs::read_to_string(copy).unwrap(), before);
+    }
+
+    /// A file that is not the broker's to write is left alone, byte for byte; a busy edit lock
+    /// means "later", not "never".
+    #[test]
+    fn a_read_only_file_is_left_alone_and_a_busy_lock_is_not_waited_for() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("migrate-ro2");
+        let path = dir.path().join("credentials.toml");
+        let secret = generate_secret();
+        old_file(&path, &secret);
+        let c = Credentials::load(&path).unwrap();
+        assert!(c.verify("kitchen", secret.as_bytes()).is_ok());
+
+        let held = lock_for_edit(&path, false).unwrap();
+        assert_eq!(c.write_migrations().unwrap(), 0);
+        assert_eq!(c.pending_migrations(), 1, "still to do");
+        drop(held);
+
+        let before = std::fs::read(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let e = c.write_migrations().unwrap_err();
+        assert!(e.to_string().contains("read-only"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert_eq!(c.pending_migrations(), 0, "reported once, not every second");
+        assert!(c.verify("kitchen", secret.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn editing_a_missing_file_makes_no_lock_file() {
+        let dir = temp_dir("lock-missing");
+        let path = dir.path().join("typo").join("credentials.toml");
+        let e = lock_for_edit(&path, false).unwrap_err();
+        assert!(matches!(e, CredentialsError::Missing(_)), "{e}");
+        assert!(!dir.path().join("typo").exists());
     }
 
     #[test]

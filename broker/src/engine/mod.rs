@@ -130,6 +130,9 @@ pub struct AccessFiles {
     /// Prefixes outside the fleet's that controllers may use too (Home Assistant's discovery
     /// prefix when `[homeassistant]` is on), kept across reloads.
     pub controller_prefixes: Vec<String>,
+    /// Whether logins may move old argon2id entries to the fast hash (`[auth] keep_old_hashes`
+    /// unset): see [`Credentials::write_migrations`].
+    pub migrate_hashes: bool,
     /// What the files looked like just before they were read.
     seen: reload::Seen,
 }
@@ -152,6 +155,7 @@ impl Access {
                     .then(|| config.homeassistant.discovery_prefix.clone())
                     .into_iter()
                     .collect(),
+                migrate_hashes: !config.auth.keep_old_hashes,
                 seen: reload::Seen::default(),
             });
         let (credentials, acl) = match &mut files {

@@ -324,9 +324,14 @@ impl Engine {
     /// ([`Credentials::write_migrations`]); the next poll then reloads the file as for any
     /// edit, keeping every session. A failure is logged once per read of the file.
     async fn write_hash_migrations(&self) {
-        let Some(credentials) = self.access().credentials.clone() else {
+        let access = self.access();
+        if !access.files.as_ref().is_some_and(|f| f.migrate_hashes) {
+            return;
+        }
+        let Some(credentials) = access.credentials.clone() else {
             return;
         };
+        drop(access);
         if credentials.pending_migrations() == 0 {
             return;
         }
@@ -400,6 +405,36 @@ mod test {
         config.auth.credentials = Some(path);
         let engine = Engine::new(Limits::default(), Access::load(&config).unwrap());
         (engine, config)
+    }
+
+    /// `[auth] keep_old_hashes`: the broker never writes the file; without it, a login's
+    /// proven move is written by the watcher's step.
+    #[tokio::test]
+    async fn keep_old_hashes_keeps_the_broker_from_writing_the_file() {
+        for keep in [true, false] {
+            let dir = crate::credentials::test::temp_dir("keep-old");
+            let path = dir.path().join("credentials.toml");
+            let secret = crate::credentials::generate_secret();
+            let old = crate::credentials::hash_secret(secret.as_bytes()).unwrap();
+            std::fs::write(
+                &path,
+                format!("[[device]]\nname = \"kitchen\"\nhash = '{old}'\n"),
+            )
+            .unwrap();
+            let mut config = Config::default();
+            config.auth.credentials = Some(path.clone());
+            config.auth.keep_old_hashes = keep;
+            let engine = Engine::new(Limits::default(), Access::load(&config).unwrap());
+            let creds = engine.access().credentials.clone().unwrap();
+            assert!(creds.verify("kitchen", secret.as_bytes()).is_ok());
+            engine.write_hash_migrations().await;
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(
+                text.contains(&old),
+                keep,
+                "keep_old_hashes = {keep}: {text}"
+            );
+        }
     }
 
     fn edit(config: &Config, change: impl FnOnce(&mut Credentials)) {
