@@ -293,13 +293,15 @@ fn will_grace() -> Duration {
 /// A broker on `state` listening on `mqtt`, with [`WILL_GRACE_SECS`] in its config file (in
 /// `conf`).
 fn broker_with_grace(state: &Path, conf: &Path, mqtt: &str) -> Broker {
+    broker_with_grace_and(state, conf, mqtt, &[])
+}
+
+/// [`broker_with_grace`] with more arguments.
+fn broker_with_grace_and(state: &Path, conf: &Path, mqtt: &str, more: &[&str]) -> Broker {
     let file = conf.join("broker.toml");
-    std::fs::write(
-        &file,
-        format!("[state]\nwill_grace_secs = {WILL_GRACE_SECS}\n"),
-    )
-    .unwrap();
-    Broker::start_with(&[
+    let toml = format!("[state]\nwill_grace_secs = {WILL_GRACE_SECS}\n");
+    std::fs::write(&file, toml).unwrap();
+    let mut args = vec![
         "--config",
         file.to_str().unwrap(),
         "--mqtt",
@@ -307,7 +309,9 @@ fn broker_with_grace(state: &Path, conf: &Path, mqtt: &str) -> Broker {
         "--no-ws",
         "--state-dir",
         state.to_str().unwrap(),
-    ])
+    ];
+    args.extend(more);
+    Broker::start_with(&args)
 }
 
 /// An agent with [`AGENT_KEEP_ALIVE_SECS`] (longer than the fixtures' 2 s, so that a loaded
@@ -404,4 +408,76 @@ fn a_device_that_comes_back_within_the_grace_stays_online_without_an_offline_bli
     );
     let porch = device_status(&broker.url(), "porch").expect("porch is listed");
     assert!(porch.online, "porch stays online after the grace");
+}
+
+/// The review's demo: controller mallory connects with a last will that switches every
+/// device's LED on, the broker is killed, `controller remove mallory` runs while it is down;
+/// after the restart the fleet never gets mallory's command. Controller keeper, still in the
+/// credentials file, left a will too: it is published once the grace is over, so the test
+/// knows the wills were pending and the grace is over when it looks.
+#[test]
+fn a_will_of_a_controller_removed_while_the_broker_was_down_never_reaches_the_fleet() {
+    let creds = Creds::new();
+    let mallory = creds.add(&["controller", "add", "mallory"]);
+    let keeper = creds.add(&["controller", "add", "keeper"]);
+    let ops = creds.add(&["controller", "add", "ops"]);
+    let state = temp_dir("durability-will-removed");
+    let conf = temp_dir("durability-will-removed-conf");
+    let path = creds.path.to_str().unwrap();
+    let with_creds = ["--credentials", path];
+    let start = || {
+        let b = broker_with_grace_and(state.path(), conf.path(), "127.0.0.1:0", &with_creds);
+        auth_announced(&b);
+        b
+    };
+    let mut broker = start();
+    let all = "pifleet/all/cmnd";
+    let leave_will = |name: &'static str, secret: &str, payload: &'static str| {
+        // 1.5 x 4 s is less than the floor: the grace after the restart is WILL_GRACE_SECS.
+        let c = Connect {
+            keep_alive: 4,
+            will: Some((all, payload)),
+            ..Connect::new(name).login(name, secret)
+        };
+        Client::accepted(&broker.mqtt, &c)
+    };
+    let _m = leave_will("mallory", &mallory, r#"{"led":"on"}"#);
+    let _k = leave_will("keeper", &keeper, "keeper-gone");
+    // Both wills were recorded at their CONNECTs, before this marker.
+    let mut c = Client::accepted(&broker.mqtt, &Connect::new("ops").login("ops", &ops));
+    c.publish_acked("pifleet/test/marker", b"wills-recorded", true, 1);
+    c.disconnect();
+    wait_until(
+        "the marker is in the state files",
+        Duration::from_secs(10),
+        || find(&state_bytes(state.path()), b"wills-recorded").is_some(),
+    );
+    kill_9(&mut broker);
+    creds.admin(&["controller", "remove", "mallory"]);
+
+    let started = std::time::Instant::now();
+    let broker = start();
+    let mut watch = Client::accepted(&broker.mqtt, &Connect::new("ops").login("ops", &ops));
+    watch.subscribe(1, &[(all, 0), ("pifleet/test/end", 0)]);
+    let seen = watch.next_publish();
+    assert_eq!(
+        (seen.topic.as_str(), seen.text()),
+        (all, "keeper-gone".to_string()),
+        "keeper's will, and only it"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(WILL_GRACE_SECS),
+        "published once the grace is over"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    watch.send(&raw::publish_packet("pifleet/test/end", b"", 0, false, 0));
+    let rest: Vec<_> = watch
+        .publishes_until("pifleet/test/end")
+        .into_iter()
+        .map(|p| p.text())
+        .collect();
+    assert!(
+        rest.is_empty(),
+        "mallory's command reached the fleet: {rest:?}"
+    );
 }
