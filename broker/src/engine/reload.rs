@@ -10,8 +10,10 @@
 //! editor that truncates and rewrites cannot lock the fleet out for a second. Otherwise, under the
 //! state lock, the new `Access` is swapped in and every session is reviewed against the change:
 //! - an identity that is gone, changed role or got a new secret loses its sessions: a live
-//!   connection is closed (its last will fires, as for any lost connection) and the session,
-//!   persistent or not, is discarded, so nothing of it survives for a later login;
+//!   connection is closed and the session, persistent or not, is discarded, so nothing of it
+//!   survives for a later login. The connection's last will is published only if the identity
+//!   may still publish its topic ([`Engine::will_may_fire`]): never for one gone or with
+//!   another role (it is no longer trusted), yes for a new secret (a device's presence);
 //! - an identity whose groups changed, or any identity when the ACL file changed, keeps its
 //!   sessions, minus the subscriptions it may no longer hold (logged), and its connection acts
 //!   with the new groups from its next packet on (a connection checks one counter per packet);
@@ -229,7 +231,8 @@ impl Engine {
     }
 
     /// Ends `client_id`'s session because its identity's login no longer holds: closes its
-    /// connection (whose will fires) and discards the session.
+    /// connection (whose will is published only if the identity may still publish it) and
+    /// discards the session.
     fn revoke(&self, st: &mut Tables, client_id: &str) {
         let Some(entry) = st.sessions.get_mut(client_id) else {
             return;

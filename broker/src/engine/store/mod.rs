@@ -16,10 +16,12 @@
 //! - At start, [`open`] locks the directory and reads it, and [`Opened::attach`] rebuilds the
 //!   engine ([`Engine::restore`], within today's limits), writes a fresh snapshot and starts
 //!   the writer, all before a listener accepts.
-//! - Wills: a connection's will is recorded at its CONNECT (clean sessions too) and settled
-//!   when the registry ends the connection. Those read back at start are pending: published
-//!   unless their client id connects within 1.5 × its keep-alive ([`super::wills`]). Pending
-//!   wills are in every snapshot until settled, so a restart during the grace keeps them.
+//! - Wills: a connection's will is recorded at its CONNECT (clean sessions too), with its
+//!   owner, and settled when the registry ends the connection. Those read back at start are
+//!   pending: published unless their client id connects within its grace, and only while
+//!   their owner may still publish them ([`super::wills`]). Pending wills are in every
+//!   snapshot until settled, with the deadline their first restore set, so a restart during
+//!   the grace keeps them and does not extend it.
 //!
 //! Not persisted: QoS 0 messages (never queued for an offline session anyway), clean sessions
 //! (their wills are), QoS 2 packet ids a client sent us and has not released, and the
