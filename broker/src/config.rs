@@ -208,6 +208,10 @@ pub struct StateConfig {
     pub dir: Option<PathBuf>,
     /// Changes are written and fsynced this often (the durability window).
     pub commit_interval_ms: u64,
+    /// After a restart, a client has at least this long to connect again before its last
+    /// will is published (1.5 x its keep-alive when that is longer; at most 600). Agents back
+    /// off up to 30 s between reconnect attempts, so 1.5 x their 10 s keep-alive is too short.
+    pub will_grace_secs: u64,
 }
 
 impl Default for StateConfig {
@@ -216,6 +220,7 @@ impl Default for StateConfig {
             enabled: true,
             dir: None,
             commit_interval_ms: 200,
+            will_grace_secs: 60,
         }
     }
 }
@@ -417,6 +422,9 @@ impl Config {
         }
         if !(1..=60_000).contains(&self.state.commit_interval_ms) {
             return bad("state.commit_interval_ms must be between 1 and 60000");
+        }
+        if self.state.will_grace_secs > 600 {
+            return bad("state.will_grace_secs must be at most 600 (the longest grace)");
         }
         for l in &self.legacy {
             l.validate().map_err(ConfigError::Invalid)?;

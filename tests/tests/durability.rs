@@ -1,7 +1,7 @@
 //! The broker's state survives it: retained messages (an offline device's presence and last
 //! states) and persistent sessions with their queued QoS 1 messages come back after `kill -9`
 //! and a restart on the same state directory, the last wills of the connections a crash ended
-//! are published unless their clients come back within 1.5 x keep-alive, and damaged state
+//! are published unless their clients come back within their grace, and damaged state
 //! files are reported and their intact part served (docs/broker.md).
 //!
 //! Before each `kill -9` the test waits until what it needs is in the state files (a retained
@@ -275,8 +275,44 @@ fn a_truncated_log_and_a_corrupted_snapshot_are_reported_and_their_intact_part_s
     assert!(state.path().join("snapshot.damaged").exists());
 }
 
-/// The keep-alive of the agents in the will tests: the grace after a restart is 1.5 x this.
+/// The keep-alive of the agents in the will tests.
 const AGENT_KEEP_ALIVE_SECS: u64 = 4;
+
+/// The will tests' `[state] will_grace_secs`: the grace after a restart is the longer of this
+/// and 1.5 x the keep-alive, and this is longer (as the default 60 s is for the agents' 10 s
+/// keep-alive), so the tests take the path users get. Shorter than the default to keep them
+/// quick, but still longer than the agents' reconnect back-off ([`AGENT_RECONNECT_MAX_SECS`]),
+/// as the default is longer than the agents' default 30 s.
+const WILL_GRACE_SECS: u64 = 8;
+const AGENT_RECONNECT_MAX_SECS: f64 = 2.0;
+
+fn will_grace() -> Duration {
+    Duration::from_millis((AGENT_KEEP_ALIVE_SECS * 1500).max(WILL_GRACE_SECS * 1000))
+}
+
+/// A broker on `state` listening on `mqtt`, with [`WILL_GRACE_SECS`] in its config file (in
+/// `conf`).
+fn broker_with_grace(state: &Path, conf: &Path, mqtt: &str) -> Broker {
+    broker_with_grace_and(state, conf, mqtt, &[])
+}
+
+/// [`broker_with_grace`] with more arguments.
+fn broker_with_grace_and(state: &Path, conf: &Path, mqtt: &str, more: &[&str]) -> Broker {
+    let file = conf.join("broker.toml");
+    let toml = format!("[state]\nwill_grace_secs = {WILL_GRACE_SECS}\n");
+    std::fs::write(&file, toml).unwrap();
+    let mut args = vec![
+        "--config",
+        file.to_str().unwrap(),
+        "--mqtt",
+        mqtt,
+        "--no-ws",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    args.extend(more);
+    Broker::start_with(&args)
+}
 
 /// An agent with [`AGENT_KEEP_ALIVE_SECS`] (longer than the fixtures' 2 s, so that a loaded
 /// machine still checks the restored presence well within the grace).
@@ -285,7 +321,7 @@ fn agent_with_keep_alive(broker_url: &str, device: &str) -> Agent {
     let state = dir.path().join("state.json");
     let config = format!(
         "device = {device:?}\nbroker = {broker_url:?}\ngpio = \"sim\"\n\
-         keep_alive_secs = {AGENT_KEEP_ALIVE_SECS}\nreconnect_max_secs = 0.5\n\
+         keep_alive_secs = {AGENT_KEEP_ALIVE_SECS}\nreconnect_max_secs = {AGENT_RECONNECT_MAX_SECS:?}\n\
          state_file = {state:?}\n\n[[output]]\nname = \"led\"\npin = 17\n"
     );
     Agent::start_config(dir, device, &config)
@@ -296,9 +332,10 @@ fn agent_with_keep_alive(broker_url: &str, device: &str) -> Agent {
 /// is published and the fleet sees it offline.
 #[test]
 fn a_device_that_died_while_the_broker_was_down_goes_offline_after_the_grace() {
-    let grace = Duration::from_millis(AGENT_KEEP_ALIVE_SECS * 1500);
+    let grace = will_grace();
     let state = temp_dir("durability-will");
-    let mut broker = broker_on(state.path());
+    let conf = temp_dir("durability-will-conf");
+    let mut broker = broker_with_grace(state.path(), conf.path(), "127.0.0.1:0");
     let url = broker.url();
     let mut agent = agent_with_keep_alive(&url, "cellar");
     wait_online(&url, "cellar");
@@ -309,7 +346,7 @@ fn a_device_that_died_while_the_broker_was_down_goes_offline_after_the_grace() {
     agent.proc.wait_exit(Duration::from_secs(5));
 
     let started = std::time::Instant::now();
-    let broker = broker_on(state.path());
+    let broker = broker_with_grace(state.path(), conf.path(), "127.0.0.1:0");
     let url = broker.url();
     let cellar = device_status(&url, "cellar").expect("cellar is listed after the restart");
     let checked = started.elapsed();
@@ -337,9 +374,10 @@ fn a_device_that_died_while_the_broker_was_down_goes_offline_after_the_grace() {
 /// dropped, it stays online, and no offline presence is published in between.
 #[test]
 fn a_device_that_comes_back_within_the_grace_stays_online_without_an_offline_blip() {
-    let grace = Duration::from_millis(AGENT_KEEP_ALIVE_SECS * 1500);
+    let grace = will_grace();
     let state = temp_dir("durability-will-back");
-    let mut broker = broker_on(state.path());
+    let conf = temp_dir("durability-will-back-conf");
+    let mut broker = broker_with_grace(state.path(), conf.path(), "127.0.0.1:0");
     let url = broker.url();
     let _agent = agent_with_keep_alive(&url, "porch");
     wait_online(&url, "porch");
@@ -350,13 +388,7 @@ fn a_device_that_comes_back_within_the_grace_stays_online_without_an_offline_bli
     let port = broker.mqtt.clone();
     drop(broker);
     let started = std::time::Instant::now();
-    let broker = Broker::start_with(&[
-        "--mqtt",
-        &port,
-        "--no-ws",
-        "--state-dir",
-        state.path().to_str().unwrap(),
-    ]);
+    let broker = broker_with_grace(state.path(), conf.path(), &port);
     let topic = "pifleet/dev/porch/status";
     let mut watch = Client::accepted(&broker.mqtt, &Connect::new("presence-watch"));
     watch.subscribe(1, &[(topic, 1), ("durability/end", 0)]);
@@ -376,4 +408,76 @@ fn a_device_that_comes_back_within_the_grace_stays_online_without_an_offline_bli
     );
     let porch = device_status(&broker.url(), "porch").expect("porch is listed");
     assert!(porch.online, "porch stays online after the grace");
+}
+
+/// The review's demo: controller mallory connects with a last will that switches every
+/// device's LED on, the broker is killed, `controller remove mallory` runs while it is down;
+/// after the restart the fleet never gets mallory's command. Controller keeper, still in the
+/// credentials file, left a will too: it is published once the grace is over, so the test
+/// knows the wills were pending and the grace is over when it looks.
+#[test]
+fn a_will_of_a_controller_removed_while_the_broker_was_down_never_reaches_the_fleet() {
+    let creds = Creds::new();
+    let mallory = creds.add(&["controller", "add", "mallory"]);
+    let keeper = creds.add(&["controller", "add", "keeper"]);
+    let ops = creds.add(&["controller", "add", "ops"]);
+    let state = temp_dir("durability-will-removed");
+    let conf = temp_dir("durability-will-removed-conf");
+    let path = creds.path.to_str().unwrap();
+    let with_creds = ["--credentials", path];
+    let start = || {
+        let b = broker_with_grace_and(state.path(), conf.path(), "127.0.0.1:0", &with_creds);
+        auth_announced(&b);
+        b
+    };
+    let mut broker = start();
+    let all = "pifleet/all/cmnd";
+    let leave_will = |name: &'static str, secret: &str, payload: &'static str| {
+        // 1.5 x 4 s is less than the floor: the grace after the restart is WILL_GRACE_SECS.
+        let c = Connect {
+            keep_alive: 4,
+            will: Some((all, payload)),
+            ..Connect::new(name).login(name, secret)
+        };
+        Client::accepted(&broker.mqtt, &c)
+    };
+    let _m = leave_will("mallory", &mallory, r#"{"led":"on"}"#);
+    let _k = leave_will("keeper", &keeper, "keeper-gone");
+    // Both wills were recorded at their CONNECTs, before this marker.
+    let mut c = Client::accepted(&broker.mqtt, &Connect::new("ops").login("ops", &ops));
+    c.publish_acked("pifleet/test/marker", b"wills-recorded", true, 1);
+    c.disconnect();
+    wait_until(
+        "the marker is in the state files",
+        Duration::from_secs(10),
+        || find(&state_bytes(state.path()), b"wills-recorded").is_some(),
+    );
+    kill_9(&mut broker);
+    creds.admin(&["controller", "remove", "mallory"]);
+
+    let started = std::time::Instant::now();
+    let broker = start();
+    let mut watch = Client::accepted(&broker.mqtt, &Connect::new("ops").login("ops", &ops));
+    watch.subscribe(1, &[(all, 0), ("pifleet/test/end", 0)]);
+    let seen = watch.next_publish();
+    assert_eq!(
+        (seen.topic.as_str(), seen.text()),
+        (all, "keeper-gone".to_string()),
+        "keeper's will, and only it"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(WILL_GRACE_SECS),
+        "published once the grace is over"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    watch.send(&raw::publish_packet("pifleet/test/end", b"", 0, false, 0));
+    let rest: Vec<_> = watch
+        .publishes_until("pifleet/test/end")
+        .into_iter()
+        .map(|p| p.text())
+        .collect();
+    assert!(
+        rest.is_empty(),
+        "mallory's command reached the fleet: {rest:?}"
+    );
 }

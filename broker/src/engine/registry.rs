@@ -165,7 +165,7 @@ impl Engine {
     ) -> Result<Attachment, ConnectCode> {
         let mut st = self.state();
         let owner = who.owner();
-        let mut old_will = None;
+        let (mut old_will, mut old_owner) = (None, None);
         if let Some(entry) = st.sessions.get_mut(client_id) {
             if let Some(old) = entry.attached.take() {
                 if let Some(held_back) = self.log_takeovers.admit(self.now_ms()) {
@@ -176,12 +176,13 @@ impl Engine {
                     );
                 }
                 old_will = old.will;
+                old_owner = entry.owner.clone();
                 entry.outbox.release(old.conn);
                 old.link.taken_over.store(true, Ordering::Release);
                 old.link.kick.notify_one();
             }
         }
-        self.settle_will(&mut st, client_id, old_will, true);
+        self.settle_will(&mut st, client_id, old_will, old_owner.as_ref(), true);
         let existing = st.sessions.get(client_id);
         let resume = !clean_session && existing.is_some_and(|e| e.persistent && e.owner == owner);
         if !clean_session && !resume && existing.is_some_and(|e| e.persistent) {
@@ -235,7 +236,8 @@ impl Engine {
         st.drop_pending_will(client_id);
         let keep_alive_secs = u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
         if let Some(w) = &will {
-            st.store.will(client_id, keep_alive_secs, w);
+            let owned = self.owned_will(client_id, keep_alive_secs, w.clone(), who.owner());
+            st.store.will(&owned);
         }
         let Tables {
             sessions, store, ..
@@ -319,6 +321,7 @@ impl Engine {
             return;
         }
         let attached = entry.attached.take().expect("checked");
+        let owner = entry.owner.clone();
         entry.outbox.release(conn);
         entry.offline_since_ms = now;
         if entry.persistent {
@@ -327,7 +330,7 @@ impl Engine {
         } else {
             st.discard(client_id);
         }
-        self.settle_will(&mut st, client_id, attached.will, !graceful);
+        self.settle_will(&mut st, client_id, attached.will, owner.as_ref(), !graceful);
     }
 }
 

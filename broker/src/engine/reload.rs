@@ -10,8 +10,10 @@
 //! editor that truncates and rewrites cannot lock the fleet out for a second. Otherwise, under the
 //! state lock, the new `Access` is swapped in and every session is reviewed against the change:
 //! - an identity that is gone, changed role or got a new secret loses its sessions: a live
-//!   connection is closed (its last will fires, as for any lost connection) and the session,
-//!   persistent or not, is discarded, so nothing of it survives for a later login;
+//!   connection is closed and the session, persistent or not, is discarded, so nothing of it
+//!   survives for a later login. The connection's last will is published only if the identity
+//!   may still publish its topic ([`Engine::will_may_fire`]): never for one gone or with
+//!   another role (it is no longer trusted), yes for a new secret (a device's presence);
 //! - an identity whose groups changed, or any identity when the ACL file changed, keeps its
 //!   sessions, minus the subscriptions it may no longer hold (logged), and its connection acts
 //!   with the new groups from its next packet on (a connection checks one counter per packet);
@@ -229,7 +231,8 @@ impl Engine {
     }
 
     /// Ends `client_id`'s session because its identity's login no longer holds: closes its
-    /// connection (whose will fires) and discards the session.
+    /// connection (whose will is published only if the identity may still publish it) and
+    /// discards the session.
     fn revoke(&self, st: &mut Tables, client_id: &str) {
         let Some(entry) = st.sessions.get_mut(client_id) else {
             return;
@@ -247,7 +250,16 @@ impl Engine {
             connected = attached.is_some(),
             "identity removed or its secret changed in the credentials file: session discarded"
         );
-        self.settle_will(st, client_id, attached.and_then(|a| a.will), true);
+        // Published only if the identity may still publish the topic: not when it is gone or
+        // changed role, yes for a new secret (the identity stays, with the same rules).
+        let owner = entry.owner.clone();
+        self.settle_will(
+            st,
+            client_id,
+            attached.and_then(|a| a.will),
+            owner.as_ref(),
+            true,
+        );
         st.discard(client_id);
     }
 
@@ -390,7 +402,7 @@ mod test {
     use super::*;
     use crate::config::{Config, Limits, StateConfig};
     use crate::credentials::{Credentials, Role};
-    use crate::engine::packet::QoS;
+    use crate::engine::packet::{QoS, Will};
     use crate::engine::store;
 
     /// A credentials file with `kitchen` (groups down) and `garage`, and an engine reading it.
@@ -454,6 +466,220 @@ mod test {
                 .identity(name)
                 .unwrap(),
         )
+    }
+
+    /// `config` with a state directory (no grace floor, so 1.5 x keep-alive applies).
+    fn with_state(config: &Config, state: &Path) -> Config {
+        let mut c = config.clone();
+        c.state = StateConfig {
+            enabled: true,
+            dir: Some(state.to_path_buf()),
+            commit_interval_ms: 10,
+            will_grace_secs: 0,
+        };
+        c
+    }
+
+    /// An engine rebuilt from `config`'s state directory, as `listener::start` builds one.
+    fn with_store(config: &Config) -> Arc<Engine> {
+        let opened = store::open(&config.state).unwrap();
+        let engine = Engine::with_store(
+            Limits::default(),
+            Access::load(config).unwrap(),
+            pifleet_proto::Topics::default(),
+            opened.store(),
+        );
+        opened.attach(&engine);
+        engine
+    }
+
+    fn will(topic: &str, payload: &str) -> Will {
+        Will {
+            topic: topic.into(),
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        }
+    }
+
+    const ALL: &str = "pifleet/all/cmnd";
+    const KITCHEN: &str = "pifleet/dev/kitchen/status";
+
+    /// kitchen connects with its presence will, controller mallory with a command for every
+    /// device as its will (`fleet` plus mallory).
+    fn kitchen_and_mallory_connect(engine: &Engine, config: &Config) {
+        if identity_exists(engine, "mallory").is_none() {
+            edit(config, |c| {
+                c.add("mallory", Role::Controller, vec![], None).unwrap();
+            });
+            engine.reload_access("test").unwrap();
+        }
+        let kitchen = identity(engine, "kitchen");
+        let mallory = identity(engine, "mallory");
+        let ten = Duration::from_secs(10);
+        engine
+            .attach(
+                "kitchen",
+                true,
+                Some(will(KITCHEN, "offline")),
+                ten,
+                1,
+                &kitchen,
+            )
+            .unwrap();
+        engine
+            .attach(
+                "mallory",
+                true,
+                Some(will(ALL, r#"{"led":"on"}"#)),
+                ten,
+                2,
+                &mallory,
+            )
+            .unwrap();
+    }
+
+    fn identity_exists(engine: &Engine, name: &str) -> Option<()> {
+        engine
+            .access()
+            .credentials
+            .as_ref()?
+            .identity(name)
+            .map(|_| ())
+    }
+
+    /// A subscriber to everything (attached directly: no ACL in the way).
+    fn watcher(engine: &Engine) -> impl Fn() -> Vec<(String, String)> + '_ {
+        let w = engine
+            .attach(
+                "watcher",
+                true,
+                None,
+                Duration::ZERO,
+                99,
+                &Principal::Anonymous,
+            )
+            .unwrap();
+        engine
+            .subscribe("watcher", 99, "pifleet/#", QoS::AtLeastOnce)
+            .unwrap();
+        move || {
+            let mut q = w.outbox.lock();
+            let mut v = Vec::new();
+            while let Some((d, _)) = q.next_to_send(100) {
+                let payload = String::from_utf8_lossy(&d.message.payload).into_owned();
+                v.push((d.message.topic.to_string(), payload));
+            }
+            v
+        }
+    }
+
+    fn pending(engine: &Engine) -> Vec<String> {
+        let mut v: Vec<_> = engine
+            .state()
+            .pending_wills
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The demo of the review: mallory connects with a will commanding every device, the
+    /// broker is killed, mallory is removed while it is down; after the restart only kitchen's
+    /// will is pending, and no device ever receives mallory's command.
+    #[test]
+    fn a_will_of_an_identity_removed_while_the_broker_was_down_is_dropped_at_restore() {
+        let dir = crate::credentials::test::temp_dir("reload-will-removed");
+        let (_, config) = fleet(dir.path());
+        let config = with_state(&config, &dir.path().join("state"));
+        {
+            let engine = with_store(&config);
+            kitchen_and_mallory_connect(&engine, &config);
+            engine.close_store();
+        }
+        edit(&config, |c| {
+            c.remove("mallory").unwrap();
+        });
+        let engine = with_store(&config);
+        assert_eq!(pending(&engine), ["kitchen"]);
+        let seen = watcher(&engine);
+        engine.sweep(engine.now_ms() + 3_600_000, false);
+        assert_eq!(seen(), [(KITCHEN.to_string(), "offline".to_string())]);
+    }
+
+    /// The same removal while the will is pending: checked again when it falls due.
+    #[test]
+    fn a_pending_will_whose_identity_a_reload_removed_is_not_published_when_due() {
+        let dir = crate::credentials::test::temp_dir("reload-will-pending");
+        let (_, config) = fleet(dir.path());
+        let config = with_state(&config, &dir.path().join("state"));
+        {
+            let engine = with_store(&config);
+            kitchen_and_mallory_connect(&engine, &config);
+            engine.close_store();
+        }
+        let engine = with_store(&config);
+        assert_eq!(pending(&engine), ["kitchen", "mallory"]);
+        edit(&config, |c| {
+            c.remove("mallory").unwrap();
+        });
+        engine.reload_access("test").unwrap();
+        let seen = watcher(&engine);
+        engine.sweep(engine.now_ms() + 3_600_000, false);
+        assert_eq!(seen(), [(KITCHEN.to_string(), "offline".to_string())]);
+        assert!(pending(&engine).is_empty(), "settled, published or not");
+    }
+
+    /// A client of a broker without credentials left a will; the broker restarts requiring
+    /// logins: nobody may publish anonymously any more, so the will is dropped.
+    #[test]
+    fn an_anonymous_will_is_dropped_when_the_broker_now_requires_logins() {
+        let dir = crate::credentials::test::temp_dir("reload-will-anon");
+        let (_, config) = fleet(dir.path());
+        let config = with_state(&config, &dir.path().join("state"));
+        let mut open_config = config.clone();
+        open_config.auth.credentials = None;
+        {
+            let engine = with_store(&open_config);
+            engine
+                .attach(
+                    "x",
+                    true,
+                    Some(will(ALL, "on")),
+                    Duration::ZERO,
+                    1,
+                    &Principal::Anonymous,
+                )
+                .unwrap();
+            engine.close_store();
+        }
+        {
+            // Without credentials still: pending as before.
+            let engine = with_store(&open_config);
+            assert_eq!(pending(&engine), ["x"]);
+            engine.close_store();
+        }
+        let engine = with_store(&config);
+        assert!(pending(&engine).is_empty());
+    }
+
+    /// A reload that revokes a login closes its connection; the will is published only if the
+    /// identity may still publish it: not for a removed one, yes for one with a new secret.
+    #[test]
+    fn a_revoked_connection_s_will_is_published_only_if_its_identity_may_still_publish_it() {
+        let dir = crate::credentials::test::temp_dir("reload-will-revoke");
+        let (engine, config) = fleet(dir.path());
+        kitchen_and_mallory_connect(&engine, &config);
+        let seen = watcher(&engine);
+        edit(&config, |c| {
+            c.remove("mallory").unwrap();
+            c.remove("kitchen").unwrap();
+            c.add("kitchen", Role::Device, vec!["down".into()], None)
+                .unwrap();
+        });
+        assert_eq!(engine.reload_access("test").unwrap().sessions_revoked, 2);
+        assert_eq!(seen(), [(KITCHEN.to_string(), "offline".to_string())]);
     }
 
     #[test]
@@ -541,29 +767,8 @@ mod test {
     fn a_dropped_subscription_of_a_persistent_session_stays_dropped_after_a_restart() {
         let dir = crate::credentials::test::temp_dir("reload-store");
         let state = dir.path().join("state");
-        let with_state = |path: &Path| {
-            let mut c = Config::default();
-            c.auth.credentials = Some(path.to_path_buf());
-            c.state = StateConfig {
-                enabled: true,
-                dir: Some(state.clone()),
-                commit_interval_ms: 10,
-            };
-            c
-        };
-        let with_store = |config: &Config| {
-            let opened = store::open(&config.state).unwrap();
-            let engine = Engine::with_store(
-                Limits::default(),
-                Access::load(config).unwrap(),
-                pifleet_proto::Topics::default(),
-                opened.store(),
-            );
-            opened.attach(&engine);
-            engine
-        };
         let (_, config) = fleet(dir.path());
-        let config = with_state(config.auth.credentials.as_ref().unwrap());
+        let config = with_state(&config, &state);
         let group = "pifleet/group/down/cmnd";
         {
             let engine = with_store(&config);

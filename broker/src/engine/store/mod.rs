@@ -16,17 +16,19 @@
 //! - At start, [`open`] locks the directory and reads it, and [`Opened::attach`] rebuilds the
 //!   engine ([`Engine::restore`], within today's limits), writes a fresh snapshot and starts
 //!   the writer, all before a listener accepts.
-//! - Wills: a connection's will is recorded at its CONNECT (clean sessions too) and settled
-//!   when the registry ends the connection. Those read back at start are pending: published
-//!   unless their client id connects within 1.5 × its keep-alive ([`super::wills`]). Pending
-//!   wills are in every snapshot until settled, so a restart during the grace keeps them.
+//! - Wills: a connection's will is recorded at its CONNECT (clean sessions too), with its
+//!   owner, and settled when the registry ends the connection. Those read back at start are
+//!   pending: published unless their client id connects within its grace, and only while
+//!   their owner may still publish them ([`super::wills`]). Pending wills are in every
+//!   snapshot until settled, with the deadline their first restore set, so a restart during
+//!   the grace keeps them and does not extend it.
 //!
 //! Not persisted: QoS 0 messages (never queued for an offline session anyway), clean sessions
 //! (their wills are), QoS 2 packet ids a client sent us and has not released, and the
 //! counters.
 
 mod files;
-mod record;
+pub(super) mod record;
 mod recover;
 mod writer;
 
@@ -39,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::outbox::{Delivery, Outbox, Stage};
-use super::packet::{Message, QoS, Will};
+use super::packet::{Message, QoS};
 use super::registry::{Owner, SessionEntry};
 use super::routing::Subscription;
 use super::tree::valid_filter;
@@ -49,6 +51,7 @@ use files::{Loaded, StateDir, Unusable};
 use record::Record;
 use recover::Recovered;
 
+use super::wills::OwnedWill;
 pub(super) use recover::RecoveredWill;
 pub(crate) use writer::Handle as Writer;
 
@@ -140,16 +143,9 @@ impl Store {
         self.put(Record::Unsubscribe { sid, filter });
     }
 
-    /// `client_id`'s connection (just attached) has `will`; `keep_alive` in seconds.
-    pub fn will(&self, client_id: &str, keep_alive: u16, will: &Will) {
-        self.put(Record::Will {
-            client_id,
-            keep_alive,
-            topic: &will.topic,
-            qos: will.qos,
-            retain: will.retain,
-            payload: &will.payload,
-        });
+    /// `client_id`'s connection (just attached) has this will.
+    pub(super) fn will(&self, w: &OwnedWill) {
+        self.put(w.record());
     }
 
     /// `client_id`'s will was published or discarded.
@@ -264,6 +260,8 @@ pub fn default_dir() -> Option<PathBuf> {
 pub(crate) struct Opened {
     store: Store,
     found: Option<(StateDir, Loaded, Duration)>,
+    /// `[state] will_grace_secs`.
+    will_grace_secs: u64,
 }
 
 /// Locks and reads the state directory `config` names (see [`default_dir`]). A configured
@@ -273,6 +271,7 @@ pub(crate) fn open(config: &StateConfig) -> Result<Opened, BrokerError> {
     let memory = Opened {
         store: Store::default(),
         found: None,
+        will_grace_secs: config.will_grace_secs,
     };
     if !config.enabled {
         tracing::info!("state: in memory (--no-state): retained messages and persistent sessions end with this broker");
@@ -333,6 +332,7 @@ pub(crate) fn open(config: &StateConfig) -> Result<Opened, BrokerError> {
     Ok(Opened {
         store: Store(Some(Journal::new())),
         found: Some((dir, loaded, interval)),
+        will_grace_secs: config.will_grace_secs,
     })
 }
 
@@ -351,7 +351,7 @@ impl Opened {
         let path = dir.path.clone();
         let generation = loaded.generation;
         if loaded.files > 0 {
-            engine.restore(loaded.recovered, &path);
+            engine.restore(loaded.recovered, &path, self.will_grace_secs);
         }
         let weak = Arc::downgrade(engine);
         let capture = Box::new(move || weak.upgrade().map(|e| e.capture()));
@@ -371,9 +371,9 @@ impl Opened {
 pub(crate) struct Snapshot {
     retained: Vec<Arc<Message>>,
     sessions: Vec<SessionImage>,
-    /// (client id, keep-alive, will) of every live connection that has one, and of every
-    /// will still pending from the last start.
-    wills: Vec<(Box<str>, u16, Will)>,
+    /// The will of every live connection that has one, and every will still pending from the
+    /// last start (with its deadline).
+    wills: Vec<OwnedWill>,
 }
 
 struct SessionImage {
@@ -445,15 +445,8 @@ impl Snapshot {
                 queue(d, put)?;
             }
         }
-        for (client_id, keep_alive, w) in &self.wills {
-            put(&Record::Will {
-                client_id,
-                keep_alive: *keep_alive,
-                topic: &w.topic,
-                qos: w.qos,
-                retain: w.retain,
-                payload: &w.payload,
-            })?;
+        for w in &self.wills {
+            put(&w.record())?;
         }
         Ok(())
     }
@@ -500,12 +493,16 @@ impl Engine {
             .collect();
         let live = st.sessions.iter().filter_map(|(client_id, e)| {
             let a = e.attached.as_ref()?;
-            Some((client_id.clone(), a.keep_alive, a.will.clone()?))
+            Some(self.owned_will(client_id, a.keep_alive, a.will.clone()?, e.owner.clone()))
         });
-        let pending = st
-            .pending_wills
-            .iter()
-            .map(|(client_id, p)| (client_id.clone(), p.keep_alive, p.will.clone()));
+        let pending = st.pending_wills.iter().map(|(client_id, p)| OwnedWill {
+            client_id: client_id.clone(),
+            keep_alive: p.keep_alive,
+            will: p.will.clone(),
+            owner: p.owner.clone(),
+            in_process: p.in_process,
+            deadline: p.deadline,
+        });
         let wills = live.chain(pending).collect();
         (
             before,
@@ -522,7 +519,8 @@ impl Engine {
     /// expired meanwhile, or breaks a rule (a retained command, a topic beyond the bounds) is
     /// dropped and counted in one line. Sessions come back offline, newest first, so lowered
     /// bounds keep the most recent.
-    pub(super) fn restore(&self, rec: Recovered, from: &Path) {
+    /// `will_grace_secs` is the shortest grace of a pending will (`[state] will_grace_secs`).
+    pub(super) fn restore(&self, rec: Recovered, from: &Path, will_grace_secs: u64) {
         let mut st = self.state();
         // This run's ids never repeat those in the files, in case its first snapshot fails and
         // the files it read stay in use.
@@ -653,8 +651,8 @@ impl Engine {
             );
             restored += 1;
         }
-        let (wills, wills_dropped) = self.restore_wills(&mut st, rec.wills);
-        dropped += wills_dropped;
+        let wills = self.restore_wills(&mut st, rec.wills, will_grace_secs);
+        dropped += wills.dropped();
         if expired > 0 {
             self.counters
                 .sessions_expired
@@ -668,11 +666,11 @@ impl Engine {
              queued messages) from {}{}{}{}{}",
             st.retained.len(),
             from.display(),
-            match wills {
+            match wills.restored {
                 0 => String::new(),
                 n => format!(
                     "; last wills pending (each published unless its client connects again \
-                     within 1.5 x its keep-alive): {n}"
+                     within its grace): {n}"
                 ),
             },
             match expired {

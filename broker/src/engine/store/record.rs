@@ -36,6 +36,19 @@ pub enum FileKind {
 /// The owner of a persistent session, as stored.
 pub type StoredOwner<'a> = Option<(Role, &'a str)>;
 
+/// Whose a last will is, as stored: who may still have it published after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WillOwner<'a> {
+    /// A client of a broker without credentials (or a Will record from before owners were
+    /// stored, tag 16): published only while the broker still requires no login.
+    Anonymous,
+    /// An identity of the credentials file.
+    Login(Role, &'a str),
+    /// An in-process identity (legacy relay, demo fleet), registered again only after the
+    /// restore, so checked when the will falls due.
+    InProcess(Role, &'a str),
+}
+
 /// One change to (or, in a snapshot, one piece of) the broker's persistent state. `sid` is a
 /// session's id and `mid` a stored message body's id, both only meaningful within one
 /// generation of files (every start renumbers them in a fresh snapshot).
@@ -120,11 +133,15 @@ pub enum Record<'a> {
     },
     /// The live connection of `client_id` has this last will, due if the connection ends
     /// without DISCONNECT (a crash of the broker included). `keep_alive` is the seconds its
-    /// CONNECT asked for: after a restart, the client has 1.5 times that to connect again
-    /// before the will is published.
+    /// CONNECT asked for: after a restart, the client has a grace counted from it to connect
+    /// again before the will is published. `deadline` (Unix ms, 0: none yet) is when the
+    /// grace of a will pending since an earlier start ends, so a restart does not extend it.
+    /// Written as tag 18; tag 16 (no owner, no deadline) is read as `Anonymous`, 0.
     Will {
         client_id: &'a str,
         keep_alive: u16,
+        owner: WillOwner<'a>,
+        deadline: u64,
         topic: &'a str,
         qos: QoS,
         retain: bool,
@@ -155,6 +172,7 @@ mod tag {
     pub const END: u8 = 15;
     pub const WILL: u8 = 16;
     pub const WILL_GONE: u8 = 17;
+    pub const OWNED_WILL: u8 = 18;
 }
 
 fn put_u16(out: &mut Vec<u8>, v: u16) {
@@ -303,15 +321,29 @@ impl Record<'_> {
             Record::Will {
                 client_id,
                 keep_alive,
+                owner,
+                deadline,
                 topic,
                 qos,
                 retain,
                 payload,
             } => {
-                out.push(tag::WILL);
+                out.push(tag::OWNED_WILL);
                 out.push(qos as u8);
                 out.push(retain as u8);
                 put_u16(out, keep_alive);
+                put_u64(out, deadline);
+                match owner {
+                    WillOwner::Anonymous => out.push(0),
+                    WillOwner::Login(role, name) => {
+                        out.push(role_byte(role));
+                        put_str(out, name);
+                    }
+                    WillOwner::InProcess(role, name) => {
+                        out.push(role_byte(role) + 2);
+                        put_str(out, name);
+                    }
+                }
                 put_str(out, client_id);
                 put_str(out, topic);
                 put_bytes(out, payload);
@@ -473,15 +505,33 @@ pub fn decode(body: &[u8]) -> Result<Record<'_>, Undecodable> {
             mid: f.u64()?,
         },
         tag::END => Record::End { records: f.u64()? },
-        tag::WILL => {
+        t @ (tag::WILL | tag::OWNED_WILL) => {
             let qos = f.qos()?;
             let retain = match f.u8()? {
                 0 => false,
                 1 => true,
                 _ => return Err(Undecodable("retain flag beyond 1")),
             };
+            let keep_alive = f.u16()?;
+            let (deadline, owner) = match t {
+                tag::WILL => (0, WillOwner::Anonymous),
+                _ => {
+                    let deadline = f.u64()?;
+                    let owner = match f.u8()? {
+                        0 => WillOwner::Anonymous,
+                        1 => WillOwner::Login(Role::Device, f.str()?),
+                        2 => WillOwner::Login(Role::Controller, f.str()?),
+                        3 => WillOwner::InProcess(Role::Device, f.str()?),
+                        4 => WillOwner::InProcess(Role::Controller, f.str()?),
+                        _ => return Err(Undecodable("unknown role")),
+                    };
+                    (deadline, owner)
+                }
+            };
             Record::Will {
-                keep_alive: f.u16()?,
+                keep_alive,
+                owner,
+                deadline,
                 client_id: f.str()?,
                 topic: f.str()?,
                 qos,
@@ -668,6 +718,8 @@ mod test {
             Record::Will {
                 client_id: "kitchen",
                 keep_alive: 30,
+                owner: WillOwner::Login(Role::Device, "kitchen"),
+                deadline: 1_700_000_090_000,
                 topic: "pifleet/dev/kitchen/status",
                 qos: QoS::AtLeastOnce,
                 retain: true,
@@ -676,6 +728,18 @@ mod test {
             Record::Will {
                 client_id: "auto-7",
                 keep_alive: 0,
+                owner: WillOwner::Anonymous,
+                deadline: 0,
+                topic: "t",
+                qos: QoS::AtMostOnce,
+                retain: false,
+                payload: b"",
+            },
+            Record::Will {
+                client_id: "relay",
+                keep_alive: 5,
+                owner: WillOwner::InProcess(Role::Controller, "relay"),
+                deadline: 0,
                 topic: "t",
                 qos: QoS::AtMostOnce,
                 retain: false,
@@ -684,7 +748,7 @@ mod test {
             Record::WillGone {
                 client_id: "auto-7",
             },
-            Record::End { records: 18 },
+            Record::End { records: 19 },
         ]
     }
 
@@ -770,6 +834,8 @@ mod test {
             Record::Will {
                 client_id: "kitchen",
                 keep_alive: 2,
+                owner: WillOwner::Anonymous,
+                deadline: 0,
                 topic: "pifleet/dev/kitchen/status",
                 qos: QoS::AtLeastOnce,
                 retain: true,
@@ -781,6 +847,8 @@ mod test {
             Record::Will {
                 client_id: "attic",
                 keep_alive: 60,
+                owner: WillOwner::Anonymous,
+                deadline: 0,
                 topic: "pifleet/dev/attic/status",
                 qos: QoS::AtLeastOnce,
                 retain: true,
@@ -795,6 +863,8 @@ mod test {
         Record::Will {
             client_id: "garage",
             keep_alive: 5,
+            owner: WillOwner::Anonymous,
+            deadline: 0,
             topic: "pifleet/dev/garage/status",
             qos: QoS::AtLeastOnce,
             retain: true,
@@ -816,11 +886,13 @@ mod test {
     }
 
     #[test]
-    fn a_will_is_tag_qos_retain_keep_alive_client_id_topic_payload() {
+    fn a_will_is_tag_qos_retain_keep_alive_deadline_owner_client_id_topic_payload() {
         let mut buf = Vec::new();
         Record::Will {
             client_id: "c",
             keep_alive: 0x0102,
+            owner: WillOwner::Login(Role::Controller, "al"),
+            deadline: 0x0807_0605_0403_0201,
             topic: "t",
             qos: QoS::AtLeastOnce,
             retain: true,
@@ -829,7 +901,7 @@ mod test {
         .encode(&mut buf);
         assert_eq!(
             &buf[FRAME_HEADER..],
-            b"\x10\x01\x01\x02\x01\x01\0c\x01\0t\x01\0\0\0p"
+            b"\x12\x01\x01\x02\x01\x01\x02\x03\x04\x05\x06\x07\x08\x02\x02\0al\x01\0c\x01\0t\x01\0\0\0p"
         );
         let mut gone = Vec::new();
         Record::WillGone { client_id: "c" }.encode(&mut gone);
@@ -837,6 +909,27 @@ mod test {
         let mut bad = buf[FRAME_HEADER..].to_vec();
         bad[2] = 2;
         assert_eq!(decode(&bad), Err(Undecodable("retain flag beyond 1")));
+        let mut bad = buf[FRAME_HEADER..].to_vec();
+        bad[13] = 5;
+        assert_eq!(decode(&bad), Err(Undecodable("unknown role")));
+    }
+
+    #[test]
+    fn a_will_record_from_before_owners_reads_as_anonymous_without_a_deadline() {
+        let legacy = b"\x10\x01\x01\x02\x01\x01\0c\x01\0t\x01\0\0\0p";
+        assert_eq!(
+            decode(legacy),
+            Ok(Record::Will {
+                client_id: "c",
+                keep_alive: 0x0102,
+                owner: WillOwner::Anonymous,
+                deadline: 0,
+                topic: "t",
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                payload: b"p",
+            })
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::super::packet::{Message, QoS, Will};
-use super::record::Record;
+use super::record::{Record, WillOwner};
 use crate::credentials::Role;
 
 /// A message queued for a recovered session.
@@ -56,6 +56,12 @@ pub struct RecoveredWill {
     pub will: Will,
     /// Seconds, as its CONNECT asked (0: none).
     pub keep_alive: u16,
+    /// Who connected with it (`None`: anonymous, or not recorded).
+    pub owner: Option<(Role, Box<str>)>,
+    /// The owner is an in-process identity ([`WillOwner::InProcess`]).
+    pub in_process: bool,
+    /// Unix ms when its grace ends, set by the first start that found it pending (0: not yet).
+    pub deadline: u64,
 }
 
 /// The persistent state the files describe.
@@ -203,11 +209,18 @@ impl Recovered {
             Record::Will {
                 client_id,
                 keep_alive,
+                owner,
+                deadline,
                 topic,
                 qos,
                 retain,
                 payload,
             } => {
+                let (owner, in_process) = match owner {
+                    WillOwner::Anonymous => (None, false),
+                    WillOwner::Login(role, name) => (Some((role, name.into())), false),
+                    WillOwner::InProcess(role, name) => (Some((role, name.into())), true),
+                };
                 // One connection per client id: a newer will replaces one whose `WillGone`
                 // was lost.
                 self.wills.insert(
@@ -220,6 +233,9 @@ impl Recovered {
                             retain,
                         },
                         keep_alive,
+                        owner,
+                        in_process,
+                        deadline,
                     },
                 );
             }
@@ -402,6 +418,8 @@ mod test {
         Record::Will {
             client_id,
             keep_alive: 30,
+            owner: WillOwner::Anonymous,
+            deadline: 0,
             topic: "pifleet/dev/x/status",
             qos: QoS::AtLeastOnce,
             retain: true,

@@ -20,6 +20,7 @@ fn config(dir: &Path) -> StateConfig {
         enabled: true,
         dir: Some(dir.to_path_buf()),
         commit_interval_ms: 10,
+        will_grace_secs: 0,
     }
 }
 
@@ -627,10 +628,14 @@ fn a_snapshot_carries_live_and_pending_wills() {
     }
     let engine = engine_in(dir.path(), Limits::default());
     let due: HashMap<_, _> = pending(&engine).into_iter().collect();
-    assert_eq!(
-        due["attic"] - due["kitchen"],
-        90_000 - 3_000,
-        "keep-alive 0 counts as 60 s, 2 s as 2 s"
+    let now = engine.now_ms();
+    assert!(
+        (now + 89_000..=now + 90_000).contains(&due["attic"]),
+        "keep-alive 0 counts as 60 s: {due:?}"
+    );
+    assert!(
+        due["kitchen"] <= now + 3_000,
+        "kitchen's grace runs from the start that first found it pending: {due:?}"
     );
     // What a compaction writes now: the pending wills and garage's live one.
     device_online(&engine, "garage", true, 6);
@@ -671,6 +676,8 @@ fn a_torn_will_at_the_end_of_the_log_keeps_the_wills_before_it() {
             Record::Will {
                 client_id: device,
                 keep_alive: 2,
+                owner: record::WillOwner::Anonymous,
+                deadline: 0,
                 topic: &w.topic,
                 qos: w.qos,
                 retain: w.retain,
@@ -701,12 +708,14 @@ async fn the_keep_alive_sweeper_publishes_a_restored_will_on_time() {
     rec.apply(Record::Will {
         client_id: "kitchen",
         keep_alive: 2,
+        owner: record::WillOwner::Anonymous,
+        deadline: 0,
         topic: &w.topic,
         qos: w.qos,
         retain: w.retain,
         payload: &w.payload,
     });
-    engine.restore(rec, Path::new("(test)"));
+    engine.restore(rec, Path::new("(test)"), 0);
     let watcher = engine
         .attach(
             "watcher",
@@ -738,4 +747,130 @@ async fn the_keep_alive_sweeper_publishes_a_restored_will_on_time() {
     assert_eq!(presence(&engine), [pair("kitchen", "offline")]);
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(seen().is_empty(), "once");
+}
+
+fn deadlines(engine: &Engine) -> Vec<(String, u64)> {
+    let st = engine.state();
+    let mut v: Vec<_> = st
+        .pending_wills
+        .iter()
+        .map(|(id, p)| (id.to_string(), p.deadline))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A crash loop does not postpone a will: the first start that finds it pending sets its
+/// deadline (wall clock) and stores it in its snapshot, and later starts keep it.
+#[test]
+fn a_restart_during_the_grace_does_not_extend_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = engine_in(dir.path(), Limits::default());
+        device_online(&engine, "kitchen", true, 1);
+        engine.close_store();
+    }
+    let first = {
+        let engine = engine_in(dir.path(), Limits::default());
+        let d = deadlines(&engine);
+        engine.close_store();
+        d
+    };
+    assert_eq!(first.len(), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let engine = engine_in(dir.path(), Limits::default());
+    assert_eq!(
+        deadlines(&engine),
+        first,
+        "the deadline of the first restore"
+    );
+    let due = pending(&engine)[0].1;
+    assert!(
+        due <= engine.now_ms() + 3_000 - 250,
+        "due within what is left of the first grace, not a new one: {due} at {}",
+        engine.now_ms()
+    );
+}
+
+/// The number of pending wills is bounded like the sessions: beyond `max_sessions` they are
+/// dropped (and counted).
+#[test]
+fn pending_wills_beyond_max_sessions_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = engine_in(dir.path(), Limits::default());
+        for (n, device) in ["a", "b", "c"].into_iter().enumerate() {
+            device_online(&engine, device, true, n as u64 + 1);
+        }
+        engine.close_store();
+    }
+    let limits = Limits {
+        max_sessions: 2,
+        ..Limits::default()
+    };
+    let engine = engine_in(dir.path(), limits);
+    assert_eq!(pending(&engine).len(), 2);
+    assert_eq!(engine.counters().state_dropped, 1);
+}
+
+/// An empty client id becomes `auto-<connection id>`; connection ids start over with each
+/// run, so the next run's ids must start above those of the pending wills, or a new client
+/// would silently cancel another's will by connecting.
+#[test]
+fn a_made_up_client_id_of_a_pending_will_is_not_handed_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let made_up = {
+        let engine = engine_in(dir.path(), Limits::default());
+        for _ in 0..5 {
+            engine.id();
+        }
+        let conn = engine.id();
+        let id = format!("auto-{conn}");
+        engine
+            .attach(
+                &id,
+                true,
+                Some(presence_will("anon")),
+                Duration::from_secs(2),
+                conn,
+                &Principal::Anonymous,
+            )
+            .unwrap();
+        engine.close_store();
+        conn
+    };
+    let engine = engine_in(dir.path(), Limits::default());
+    assert_eq!(pending(&engine)[0].0, format!("auto-{made_up}"));
+    assert!(
+        engine.id() > made_up,
+        "this run's connection ids start above"
+    );
+}
+
+/// `[state] will_grace_secs` is the shortest grace: an agent's 10 s keep-alive gives 15 s,
+/// less than its reconnect back-off, so the floor (60 s by default) applies.
+#[test]
+fn the_grace_after_a_restart_is_at_least_the_configured_floor() {
+    let engine = Engine::new(Limits::default(), Access::default());
+    let mut rec = Recovered::default();
+    let w = presence_will("kitchen");
+    rec.apply(Record::Will {
+        client_id: "kitchen",
+        keep_alive: 10,
+        owner: record::WillOwner::Anonymous,
+        deadline: 0,
+        topic: &w.topic,
+        qos: w.qos,
+        retain: w.retain,
+        payload: &w.payload,
+    });
+    let floor = StateConfig::default().will_grace_secs;
+    assert_eq!(floor, 60);
+    let now = engine.now_ms();
+    engine.restore(rec, Path::new("(test)"), floor);
+    let due = pending(&engine)[0].1;
+    assert!(
+        (now + 60_000..now + 61_000).contains(&due),
+        "{due} from {now}"
+    );
 }
