@@ -682,6 +682,53 @@ mod test {
         assert_eq!(seen(), [(KITCHEN.to_string(), "offline".to_string())]);
     }
 
+    /// A removed device's will on its own presence topic is published (it only says the
+    /// device is gone, so status does not show it online forever), at runtime and after a
+    /// restart; the same device's will on any other of its topics is not.
+    #[test]
+    fn a_removed_devices_presence_will_is_published_and_nothing_else_of_it() {
+        let dir = crate::credentials::test::temp_dir("reload-will-device-removed");
+        let (engine, config) = fleet(dir.path());
+        kitchen_and_mallory_connect(&engine, &config);
+        let garage = identity(&engine, "garage");
+        engine
+            .attach(
+                "garage",
+                true,
+                Some(will("pifleet/dev/garage/cmnd", "on")),
+                Duration::from_secs(10),
+                3,
+                &garage,
+            )
+            .unwrap();
+        let seen = watcher(&engine);
+        edit(&config, |c| {
+            c.remove("mallory").unwrap();
+            c.remove("kitchen").unwrap();
+            c.remove("garage").unwrap();
+        });
+        assert_eq!(engine.reload_access("test").unwrap().sessions_revoked, 3);
+        assert_eq!(seen(), [(KITCHEN.to_string(), "offline".to_string())]);
+
+        // The same while the broker was down.
+        let dir = crate::credentials::test::temp_dir("reload-will-device-removed-2");
+        let (_, config) = fleet(dir.path());
+        let config = with_state(&config, &dir.path().join("state"));
+        {
+            let engine = with_store(&config);
+            kitchen_and_mallory_connect(&engine, &config);
+            engine.close_store();
+        }
+        edit(&config, |c| {
+            c.remove("kitchen").unwrap();
+            c.remove("mallory").unwrap();
+        });
+        let engine = with_store(&config);
+        let seen = watcher(&engine);
+        engine.sweep(engine.now_ms() + 3_600_000, false);
+        assert_eq!(seen(), [(KITCHEN.to_string(), "offline".to_string())]);
+    }
+
     #[test]
     fn a_removed_identity_loses_its_connection_and_every_session() {
         let dir = crate::credentials::test::temp_dir("reload-remove");

@@ -33,6 +33,7 @@ use super::store::record::{Record, WillOwner};
 use super::store::RecoveredWill;
 use super::tree::valid_topic;
 use super::{lock, Engine, Principal, Tables};
+use crate::credentials::Role;
 
 /// The keep-alive a grace is counted from for a CONNECT that asked for none (0, "no
 /// keep-alive"): such a client gives no hint of how soon it would be back.
@@ -120,11 +121,23 @@ impl WillsRestored {
     }
 }
 
+/// Whether `topic` is device `name`'s presence topic under `prefix`.
+fn own_presence(prefix: &str, name: &str, topic: &str) -> bool {
+    match (
+        pifleet_proto::Topics::new(prefix),
+        pifleet_proto::Name::new(name),
+    ) {
+        (Ok(topics), Ok(name)) => topics.status(&name) == topic,
+        _ => false,
+    }
+}
+
 impl Engine {
     /// Whether a will of `owner` (`None`: anonymous) on `topic` may be published now: its
     /// identity still exists with the same role (in process or in the credentials file) and
     /// may publish to `topic` under the rules in force; an anonymous client's only while the
-    /// broker requires no login. A removed or revoked identity may publish nothing.
+    /// broker requires no login. A removed identity may publish nothing, except a removed
+    /// device's will on its own presence topic (it can only say the device is gone).
     pub(super) fn will_may_fire(&self, owner: Option<&Owner>, topic: &str) -> bool {
         let access = self.access();
         let Some(o) = owner else {
@@ -138,6 +151,14 @@ impl Engine {
             (None, None) => return true,
             (None, Some(c)) => match c.identity(&o.name) {
                 Some(now) if now.role == o.role => now,
+                // A removed device's will on its own presence topic can only say that it is
+                // gone, which is true: published, so the fleet does not show it online forever.
+                None if o.role == Role::Device => {
+                    return access
+                        .files
+                        .as_ref()
+                        .is_some_and(|f| own_presence(&f.prefix, &o.name, topic));
+                }
                 _ => return false,
             },
         };
