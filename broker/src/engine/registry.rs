@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use super::counters::bump;
 use super::outbox::Outbox;
 use super::packet::{ConnectCode, Will};
+use super::wills::Fire;
 use super::{Engine, Principal, Tables};
 use crate::credentials::Role;
 
@@ -182,7 +183,7 @@ impl Engine {
                 old.link.kick.notify_one();
             }
         }
-        self.settle_will(&mut st, client_id, old_will, old_owner.as_ref(), true);
+        self.settle_will(&mut st, client_id, old_will, old_owner.as_ref(), Fire::Yes);
         let existing = st.sessions.get(client_id);
         let resume = !clean_session && existing.is_some_and(|e| e.persistent && e.owner == owner);
         if !clean_session && !resume && existing.is_some_and(|e| e.persistent) {
@@ -330,7 +331,11 @@ impl Engine {
         } else {
             st.discard(client_id);
         }
-        self.settle_will(&mut st, client_id, attached.will, owner.as_ref(), !graceful);
+        let fire = match graceful {
+            true => Fire::No,
+            false => Fire::Yes,
+        };
+        self.settle_will(&mut st, client_id, attached.will, owner.as_ref(), fire);
     }
 }
 

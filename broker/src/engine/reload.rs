@@ -11,9 +11,9 @@
 //! state lock, the new `Access` is swapped in and every session is reviewed against the change:
 //! - an identity that is gone, changed role or got a new secret loses its sessions: a live
 //!   connection is closed and the session, persistent or not, is discarded, so nothing of it
-//!   survives for a later login. The connection's last will is published only if the identity
-//!   may still publish its topic ([`Engine::will_may_fire`]): never for one gone or with
-//!   another role (it is no longer trusted), yes for a new secret (a device's presence);
+//!   survives for a later login. Nothing of the connection's last will is published (a
+//!   revoked login is not trusted, whatever the reason), except that a device's will on its
+//!   own presence topic becomes the standard offline presence ([`Engine::will_fate`]);
 //! - an identity whose groups changed, or any identity when the ACL file changed, keeps its
 //!   sessions, minus the subscriptions it may no longer hold (logged), and its connection acts
 //!   with the new groups from its next packet on (a connection checks one counter per packet);
@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::registry::Owner;
+use super::wills::Fire;
 use super::{lock, Access, AccessFiles, BrokerError, Engine, Principal, Tables};
 use crate::credentials::Identity;
 
@@ -250,15 +251,16 @@ impl Engine {
             connected = attached.is_some(),
             "identity removed or its secret changed in the credentials file: session discarded"
         );
-        // Published only if the identity may still publish the topic: not when it is gone or
-        // changed role, yes for a new secret (the identity stays, with the same rules).
+        // A revoked login is no longer trusted, whatever the reason (gone, new role, new
+        // secret: the old one may have leaked): nothing of its own is published, only the
+        // standard offline presence of a device whose will was its presence.
         let owner = entry.owner.clone();
         self.settle_will(
             st,
             client_id,
             attached.and_then(|a| a.will),
             owner.as_ref(),
-            true,
+            Fire::Untrusted,
         );
         st.discard(client_id);
     }
@@ -504,6 +506,8 @@ mod test {
 
     const ALL: &str = "pifleet/all/cmnd";
     const KITCHEN: &str = "pifleet/dev/kitchen/status";
+    /// The broker's own offline presence (`Presence::will()`).
+    const OFFLINE: &str = r#"{"state":"offline"}"#;
 
     /// kitchen connects with its presence will, controller mallory with a command for every
     /// device as its will (`fleet` plus mallory).
@@ -664,27 +668,30 @@ mod test {
         assert!(pending(&engine).is_empty());
     }
 
-    /// A reload that revokes a login closes its connection; the will is published only if the
-    /// identity may still publish it: not for a removed one, yes for one with a new secret.
+    /// A reload that revokes a login closes its connection, and nothing the revoked login left
+    /// is published, not even for a new secret (the old one may have leaked): mallory, given a
+    /// new secret, does not get its command to the fleet, and for kitchen's presence will the broker publishes the standard offline
+    /// presence, not the stored payload (here the bare word `offline`).
     #[test]
-    fn a_revoked_connection_s_will_is_published_only_if_its_identity_may_still_publish_it() {
+    fn a_revoked_login_s_will_is_never_published_as_sent_not_even_for_a_new_secret() {
         let dir = crate::credentials::test::temp_dir("reload-will-revoke");
         let (engine, config) = fleet(dir.path());
         kitchen_and_mallory_connect(&engine, &config);
         let seen = watcher(&engine);
         edit(&config, |c| {
             c.remove("mallory").unwrap();
+            c.add("mallory", Role::Controller, vec![], None).unwrap();
             c.remove("kitchen").unwrap();
             c.add("kitchen", Role::Device, vec!["down".into()], None)
                 .unwrap();
         });
         assert_eq!(engine.reload_access("test").unwrap().sessions_revoked, 2);
-        assert_eq!(seen(), [(KITCHEN.to_string(), "offline".to_string())]);
+        assert_eq!(seen(), [(KITCHEN.to_string(), OFFLINE.to_string())]);
     }
 
-    /// A removed device's will on its own presence topic is published (it only says the
-    /// device is gone, so status does not show it online forever), at runtime and after a
-    /// restart; the same device's will on any other of its topics is not.
+    /// A removed device whose will was on its own presence topic gets the standard offline
+    /// presence published there (so status does not show it online forever, whatever its will
+    /// said), at runtime and after a restart; its will on any other of its topics is dropped.
     #[test]
     fn a_removed_devices_presence_will_is_published_and_nothing_else_of_it() {
         let dir = crate::credentials::test::temp_dir("reload-will-device-removed");
@@ -708,7 +715,7 @@ mod test {
             c.remove("garage").unwrap();
         });
         assert_eq!(engine.reload_access("test").unwrap().sessions_revoked, 3);
-        assert_eq!(seen(), [(KITCHEN.to_string(), "offline".to_string())]);
+        assert_eq!(seen(), [(KITCHEN.to_string(), OFFLINE.to_string())]);
 
         // The same while the broker was down.
         let dir = crate::credentials::test::temp_dir("reload-will-device-removed-2");
@@ -726,7 +733,7 @@ mod test {
         let engine = with_store(&config);
         let seen = watcher(&engine);
         engine.sweep(engine.now_ms() + 3_600_000, false);
-        assert_eq!(seen(), [(KITCHEN.to_string(), "offline".to_string())]);
+        assert_eq!(seen(), [(KITCHEN.to_string(), OFFLINE.to_string())]);
     }
 
     #[test]

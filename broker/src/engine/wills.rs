@@ -19,7 +19,7 @@
 //! does not postpone it either. At most `max_sessions` wills are restored.
 //!
 //! Whose a will is, is stored with it ([`OwnedWill`]): a will is published, at runtime or after
-//! a restart, only while its owner may still publish to its topic ([`Engine::will_may_fire`]):
+//! a restart, only while its owner may still publish to its topic ([`Engine::will_fate`]):
 //! the identity still exists with the same role and today's rules allow the topic, an anonymous
 //! client's only while the broker requires no login. So an identity removed while the broker
 //! was down, or revoked by a reload, cannot have a command it left behind published.
@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use super::packet::Will;
+use super::packet::{Message, QoS, Will};
 use super::registry::Owner;
 use super::store::record::{Record, WillOwner};
 use super::store::RecoveredWill;
@@ -121,6 +121,26 @@ impl WillsRestored {
     }
 }
 
+/// Whether a will is to be published when its connection is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Fire {
+    /// Ended with DISCONNECT: dropped.
+    No,
+    /// Ended without DISCONNECT (or its grace after a restart is over).
+    Yes,
+    /// Its login was revoked: nothing of its own is published ([`Engine::will_fate`]).
+    Untrusted,
+}
+
+/// What [`Engine::will_fate`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum WillFate {
+    AsSent,
+    /// The broker's standard offline presence on the device's presence topic instead.
+    Offline,
+    Dropped,
+}
+
 /// Whether `topic` is device `name`'s presence topic under `prefix`.
 fn own_presence(prefix: &str, name: &str, topic: &str) -> bool {
     match (
@@ -133,36 +153,52 @@ fn own_presence(prefix: &str, name: &str, topic: &str) -> bool {
 }
 
 impl Engine {
-    /// Whether a will of `owner` (`None`: anonymous) on `topic` may be published now: its
-    /// identity still exists with the same role (in process or in the credentials file) and
-    /// may publish to `topic` under the rules in force; an anonymous client's only while the
-    /// broker requires no login. A removed identity may publish nothing, except a removed
-    /// device's will on its own presence topic (it can only say the device is gone).
-    pub(super) fn will_may_fire(&self, owner: Option<&Owner>, topic: &str) -> bool {
+    /// What becomes of a will of `owner` (`None`: anonymous) on `topic` now. Published as
+    /// sent when its identity still exists with the same role (in process or in the
+    /// credentials file), may publish to `topic` under the rules in force and is `trusted` (its
+    /// login not revoked: a reload that revokes it passes false); an anonymous client's only
+    /// while the broker requires no login. An identity that is gone or no longer trusted
+    /// publishes nothing of its own: for a device whose will was on its own presence topic, the
+    /// broker publishes the standard offline presence there instead ([`WillFate::Offline`]),
+    /// which only says what is true (the device is gone), so the fleet does not show it online
+    /// forever, whatever the device had put in its will.
+    pub(super) fn will_fate(&self, owner: Option<&Owner>, topic: &str, trusted: bool) -> WillFate {
         let access = self.access();
         let Some(o) = owner else {
-            return access.credentials.is_none();
+            return match access.credentials.is_none() {
+                true => WillFate::AsSent,
+                false => WillFate::Dropped,
+            };
         };
+        let untrusted = || {
+            let own = o.role == Role::Device
+                && access
+                    .files
+                    .as_ref()
+                    .is_some_and(|f| own_presence(&f.prefix, &o.name, topic));
+            match own {
+                true => WillFate::Offline,
+                false => WillFate::Dropped,
+            }
+        };
+        if !trusted {
+            return untrusted();
+        }
         let in_process = lock(&self.internal).get(&*o.name).map(|(_, i)| i.clone());
         let who = match (in_process, &access.credentials) {
             (Some(i), _) if i.role == o.role => i,
-            (Some(_), _) => return false,
+            (Some(_), _) => return WillFate::Dropped,
             // No logins any more: everything is allowed, as for any client.
-            (None, None) => return true,
+            (None, None) => return WillFate::AsSent,
             (None, Some(c)) => match c.identity(&o.name) {
                 Some(now) if now.role == o.role => now,
-                // A removed device's will on its own presence topic can only say that it is
-                // gone, which is true: published, so the fleet does not show it online forever.
-                None if o.role == Role::Device => {
-                    return access
-                        .files
-                        .as_ref()
-                        .is_some_and(|f| own_presence(&f.prefix, &o.name, topic));
-                }
-                _ => return false,
+                _ => return untrusted(),
             },
         };
-        access.may_publish(&Principal::Identity(who), topic)
+        match access.may_publish(&Principal::Identity(who), topic) {
+            true => WillFate::AsSent,
+            false => WillFate::Dropped,
+        }
     }
 
     /// `will` as the store records it. An in-process owner is marked so: such identities are
@@ -190,7 +226,7 @@ impl Engine {
     }
 
     /// The will of `client_id`'s connection is over: published when `fire` (the connection
-    /// ended without DISCONNECT) and its owner may still publish it ([`Engine::will_may_fire`]),
+    /// ended without DISCONNECT) and its owner may still publish it ([`Engine::will_fate`]),
     /// and in either case dropped from the store, after the publish so that a crash in between
     /// can repeat it but never lose it. Returns whether it was published.
     pub(super) fn settle_will(
@@ -199,20 +235,40 @@ impl Engine {
         client_id: &str,
         will: Option<Will>,
         owner: Option<&Owner>,
-        fire: bool,
+        fire: Fire,
     ) -> bool {
         let Some(w) = will else { return false };
-        let published = fire && self.will_may_fire(owner, &w.topic);
-        if published {
-            self.route(st, w.into_message(), 0, &mut Vec::new());
-        } else if fire {
-            tracing::info!(
-                client = client_id,
-                user = owner.map_or("", |o| &*o.name),
-                topic = %w.topic,
-                "last will not published: its identity is gone, changed role or may no longer \
-                 publish to the topic"
-            );
+        let fate = match fire {
+            Fire::No => WillFate::Dropped,
+            Fire::Yes => self.will_fate(owner, &w.topic, true),
+            Fire::Untrusted => self.will_fate(owner, &w.topic, false),
+        };
+        let published = !matches!(fate, WillFate::Dropped);
+        match fate {
+            WillFate::AsSent => {
+                self.route(st, w.into_message(), 0, &mut Vec::new());
+            }
+            WillFate::Offline => {
+                let offline = Message {
+                    topic: w.topic.into(),
+                    payload: serde_json::to_vec(&pifleet_proto::Presence::will())
+                        .expect("serializable")
+                        .into(),
+                    qos: QoS::AtLeastOnce,
+                    retain: true,
+                };
+                self.route(st, offline, 0, &mut Vec::new());
+            }
+            WillFate::Dropped if !matches!(fire, Fire::No) => {
+                tracing::info!(
+                    client = client_id,
+                    user = owner.map_or("", |o| &*o.name),
+                    topic = %w.topic,
+                    "last will not published: its identity is gone, changed role, was revoked or may no longer \
+                     publish to the topic"
+                );
+            }
+            WillFate::Dropped => {}
         }
         st.store.will_gone(client_id);
         published
@@ -236,7 +292,7 @@ impl Engine {
         let mut published = 0;
         for id in &due {
             let p = st.pending_wills.remove(id).expect("just listed");
-            if self.settle_will(st, id, Some(p.will), p.owner.as_ref(), true) {
+            if self.settle_will(st, id, Some(p.will), p.owner.as_ref(), Fire::Yes) {
                 published += 1;
             }
         }
@@ -270,15 +326,23 @@ impl Engine {
                 .strip_prefix("auto-")
                 .and_then(|n| n.parse::<u64>().ok())
             {
-                self.next_id
-                    .fetch_max(n.saturating_add(1), Ordering::Relaxed);
+                // Only ids this broker could have made (a client may pick `auto-<huge>` itself):
+                // far below the counter's end, so it never wraps into the session ids.
+                if n < 1 << 48 {
+                    self.next_id.fetch_max(n + 1, Ordering::Relaxed);
+                }
             }
             if !valid_topic(&w.will.topic) || !self.bounds.allows(&w.will.topic) {
                 done.out_of_bounds += 1;
                 continue;
             }
             let owner = w.owner.map(|(role, name)| Owner { name, role });
-            if !w.in_process && !self.will_may_fire(owner.as_ref(), &w.will.topic) {
+            if !w.in_process
+                && matches!(
+                    self.will_fate(owner.as_ref(), &w.will.topic, true),
+                    WillFate::Dropped
+                )
+            {
                 done.untrusted += 1;
                 continue;
             }
@@ -287,9 +351,11 @@ impl Engine {
                 continue;
             }
             let grace = grace_ms(w.keep_alive, floor_secs);
+            // Never later than one grace from now: a clock that was far ahead when the
+            // deadline was set must not give every later start a fresh grace.
             let deadline = match w.deadline {
                 0 => unix + grace,
-                d => d,
+                d => d.min(unix + grace),
             };
             st.pending_wills.insert(
                 client_id,

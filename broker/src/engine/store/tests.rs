@@ -847,6 +847,31 @@ fn a_made_up_client_id_of_a_pending_will_is_not_handed_out_again() {
     );
 }
 
+/// A client may name itself `auto-<huge>`: that must not push the id counter to its end,
+/// where it would wrap into the ids of restored sessions.
+#[test]
+fn a_chosen_auto_id_near_the_counters_end_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = engine_in(dir.path(), Limits::default());
+        let conn = engine.id();
+        engine
+            .attach(
+                "auto-18446744073709551614",
+                true,
+                Some(presence_will("anon")),
+                Duration::from_secs(2),
+                conn,
+                &Principal::Anonymous,
+            )
+            .unwrap();
+        engine.close_store();
+    }
+    let engine = engine_in(dir.path(), Limits::default());
+    assert_eq!(pending(&engine).len(), 1);
+    assert!(engine.id() < 1 << 48, "the counter stays far from its end");
+}
+
 /// `[state] will_grace_secs` is the shortest grace: an agent's 10 s keep-alive gives 15 s,
 /// less than its reconnect back-off, so the floor (60 s by default) applies.
 #[test]
