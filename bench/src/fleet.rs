@@ -16,6 +16,24 @@ use pifleet_proto::{CommandId, Name, Topics};
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, watch};
 
+/// A plain MQTT client of the benchmark (no TLS, no login, the CLI's keep-alive and connect
+/// timeout), with `tune` applied to its options; the caller drives the event loop.
+pub fn client(
+    url: &BrokerUrl,
+    id: &str,
+    tune: impl FnOnce(&mut rumqttc::MqttOptions),
+) -> (AsyncClient, rumqttc::EventLoop) {
+    pifleet_client::mqtt::client(
+        url,
+        id,
+        &pifleet_client::mqtt::Security::default(),
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+        tune,
+    )
+    .expect("no TLS or login in the benchmark")
+}
+
 /// A controller-side MQTT client: publishes arrive on a channel.
 pub struct Controller {
     pub client: AsyncClient,
@@ -25,17 +43,9 @@ pub struct Controller {
 
 impl Controller {
     pub async fn connect(url: &BrokerUrl, id: &str) -> Controller {
-        let (client, mut ev) = pifleet_client::mqtt::client(
-            url,
-            id,
-            &pifleet_client::mqtt::Security::default(),
-            Duration::from_secs(60),
-            Duration::from_secs(10),
-            |o| {
-                o.set_inflight(1000);
-            },
-        )
-        .expect("no TLS or login in the benchmark");
+        let (client, mut ev) = client(url, id, |o| {
+            o.set_inflight(1000);
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         let (stx, suback) = mpsc::unbounded_channel();
         tokio::spawn(async move {

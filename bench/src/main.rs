@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use pifleet_bench::fleet::{Controller, Fleet};
+use pifleet_bench::fleet::{self, Controller, Fleet};
 use pifleet_bench::procfs::{cpu_secs, rss_mb};
 use pifleet_bench::{pct, print_side_by_side, Results};
 use pifleet_client::BrokerUrl;
@@ -190,15 +190,11 @@ impl Background {
             }
             got
         });
-        let (client, mut ev) = pifleet_client::mqtt::client(
+        let (client, mut ev) = fleet::client(
             url,
             &format!("bench-bg-pub:{}", CommandId::generate()),
-            &pifleet_client::mqtt::Security::default(),
-            Duration::from_secs(60),
-            Duration::from_secs(10),
             |_| {},
-        )
-        .expect("no TLS or login in the benchmark");
+        );
         let topic = topics.sensor(&Name::new("bg-0").unwrap(), &Name::new("t").unwrap());
         let stopped = stop.clone();
         let publisher = tokio::spawn(async move {
@@ -321,15 +317,11 @@ async fn measure(t: &TargetSpec, args: &Args, bins: &std::path::Path, r: &mut Re
         let per = args.telemetry;
         let mut pubs = Vec::new();
         for k in 0..2 {
-            let (client, mut ev) = pifleet_client::mqtt::client(
+            let (client, mut ev) = fleet::client(
                 &t.url,
                 &format!("bench-tele-pub{k}:{}", CommandId::generate()),
-                &pifleet_client::mqtt::Security::default(),
-                Duration::from_secs(60),
-                Duration::from_secs(10),
                 |_| {},
-            )
-            .expect("no TLS or login in the benchmark");
+            );
             let topic = topics.sensor(
                 &Name::new(format!("tele-{k}")).unwrap(),
                 &Name::new("t").unwrap(),

@@ -687,10 +687,16 @@ impl Credentials {
         {
             return 0;
         }
+        self.unwritten_migrations().len()
+    }
+
+    /// The noted moves whose entry this copy still has as it was when the login verified.
+    fn unwritten_migrations(&self) -> Vec<(String, Migration)> {
         lock_ignoring_poison(&self.migrations)
             .iter()
             .filter(|(name, m)| self.entries.get(*name).is_some_and(|e| e.hash == m.from))
-            .count()
+            .map(|(n, m)| (n.clone(), m.clone()))
+            .collect()
     }
 
     /// Moves argon2id entries to [`FAST_SCHEME`] in the file, transparently, for files written
@@ -711,11 +717,7 @@ impl Credentials {
     /// overwritten. Returns how many entries it moved. The broker's own reload of the result
     /// keeps every session: [`same_secret`](Self::same_secret) knows both hashes.
     pub fn write_migrations(&self) -> Result<usize, CredentialsError> {
-        let pending: Vec<(String, Migration)> = lock_ignoring_poison(&self.migrations)
-            .iter()
-            .filter(|(name, m)| self.entries.get(*name).is_some_and(|e| e.hash == m.from))
-            .map(|(n, m)| (n.clone(), m.clone()))
-            .collect();
+        let pending = self.unwritten_migrations();
         if pending.is_empty() {
             return Ok(0);
         }
@@ -1449,7 +1451,7 @@ pub(crate) mod test {
     }
 
     /// A file as written before the fast scheme: argon2id of a generated secret, no mark.
-    fn old_file(path: &Path, secret: &str) -> String {
+    pub(crate) fn old_file(path: &Path, secret: &str) -> String {
         let old = hash_secret(secret.as_bytes()).unwrap();
         std::fs::write(
             path,

@@ -429,12 +429,7 @@ mod test {
             let dir = crate::credentials::test::temp_dir("keep-old");
             let path = dir.path().join("credentials.toml");
             let secret = crate::credentials::generate_secret();
-            let old = crate::credentials::hash_secret(secret.as_bytes()).unwrap();
-            std::fs::write(
-                &path,
-                format!("[[device]]\nname = \"kitchen\"\nhash = '{old}'\n"),
-            )
-            .unwrap();
+            let old = crate::credentials::test::old_file(&path, &secret);
             let mut config = Config::default();
             config.auth.credentials = Some(path.clone());
             config.auth.keep_old_hashes = keep;
@@ -508,6 +503,17 @@ mod test {
     const KITCHEN: &str = "pifleet/dev/kitchen/status";
     /// The broker's own offline presence (`Presence::will()`).
     const OFFLINE: &str = r#"{"state":"offline"}"#;
+
+    /// A fleet with a state directory whose broker crashed with kitchen and mallory connected
+    /// ([`kitchen_and_mallory_connect`]): their wills are pending at the next start.
+    fn crashed_with_wills(dir: &Path) -> Config {
+        let (_, config) = fleet(dir);
+        let config = with_state(&config, &dir.join("state"));
+        let engine = with_store(&config);
+        kitchen_and_mallory_connect(&engine, &config);
+        engine.close_store();
+        config
+    }
 
     /// kitchen connects with its presence will, controller mallory with a command for every
     /// device as its will (`fleet` plus mallory).
@@ -595,13 +601,7 @@ mod test {
     #[test]
     fn a_will_of_an_identity_removed_while_the_broker_was_down_is_dropped_at_restore() {
         let dir = crate::credentials::test::temp_dir("reload-will-removed");
-        let (_, config) = fleet(dir.path());
-        let config = with_state(&config, &dir.path().join("state"));
-        {
-            let engine = with_store(&config);
-            kitchen_and_mallory_connect(&engine, &config);
-            engine.close_store();
-        }
+        let config = crashed_with_wills(dir.path());
         edit(&config, |c| {
             c.remove("mallory").unwrap();
         });
@@ -616,13 +616,7 @@ mod test {
     #[test]
     fn a_pending_will_whose_identity_a_reload_removed_is_not_published_when_due() {
         let dir = crate::credentials::test::temp_dir("reload-will-pending");
-        let (_, config) = fleet(dir.path());
-        let config = with_state(&config, &dir.path().join("state"));
-        {
-            let engine = with_store(&config);
-            kitchen_and_mallory_connect(&engine, &config);
-            engine.close_store();
-        }
+        let config = crashed_with_wills(dir.path());
         let engine = with_store(&config);
         assert_eq!(pending(&engine), ["kitchen", "mallory"]);
         edit(&config, |c| {
@@ -719,13 +713,7 @@ mod test {
 
         // The same while the broker was down.
         let dir = crate::credentials::test::temp_dir("reload-will-device-removed-2");
-        let (_, config) = fleet(dir.path());
-        let config = with_state(&config, &dir.path().join("state"));
-        {
-            let engine = with_store(&config);
-            kitchen_and_mallory_connect(&engine, &config);
-            engine.close_store();
-        }
+        let config = crashed_with_wills(dir.path());
         edit(&config, |c| {
             c.remove("kitchen").unwrap();
             c.remove("mallory").unwrap();
